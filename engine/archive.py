@@ -1,0 +1,328 @@
+"""Open a file and tell a TorchScript archive from what people mistake for one.
+
+Nothing here unpickles arbitrary objects: archives go through torch's
+TorchScript importer, and the pickles we read ourselves (to identify a file,
+or to read a traced archive's example-input shapes) go through restricted
+unpicklers that build nothing but plain data.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import io
+import os
+import pickle
+import pickletools
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from engine.errors import ArchiveError
+
+# TorchScript is deprecated since torch 2.11; its warnings are noise inside tsdebug.
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit.*")
+warnings.filterwarnings("ignore", message=r".*TorchScript.*", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=DeprecationWarning)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape, stride and dtype of an example input a traced archive remembers."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    stride: tuple[int, ...] | None = None
+    device: str = "cpu"
+
+    def __str__(self) -> str:
+        return f"{str(self.dtype).replace('torch.', '')}[{','.join(map(str, self.shape))}]"
+
+
+@dataclass
+class Archive:
+    """A loaded TorchScript archive."""
+
+    path: str
+    module: torch.jit.ScriptModule  # the Python wrapper, for native runs
+    cu: Any  # the compilation unit, kept alive for function callees
+    traced_inputs: dict[str, list[Any]] = field(default_factory=dict)
+    imported_libraries: list[str] = field(default_factory=list)
+    device: str = "cpu"
+
+    @property
+    def cpp(self) -> torch._C.ScriptModule:
+        return self.module._c
+
+
+# ----------------------------------------------------------------- identifying
+
+
+def _zip_prefix(names: list[str]) -> str:
+    first = names[0] if names else ""
+    return first.split("/", 1)[0] + "/" if "/" in first else ""
+
+
+def _pickle_globals(data: bytes, limit: int = 2000) -> list[str]:
+    """The ``module name`` pairs a pickle would import, read without running it."""
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        for i, (op, arg, _pos) in enumerate(pickletools.genops(data)):
+            if i > limit:
+                break
+            if op.name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                strings.append(arg)
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:
+        pass
+    return found
+
+
+def _describe_torch_save(data_pkl: bytes) -> str:
+    globs = _pickle_globals(data_pkl)
+    module_classes = [
+        g for g in globs
+        if g.startswith("torch.nn.modules.") or (not g.startswith(("torch.", "collections.", "builtins.", "_codecs.", "numpy.")))
+    ]
+    if module_classes:
+        return (
+            f"a whole nn.Module ({module_classes[0]}) pickled with torch.save, not a TorchScript archive; "
+            "export it with torch.jit.save(torch.jit.trace(model, example)) or torch.jit.script(model)"
+        )
+    if any(g.endswith("OrderedDict") for g in globs) or data_pkl[2:3] == b"}":
+        return (
+            "a state dict (weights only) saved with torch.save, not a TorchScript archive; "
+            "load it into your model and save torch.jit.trace(model, example) or torch.jit.script(model) with torch.jit.save"
+        )
+    return (
+        "a file saved with torch.save, not a TorchScript archive; "
+        "save the model with torch.jit.save(torch.jit.script(model), path) or torch.jit.trace"
+    )
+
+
+def identify(path: str) -> None:
+    """Raise ``ArchiveError`` with a one-line explanation unless ``path`` looks like TorchScript."""
+    if not os.path.exists(path):
+        raise ArchiveError(f"{path}: no such file")
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "data.pkl")) and os.path.isdir(os.path.join(path, "code")):
+            raise ArchiveError(
+                f"{path} is an unpacked TorchScript archive (a directory); zip it back or give the original .pt file"
+            )
+        raise ArchiveError(f"{path} is a directory; give the TorchScript file (.pt) inside it")
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as exc:
+        raise ArchiveError(f"{path}: cannot read ({exc.strerror})") from None
+    if size == 0:
+        raise ArchiveError(f"{path} is empty (0 bytes); the save or copy did not finish")
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        if not zipfile.is_zipfile(path):
+            raise ArchiveError(
+                f"{path} is a truncated or corrupt zip archive ({size} bytes, no end-of-archive record); "
+                "the save or copy was cut short: save or copy it again"
+            )
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+                prefix = _zip_prefix(names)
+                base = {n[len(prefix):] if n.startswith(prefix) else n for n in names}
+                if any(n.endswith("archive_format") for n in names) or any(
+                    "serialized_exported_program" in n or n.startswith(prefix + "models/") for n in names
+                ):
+                    raise ArchiveError(
+                        f"{path} is a torch.export program (.pt2), not a TorchScript archive; "
+                        "tsdebug reads archives made by torch.jit.save (torch.jit.trace or torch.jit.script)"
+                    )
+                has_code = any(n.startswith("code/") for n in base)
+                if "data.pkl" in base and not has_code:
+                    raise ArchiveError(f"{path} is {_describe_torch_save(z.read(prefix + 'data.pkl'))}")
+                if not has_code:
+                    raise ArchiveError(
+                        f"{path} is a zip file but not a TorchScript archive (no code/ inside); "
+                        "save the model with torch.jit.save"
+                    )
+                bad = z.testzip()
+                if bad is not None:
+                    raise ArchiveError(f"{path} is corrupt: the entry {bad} fails its checksum; save or copy it again")
+        except zipfile.BadZipFile as exc:
+            raise ArchiveError(f"{path} is a corrupt zip archive ({exc}); save or copy it again") from None
+        return
+    if head[:1] == b"\x80" and b"\x8a\x0a" in head[:16] or head.startswith(b"\x80\x02\x8a"):
+        raise ArchiveError(
+            f"{path} was saved with torch.save in the legacy (non-zip) format, not a TorchScript archive; "
+            "save the model with torch.jit.save(torch.jit.script(model), path)"
+        )
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise ArchiveError(
+            f"{path} is a Python pickle, not a TorchScript archive; save the model with torch.jit.save"
+        )
+    if head[:1] == b"\x08" and (b"pytorch" in head or b"onnx" in head.lower() or b"ai.onnx" in head):
+        raise ArchiveError(
+            f"{path} is an ONNX model, not a TorchScript archive; tsdebug reads archives made by torch.jit.save"
+        )
+    if path.endswith(".onnx"):
+        raise ArchiveError(f"{path} looks like an ONNX model, not a TorchScript archive")
+    raise ArchiveError(
+        f"{path} is not a TorchScript archive (not a zip file; starts with {head[:8]!r}); "
+        "give a file saved with torch.jit.save"
+    )
+
+
+# ------------------------------------------------------------------ loading
+
+_UNKNOWN_OP = re.compile(r"Unknown (?:builtin op|type name|type): '?([A-Za-z_][\w.]*)::([\w.]+)'?")
+_UNKNOWN_OP2 = re.compile(r"\b([a-z_][a-z0-9_]*)::([A-Za-z_]\w*)\b")
+
+
+def _missing_op(message: str) -> tuple[str, str] | None:
+    m = _UNKNOWN_OP.search(message)
+    if m:
+        return m.group(1), m.group(2)
+    if "Unknown builtin op" in message or "Unknown type" in message:
+        m = _UNKNOWN_OP2.search(message)
+        if m:
+            return m.group(1), m.group(2)
+    return None
+
+
+def _import_ir(path: str, device: str):
+    cu = torch._C.CompilationUnit()
+    cpp = torch._C.import_ir_module(cu, path, torch.device(device), {}, False)
+    return cu, cpp
+
+
+def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = ()) -> Archive:
+    """Load a TorchScript archive for the engine; errors are ``ArchiveError`` one-liners."""
+    identify(path)
+    try:
+        torch.device(device)
+    except Exception:
+        raise ArchiveError(f"--device {device!r} is not a device torch knows (try cpu or cuda:0)") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ArchiveError(f"--device {device}: this machine has no CUDA device; use --device cpu")
+    for lib in libraries:
+        if not os.path.exists(lib):
+            raise ArchiveError(f"--library {lib}: no such file")
+        try:
+            torch.ops.load_library(lib)
+        except Exception as exc:
+            raise ArchiveError(f"--library {lib}: cannot load ({str(exc).splitlines()[0]})") from None
+    imported: list[str] = []
+    tried: set[str] = set()
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cu, cpp = _import_ir(path, device)
+            break
+        except Exception as exc:
+            message = str(exc)
+            missing = _missing_op(message)
+            if missing is not None:
+                namespace, op = missing
+                if namespace not in tried and importlib.util.find_spec(namespace) is not None:
+                    tried.add(namespace)
+                    try:
+                        importlib.import_module(namespace)
+                        imported.append(namespace)
+                        continue
+                    except Exception:
+                        pass
+                raise ArchiveError(
+                    f"{path} needs the operator {namespace}::{op}, which is not loaded: "
+                    f"install the Python package that provides it (pip install {namespace}) "
+                    "or load its library with --library PATH/TO/lib.so"
+                ) from None
+            first = next((ln.strip() for ln in message.splitlines() if ln.strip()), type(exc).__name__)
+            if "PytorchStreamReader" in message or "failed finding central directory" in message:
+                raise ArchiveError(f"{path} is a corrupt TorchScript archive ({first}); save or copy it again") from None
+            raise ArchiveError(f"{path} could not be loaded as TorchScript: {first}") from None
+    module = torch.jit._recursive.wrap_cpp_module(cpp)
+    return Archive(
+        path=path,
+        module=module,
+        cu=cu,
+        traced_inputs=read_traced_inputs(path),
+        imported_libraries=imported,
+        device=device,
+    )
+
+
+def load_native_copy(archive: Archive) -> torch.jit.ScriptModule:
+    """A second, independent copy of the archive for the native reference run.
+
+    Runs mutate module state (``SetAttr``), so the engine and the native run
+    must not share a module.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.load(archive.path, map_location=archive.device)
+
+
+# ---------------------------------------------------------- traced_inputs.pkl
+
+_DTYPE_OF_STORAGE = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool, "ComplexFloatStorage": torch.complex64, "ComplexDoubleStorage": torch.complex128,
+}
+
+
+class _StoragePlaceholder:
+    def __init__(self, dtype: torch.dtype, location: str):
+        self.dtype = dtype
+        self.location = location
+
+
+def _rebuild_tensor_spec(storage, offset, size, stride, *rest):
+    return TensorSpec(tuple(size), storage.dtype, tuple(stride), storage.location)
+
+
+class _SpecUnpickler(pickle.Unpickler):
+    """Builds ``TensorSpec``s from tensor records; refuses every other class."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor_spec
+        if (module, name) == ("torch.jit._pickle", "restore_type_tag"):
+            return lambda value, _tag: value
+        if (module, name) == ("collections", "OrderedDict"):
+            return dict
+        if module == "torch" and name in _DTYPE_OF_STORAGE:
+            return _DTYPE_OF_STORAGE[name]
+        raise pickle.UnpicklingError(f"refusing {module}.{name}")
+
+    def persistent_load(self, pid):
+        # ('storage', storage_type, key, location, numel)
+        _, storage_type, _key, location, _numel = pid
+        dtype = storage_type if isinstance(storage_type, torch.dtype) else torch.float32
+        return _StoragePlaceholder(dtype, location)
+
+
+def read_traced_inputs(path: str) -> dict[str, list[Any]]:
+    """Example-input specs per method from ``traced_inputs.pkl`` ({} when absent)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.endswith("/traced_inputs.pkl") and n.count("/") == 1]
+            if not names:
+                return {}
+            data = z.read(names[0])
+    except Exception:
+        return {}
+    try:
+        result = _SpecUnpickler(io.BytesIO(data)).load()
+    except Exception:
+        return {}
+    return result if isinstance(result, dict) else {}

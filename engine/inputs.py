@@ -1,0 +1,386 @@
+"""Model inputs: files, specs, a traced archive's stored shapes, inference from the graph.
+
+Specs, one per model input (``--input``):
+
+* ``float32[1,3,224,224]``, ``int64[2,8]``, with an optional value range
+  ``int64[2,8]:0..1000`` or ``float32[4]:-1..1`` (floats default to a normal
+  distribution, integers to ``0..10``);
+* ``1x3x224x224`` (float32);
+* ``int:3``, ``float:0.5``, ``bool:true``, ``str:hello``, ``none``;
+* a file: ``.pt``/``.pth`` (one value, ``torch.load(weights_only=True)``),
+  ``.npy``, ``.npz`` (one array).
+
+``--inputs FILE.pt`` holds the whole argument tuple (or a dict by parameter
+name).  Random values are drawn from a generator seeded per input, so the same
+specs and ``--seed`` give the same tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.errors import InputError
+
+DTYPES = {
+    "float32": torch.float32, "float": torch.float32, "f32": torch.float32,
+    "float64": torch.float64, "double": torch.float64, "f64": torch.float64,
+    "float16": torch.float16, "half": torch.float16, "f16": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "int64": torch.int64, "long": torch.int64, "i64": torch.int64,
+    "int32": torch.int32, "int": torch.int32, "i32": torch.int32,
+    "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool,
+    "complex64": torch.complex64,
+}
+
+_TENSOR_SPEC = re.compile(r"^(?P<dtype>[a-z0-9]+)\[(?P<dims>[0-9,\s]*)\](?::(?P<lo>-?[\d.e+-]+)\.\.(?P<hi>-?[\d.e+-]+))?$")
+_DIMS_SPEC = re.compile(r"^\d+(x\d+)*$")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a method's signature."""
+
+    name: str
+    type: str
+    has_default: bool
+    default: Any = None
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.type}"
+
+
+def signature(method: Any) -> list[Param]:
+    """Parameters of a ``torch._C.ScriptMethod`` after ``self``."""
+    params = []
+    for arg in list(method.schema.arguments)[1:]:
+        has_default = arg.default_value is not None or str(arg.type).startswith("Optional")
+        params.append(Param(arg.name, str(arg.type), arg.default_value is not None, arg.default_value))
+    return params
+
+
+def describe_signature(method_name: str, params: list[Param]) -> str:
+    return f"{method_name}({', '.join(str(p) for p in params)})"
+
+
+def _generator(seed: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1000003 + index)
+
+
+def random_tensor(shape: tuple[int, ...], dtype: torch.dtype, seed: int, index: int,
+                  lo: float | None = None, hi: float | None = None) -> torch.Tensor:
+    gen = _generator(seed, index)
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=gen).bool()
+    if dtype.is_floating_point or dtype.is_complex:
+        if lo is not None and hi is not None:
+            return (torch.rand(shape, generator=gen, dtype=torch.float64) * (hi - lo) + lo).to(dtype)
+        return torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+    lo_i = int(lo) if lo is not None else 0
+    hi_i = int(hi) if hi is not None else 10
+    if hi_i <= lo_i:
+        raise InputError(f"empty value range {lo_i}..{hi_i}")
+    return torch.randint(lo_i, hi_i, shape, generator=gen, dtype=torch.int64).to(dtype)
+
+
+def _load_file(path: str) -> Any:
+    if not os.path.exists(path):
+        raise InputError(f"input file {path}: no such file")
+    lower = path.lower()
+    if lower.endswith(".npy"):
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        except Exception as exc:
+            raise InputError(f"input file {path}: not a numpy array without pickles ({exc})") from None
+    if lower.endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if len(keys) != 1:
+                    raise InputError(
+                        f"input file {path} holds {len(keys)} arrays ({', '.join(keys)}); give one file per input"
+                    )
+                return torch.from_numpy(z[keys[0]])
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"input file {path}: not a numpy .npz without pickles ({exc})") from None
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"input file {path}: not a torch.save file (.pt) nor .npy/.npz")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "Weights only load failed" in str(exc):
+            raise InputError(
+                f"input file {path} holds Python objects that a weights-only load refuses; "
+                "save plain tensors, lists, tuples, dicts and scalars"
+            ) from None
+        raise InputError(f"input file {path}: cannot load ({first})") from None
+
+
+def parse_spec(spec: str, seed: int = 0, index: int = 0) -> Any:
+    """One ``--input`` value."""
+    s = spec.strip()
+    low = s.lower()
+    if low in ("none", "null"):
+        return None
+    if ":" in s and low.split(":", 1)[0] in ("int", "float", "bool", "str"):
+        kind, _, text = s.partition(":")
+        kind = kind.lower()
+        try:
+            if kind == "int":
+                return int(text)
+            if kind == "float":
+                return float(text)
+            if kind == "bool":
+                if text.lower() in ("true", "1", "yes"):
+                    return True
+                if text.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError(text)
+            return text
+        except ValueError:
+            raise InputError(f"--input {spec!r}: {text!r} is not a {kind}") from None
+    m = _TENSOR_SPEC.match(low.replace(" ", ""))
+    if m:
+        dtype = DTYPES.get(m["dtype"])
+        if dtype is None:
+            raise InputError(
+                f"--input {spec!r}: unknown dtype {m['dtype']!r} (use one of float32, float64, float16, bfloat16, int64, int32, uint8, bool)"
+            )
+        dims = tuple(int(d) for d in m["dims"].split(",") if d.strip()) if m["dims"].strip() else ()
+        lo = float(m["lo"]) if m["lo"] is not None else None
+        hi = float(m["hi"]) if m["hi"] is not None else None
+        return random_tensor(dims, dtype, seed, index, lo, hi)
+    if _DIMS_SPEC.match(low):
+        return random_tensor(tuple(int(d) for d in low.split("x")), torch.float32, seed, index)
+    if os.path.sep in s or "." in s:
+        return _load_file(s)
+    raise InputError(
+        f"--input {spec!r} is neither a file nor a spec; write e.g. float32[1,3,224,224], 1x3x224x224, "
+        "int64[2,8]:0..1000, int:3 or bool:true"
+    )
+
+
+def load_inputs_file(path: str, params: list[Param]) -> tuple:
+    """``--inputs FILE.pt``: the whole argument tuple, or a dict by parameter name."""
+    value = _load_file(path)
+    if isinstance(value, (tuple, list)) and not (
+        len(params) == 1 and isinstance(value, list) and params[0].type.endswith("[]")
+    ):
+        return tuple(value)
+    if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+        names = [p.name for p in params]
+        unknown = [k for k in value if k not in names]
+        if unknown:
+            raise InputError(
+                f"--inputs {path}: no parameter named {', '.join(unknown)}; the method takes {', '.join(names)}"
+            )
+        args = []
+        for p in params:
+            if p.name in value:
+                args.append(value[p.name])
+            elif p.has_default:
+                args.append(p.default)
+            else:
+                raise InputError(f"--inputs {path}: no value for parameter {p.name!r}")
+        return tuple(args)
+    return (value,)
+
+
+def fill_defaults(args: tuple, params: list[Param], method: str) -> tuple:
+    if len(args) > len(params):
+        raise InputError(
+            f"{len(args)} inputs given but {describe_signature(method, params)} takes {len(params)}"
+        )
+    out = list(args)
+    for p in params[len(args):]:
+        if not p.has_default:
+            raise InputError(
+                f"no input for {p.name!r}: {describe_signature(method, params)} needs {len(params)}; "
+                "give one --input per parameter"
+            )
+        out.append(p.default)
+    return tuple(out)
+
+
+def _type_ok(value: Any, type_str: str) -> bool:
+    t = type_str
+    if t.startswith("Optional[") and value is None:
+        return True
+    if t.startswith("Optional["):
+        t = t[len("Optional["):-1]
+    if t == "Tensor":
+        return isinstance(value, torch.Tensor)
+    if t == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t == "float":
+        return isinstance(value, (float, int)) and not isinstance(value, bool)
+    if t == "bool":
+        return isinstance(value, bool)
+    if t == "str":
+        return isinstance(value, str)
+    if t.endswith("[]") or t.startswith("List["):
+        return isinstance(value, list)
+    if t.startswith("Tuple[") or t.startswith("("):
+        return isinstance(value, tuple)
+    if t.startswith("Dict["):
+        return isinstance(value, dict)
+    return True
+
+
+def check_types(args: tuple, params: list[Param], method: str) -> None:
+    from engine.values import summarize
+
+    for i, (value, p) in enumerate(zip(args, params)):
+        if not _type_ok(value, p.type):
+            raise InputError(
+                f"input {i + 1} ({p.name}) must be {p.type}, got {summarize(value).short()} "
+                f"({type(value).__name__}); {describe_signature(method, params)}"
+            )
+
+
+def from_specs(specs: list[Any], seed: int) -> tuple:
+    """Turn traced-input specs (``TensorSpec`` or plain values) into values."""
+    from engine.archive import TensorSpec
+
+    out = []
+    for i, s in enumerate(specs):
+        if isinstance(s, TensorSpec):
+            t = random_tensor(s.shape, s.dtype, seed, i)
+            out.append(t)
+        elif isinstance(s, (list, tuple)):
+            out.append(type(s)(from_specs(list(s), seed + i + 1)))
+        elif isinstance(s, dict):
+            out.append({k: from_specs([v], seed + i + 1)[0] for k, v in s.items()})
+        else:
+            out.append(s)
+    return tuple(out)
+
+
+# --------------------------------------------------------------- inference
+
+_SHAPE_RULES = ("aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::linear",
+                "aten::embedding", "aten::lstm", "aten::gru", "aten::rnn_tanh", "aten::layer_norm", "aten::matmul")
+
+
+def _static_value(graph, value, module) -> Any:
+    """Resolve a value that is a chain of GetAttr from ``self`` (a parameter)."""
+    defining = {}
+    for n in graph.walk():
+        for o in n.outputs:
+            defining[o.index] = n
+    chain = []
+    v = value
+    while v.index in defining and defining[v.index].kind == "prim::GetAttr":
+        n = defining[v.index]
+        chain.append(n.attrs["name"])
+        v = n.inputs[0]
+    if v.index != graph.inputs[0].index:
+        return None
+    obj = module
+    for name in reversed(chain):
+        obj = obj.getattr(name)
+    return obj
+
+
+def infer_inputs(program, method: str, params: list[Param], seed: int) -> tuple | None:
+    """Guess one input per tensor parameter from the first op that consumes it."""
+    graph = program.root_graph(method, inlined=True)
+    uses: dict[int, Any] = {}
+    for n in graph.walk():
+        for i, v in enumerate(n.inputs):
+            uses.setdefault(v.index, (n, i))
+    consumers_passthrough = {"aten::contiguous", "aten::to", "aten::float", "aten::type_as", "aten::detach"}
+    out = []
+    for k, (p, v) in enumerate(zip(params, graph.inputs[1:])):
+        if p.type != "Tensor":
+            if p.has_default:
+                out.append(p.default)
+                continue
+            return None
+        value = v
+        guess = None
+        for _ in range(4):
+            use = uses.get(value.index)
+            if use is None:
+                break
+            node, slot = use
+            if node.kind in consumers_passthrough and node.outputs:
+                value = node.outputs[0]
+                continue
+            guess = _guess_from_use(graph, node, slot, program.module, seed, k)
+            break
+        if guess is None:
+            return None
+        out.append(guess)
+    return tuple(out)
+
+
+def _guess_from_use(graph, node, slot, module, seed, k) -> torch.Tensor | None:
+    kind = node.kind
+    if kind in ("aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d") and slot == 0:
+        w = _static_value(graph, node.inputs[1], module)
+        if not isinstance(w, torch.Tensor):
+            return None
+        groups = 1
+        if kind == "aten::_convolution":
+            gnode = node.inputs[8]
+        else:
+            gnode = node.inputs[6]
+        groups_val = _constant_of(graph, gnode)
+        if isinstance(groups_val, int):
+            groups = groups_val
+        transposed = _constant_of(graph, node.inputs[6]) if kind == "aten::_convolution" else False
+        c_in = w.shape[0] if transposed else w.shape[1] * groups
+        spatial_dims = w.dim() - 2
+        side = 224 if c_in == 3 and spatial_dims == 2 else 32
+        return random_tensor((1, c_in) + (side,) * spatial_dims, w.dtype, seed, k)
+    if kind == "aten::linear" and slot == 0:
+        w = _static_value(graph, node.inputs[1], module)
+        if isinstance(w, torch.Tensor):
+            return random_tensor((1, w.shape[1]), w.dtype, seed, k)
+    if kind == "aten::layer_norm" and slot == 0:
+        shape = _constant_of(graph, node.inputs[1])
+        if isinstance(shape, list):
+            return random_tensor((1, 8) + tuple(shape), torch.float32, seed, k)
+    if kind == "aten::embedding" and slot == 1:
+        w = _static_value(graph, node.inputs[0], module)
+        if isinstance(w, torch.Tensor):
+            return random_tensor((1, 8), torch.int64, seed, k, 0, w.shape[0])
+    if kind in ("aten::lstm", "aten::gru", "aten::rnn_tanh") and slot == 0:
+        params = node.inputs[2] if kind == "aten::lstm" else node.inputs[2]
+        weights = _static_value(graph, params, module)
+        if weights is None:
+            weights = _list_of_params(graph, params, module)
+        if weights:
+            w = weights[0]
+            return random_tensor((1, 8, w.shape[1]), w.dtype, seed, k)
+    return None
+
+
+def _constant_of(graph, value) -> Any:
+    for n in graph.walk():
+        if value in n.outputs:
+            if n.kind == "prim::Constant":
+                return n.attrs.get("value")
+            if n.kind == "prim::ListConstruct":
+                vals = [_constant_of(graph, i) for i in n.inputs]
+                return vals if all(isinstance(x, int) for x in vals) else None
+            return None
+    return None
+
+
+def _list_of_params(graph, value, module) -> list | None:
+    for n in graph.walk():
+        if value in n.outputs and n.kind == "prim::ListConstruct":
+            vals = [_static_value(graph, i, module) for i in n.inputs]
+            return [v for v in vals if isinstance(v, torch.Tensor)] or None
+    return None

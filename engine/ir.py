@@ -1,0 +1,168 @@
+"""The project's own IR of a TorchScript method graph.
+
+Built once from a ``torch._C.Graph`` by ``engine.convert``; everything above the
+converter and the op runner sees only these classes.  Values are numbered
+densely per graph so that a frame's environment is a plain list.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+#: Node kinds the interpreter runs itself instead of handing to torch.
+CONTROL_KINDS = frozenset({"prim::If", "prim::Loop", "prim::CallMethod", "prim::CallFunction"})
+
+
+@dataclass(frozen=True, slots=True)
+class SourceLoc:
+    """Where a node came from in the user's Python.
+
+    ``origin`` is ``"scripted"`` (the archive holds the source text around the
+    line, in ``context``) or ``"traced"`` (the archive holds the Python stack of
+    the op, in ``stack``, innermost first; ``file``/``line`` is the innermost
+    frame outside torch itself).
+    """
+
+    file: str | None
+    line: int | None
+    origin: str
+    text: str | None = None
+    context: str | None = None
+    stack: tuple[tuple[str, int, str], ...] = ()
+    function: str | None = None
+
+    def short(self) -> str:
+        if not self.file:
+            return "?"
+        return f"{os.path.basename(self.file)}:{self.line}"
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" if self.file else "?"
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """An SSA value: ``index`` is its slot in a frame's environment."""
+
+    index: int
+    name: str
+    type: str
+
+    def __str__(self) -> str:
+        return f"%{self.name}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Block:
+    id: str
+    params: tuple[Value, ...]
+    nodes: tuple["Node", ...]
+    returns: tuple[Value, ...]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Node:
+    """One operation.
+
+    ``id`` is stable across reloads of the same archive: the graph name and the
+    path of block and node indices (``forward/12/b1/3``).  ``callee`` names the
+    method (``prim::CallMethod``) or the qualified function
+    (``prim::CallFunction``) to run; the graph itself is resolved lazily by the
+    program.  ``handle`` is the ``torch._C.Node`` for the op runner alone.
+    """
+
+    id: str
+    kind: str
+    inputs: tuple[Value, ...]
+    outputs: tuple[Value, ...]
+    attrs: dict[str, Any]
+    blocks: tuple[Block, ...]
+    schema: str | None
+    source: SourceLoc | None
+    module_path: str
+    callee: str | None
+    in_idx: tuple[int, ...]
+    out_idx: tuple[int, ...]
+    handle: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def is_control(self) -> bool:
+        return self.kind in CONTROL_KINDS
+
+    @property
+    def op_name(self) -> str:
+        """``aten::conv2d`` -> ``conv2d``."""
+        return self.kind.split("::", 1)[-1]
+
+    def label(self) -> str:
+        """A short one-line description: ``%y = aten::relu(%x)``."""
+        outs = ", ".join(f"%{v.name}" for v in self.outputs)
+        ins = ", ".join(f"%{v.name}" for v in self.inputs)
+        attr = ""
+        if self.kind == "prim::Constant" and "value" in self.attrs:
+            attr = f"[{short_repr(self.attrs['value'])}]"
+        elif "name" in self.attrs:
+            attr = f"[{self.attrs['name']}]"
+        head = f"{outs} = " if outs else ""
+        return f"{head}{self.kind}{attr}({ins})"
+
+
+@dataclass(eq=False)
+class Graph:
+    """One method (or function) graph, converted."""
+
+    name: str  # "forward", "Conv2d.forward", "helper", "forward[inlined]"
+    qualname: str  # torch's qualified name of the method or function
+    origin: str  # "traced", "scripted" or "unknown"
+    inputs: tuple[Value, ...]
+    outputs: tuple[Value, ...]
+    body: Block
+    num_values: int
+    inlined: bool = False
+    handle: Any = field(default=None, repr=False)  # the torch._C.Graph, kept alive
+    _by_id: dict[str, Node] = field(default_factory=dict, repr=False)
+
+    def walk(self) -> Iterator[Node]:
+        """Every node in execution (program text) order, nested blocks included."""
+        yield from walk_block(self.body)
+
+    def node(self, node_id: str) -> Node:
+        if not self._by_id:
+            self._by_id.update((n.id, n) for n in self.walk())
+        return self._by_id[node_id]
+
+    def find(self, node_id: str) -> Node | None:
+        try:
+            return self.node(node_id)
+        except KeyError:
+            return None
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.walk())
+
+
+def walk_block(block: Block) -> Iterator[Node]:
+    for n in block.nodes:
+        yield n
+        for b in n.blocks:
+            yield from walk_block(b)
+
+
+def short_repr(value: Any, limit: int = 40) -> str:
+    """A compact one-line repr for attribute and constant display."""
+    try:
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            dims = "x".join(str(d) for d in value.shape) or "scalar"
+            if value.numel() == 1:
+                return f"tensor({value.item()!r})"
+            return f"Tensor[{dims}]"
+    except Exception:  # pragma: no cover - torch always importable in the engine
+        pass
+    text = repr(value)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text

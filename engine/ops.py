@@ -1,0 +1,312 @@
+"""Run one leaf node with TorchScript's own semantics.
+
+Most nodes run as a one-node TorchScript function: the node is cloned into a
+fresh graph and compiled, so overload resolution, type-variable schemas,
+varargs and prims without a schema behave exactly as in torch's interpreter.
+The function is compiled on first use and cached per node.
+
+That path converts lists and dicts to fresh copies at each call, which would
+break aliasing (``b = a[0]; b.append(x)`` must change ``a``), so operations
+on containers run here in Python on the very objects the program holds.  An
+op that writes to a container and has no Python version here runs compiled
+and its result is copied back into the caller's object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable
+
+import torch
+
+from engine.ir import Node
+
+Runner = Callable[[list], tuple]
+
+
+class ModelRaised(Exception):
+    """``prim::RaiseException`` executed: the model's own error."""
+
+
+@dataclass(frozen=True)
+class SchemaInfo:
+    """What an operator writes to, read from its alias annotations."""
+
+    tensor_writes: tuple[int, ...]  # inputs whose tensor data the op overwrites
+    container_writes: tuple[int, ...]  # inputs whose list/dict the op mutates
+
+
+_NO_WRITES = SchemaInfo((), ())
+
+
+@lru_cache(maxsize=None)
+def schema_info(schema: str | None) -> SchemaInfo:
+    if not schema:
+        return _NO_WRITES
+    try:
+        parsed = torch._C.parse_schema(schema)
+    except Exception:
+        return _NO_WRITES
+    tensor_writes, container_writes = [], []
+    for i, arg in enumerate(parsed.arguments):
+        ty = arg.type
+        alias = arg.alias_info
+        writes = alias is not None and alias.is_write
+        kind = ty.kind()
+        if kind == "OptionalType":
+            ty = ty.getElementType()
+            kind = ty.kind()
+        if kind == "ListType":
+            elem = ty.getElementType()
+            elem_alias = getattr(alias, "contained_types", None) if alias is not None else None
+            elem_writes = bool(elem_alias) and any(a.is_write for a in elem_alias)
+            if elem.kind() in ("TensorType", "OptionalType") and (elem_writes or writes):
+                if elem_writes:
+                    tensor_writes.append(i)
+                    continue
+            if writes:
+                container_writes.append(i)
+        elif kind == "DictType":
+            if writes:
+                container_writes.append(i)
+        elif kind == "TensorType" and writes:
+            tensor_writes.append(i)
+    return SchemaInfo(tuple(tensor_writes), tuple(container_writes))
+
+
+def overload_name(schema: str | None) -> str | None:
+    """``aten::append.t(t[](a!) self, ...)`` -> ``aten::append.t``."""
+    if not schema:
+        return None
+    return schema.split("(", 1)[0]
+
+
+# --------------------------------------------------------------------------
+# Compiled one-node functions
+
+
+def compile_node(handle: torch._C.Node, extra_returns: tuple[int, ...] = ()) -> Callable:
+    """A TorchScript function running just ``handle``.
+
+    Its outputs come back as one value, a tuple (several outputs or
+    ``extra_returns``, the inputs to hand back after the call) or ``None``.
+    """
+    g = torch._C.Graph()
+    new_inputs = []
+    for v in handle.inputs():
+        nv = g.addInput()
+        nv.setType(v.type())
+        new_inputs.append(nv)
+    mapping = dict(zip([v.unique() for v in handle.inputs()], new_inputs))
+    clone = g.createClone(handle, lambda v: mapping[v.unique()])
+    g.insertNode(clone)
+    outs = list(clone.outputs()) + [new_inputs[i] for i in extra_returns]
+    if len(outs) == 1:
+        g.registerOutput(outs[0])
+    elif len(outs) > 1:
+        tup = g.insertNode(g.createTuple(outs))
+        g.registerOutput(tup.output())
+    return torch._C._create_function_from_graph("tsdebug_op", g)
+
+
+def _compiled_runner(node: Node) -> Runner:
+    fn = compile_node(node.handle)
+    n_out = len(node.outputs)
+    if n_out == 0:
+
+        def run0(args: list) -> tuple:
+            fn(*args)
+            return ()
+
+        return run0
+    if n_out == 1:
+        return lambda args: (fn(*args),)
+    return lambda args: tuple(fn(*args))
+
+
+def _write_back_runner(node: Node, containers: tuple[int, ...]) -> Runner:
+    """Compiled op that mutates lists or dicts: copy the result back in place."""
+    fn = compile_node(node.handle, extra_returns=containers)
+    n_out = len(node.outputs)
+
+    def run(args: list) -> tuple:
+        result = fn(*args)
+        if not isinstance(result, tuple) or (n_out + len(containers)) == 1:
+            result = (result,)
+        for slot, new in zip(containers, result[n_out:]):
+            old = args[slot]
+            if isinstance(old, list):
+                old[:] = new
+            elif isinstance(old, dict):
+                old.clear()
+                old.update(new)
+        outs = result[:n_out]
+        # An output that is the written container itself keeps its identity.
+        return tuple(
+            args[containers[0]] if (containers and isinstance(o, (list, dict)) and o == args[containers[0]]) else o
+            for o in outs
+        )
+
+    return run
+
+
+# --------------------------------------------------------------------------
+# Containers and prims, in Python, on the program's own objects
+
+
+def _slice_list(lst: list, start: int | None = None, end: int | None = None, step: int = 1) -> list:
+    return lst[start:end:step]
+
+
+def _set_item(container, key, value):
+    container[key] = value
+    return container if isinstance(container, list) else None
+
+
+def _pop(container, *args):
+    if isinstance(container, dict):
+        return container.pop(*args)
+    return container.pop(*args) if args else container.pop()
+
+
+def _extend(lst: list, other: list) -> None:
+    lst.extend(other)
+
+
+def _add_inplace(lst: list, other: list) -> list:
+    lst.extend(other)
+    return lst
+
+
+def _append(lst: list, el) -> list:
+    lst.append(el)
+    return lst
+
+
+def _insert(lst: list, idx: int, el) -> None:
+    lst.insert(idx, el)
+
+
+def _getitem(container, key):
+    try:
+        return container[key]
+    except IndexError:
+        raise IndexError("list index out of range") from None
+    except KeyError:
+        raise KeyError(f"KeyError: {key!r}") from None
+
+
+def _items(d: dict) -> list:
+    return list(d.items())
+
+
+def _get(d: dict, key, default=None):
+    return d.get(key, default)
+
+
+def _delete(container, key) -> None:
+    del container[key]
+
+
+#: Python versions of container ops, by base kind; used when the first
+#: argument is a list or dict.
+CONTAINER_OPS: dict[str, Callable] = {
+    "aten::__getitem__": _getitem,
+    "aten::append": _append,
+    "aten::len": len,
+    "aten::_set_item": _set_item,
+    "aten::__setitem__": _set_item,
+    "aten::insert": _insert,
+    "aten::pop": _pop,
+    "aten::extend": _extend,
+    "aten::add_": _add_inplace,
+    "aten::clear": lambda c: c.clear(),
+    "aten::reverse": lambda lst: lst.reverse(),
+    "aten::slice": _slice_list,
+    "aten::copy": lambda c: c.copy(),
+    "aten::list": list,
+    "aten::dict": dict,
+    "aten::add": lambda a, b: a + b,
+    "aten::keys": lambda d: list(d.keys()),
+    "aten::values": lambda d: list(d.values()),
+    "aten::items": _items,
+    "aten::get": _get,
+    "aten::setdefault": lambda d, k, v: d.setdefault(k, v),
+    "aten::update": lambda d, other: d.update(other),
+    "aten::Delete": _delete,
+}
+
+
+def _raise_exception(msg: str, cls: str | None = None) -> None:
+    name = (cls or "Exception").rsplit(".", 1)[-1]
+    raise ModelRaised(f"{name}: {msg}")
+
+
+PRIM_OPS: dict[str, Callable[[list], Any]] = {
+    "prim::ListConstruct": list,
+    "prim::TupleConstruct": tuple,
+    "prim::DictConstruct": lambda args: dict(zip(args[0::2], args[1::2])),
+    "prim::unchecked_cast": lambda args: args[0],
+    "prim::Uninitialized": lambda args: None,
+    "prim::TupleIndex": lambda args: args[0][args[1]],
+}
+
+
+def _is_object(x: Any) -> bool:
+    return isinstance(x, (list, dict, torch._C.ScriptObject))
+
+
+def runner_for(node: Node) -> Runner:
+    """A callable taking the node's input values and returning its outputs as a tuple."""
+    kind = node.kind
+    n_out = len(node.outputs)
+
+    if kind in ("prim::ListUnpack", "prim::TupleUnpack"):
+        return lambda args: tuple(args[0])
+    prim = PRIM_OPS.get(kind)
+    if prim is not None:
+        return lambda args: (prim(args),)
+    if kind == "prim::RaiseException":
+
+        def run_raise(args: list) -> tuple:
+            _raise_exception(*args)
+            return ()
+
+        return run_raise
+
+    info = schema_info(node.schema)
+    py_container = CONTAINER_OPS.get(kind)
+    compiled: list[Runner] = []  # built on first need: compiling costs ~50 us
+
+    def compiled_run(args: list) -> tuple:
+        if not compiled:
+            if info.container_writes:
+                compiled.append(_write_back_runner(node, info.container_writes))
+            else:
+                compiled.append(_compiled_runner(node))
+        return compiled[0](args)
+
+    if kind in ("aten::__is__", "aten::__isnot__"):
+        negate = kind == "aten::__isnot__"
+
+        def run_is(args: list) -> tuple:
+            a, b = args
+            if _is_object(a) or _is_object(b):
+                return ((a is not b) if negate else (a is b),)
+            return compiled_run(args)
+
+        return run_is
+
+    if py_container is not None:
+
+        def run_container(args: list) -> tuple:
+            if args and isinstance(args[0], (list, dict)):
+                result = py_container(*args)
+                if n_out == 0:
+                    return ()
+                return (result,)
+            return compiled_run(args)
+
+        return run_container
+    return compiled_run

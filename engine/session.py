@@ -1,0 +1,284 @@
+"""The facade one user session holds: archive, program, inputs, machine.
+
+The CLI, the UI and the tests all drive this object::
+
+    from engine import Session
+    s = Session("model.pt")
+    s.start()                     # inputs: traced shapes, or inferred
+    s.machine.step()              # one node
+    s.machine.continue_()         # to a breakpoint or the end
+    report = s.run_and_compare()  # the engine against module(*inputs)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from engine import archive as archive_mod
+from engine import inputs as inputs_mod
+from engine.errors import InputError, ModelError, TsdebugError, first_error_line
+from engine.machine import Breakpoints, Machine
+from engine.program import Program
+from engine.timeline import DEFAULT_BUDGET
+from engine.values import max_abs_diff, summarize, values_equal
+
+
+def clone_value(value: Any) -> Any:
+    """A deep copy of the tensors in a value, so two runs never share inputs."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, list):
+        return [clone_value(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(clone_value(v) for v in value)
+    if isinstance(value, dict):
+        return {k: clone_value(v) for k, v in value.items()}
+    return value
+
+
+def to_device(value: Any, device: str) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list):
+        return [to_device(v, device) for v in value]
+    if isinstance(value, tuple):
+        return tuple(to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class RunReport:
+    """What ``tsdebug run`` prints: the engine's run against the native run."""
+
+    model: str
+    method: str
+    view: str
+    methods: dict[str, str]
+    inputs: list[Any]
+    input_source: str
+    nodes_executed: int = 0
+    identical: bool | None = None
+    max_abs_diff: float | None = None
+    engine_seconds: float = 0.0
+    native_seconds: float | None = None
+    recorded_bytes: int = 0
+    dropped_values: int = 0
+    outputs: Any = None
+    native_outputs: Any = None
+    error: TsdebugError | None = None
+    native_error: str | None = None
+    imported_libraries: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        err = None
+        if self.error is not None:
+            err = {"message": self.error.message}
+            node = getattr(self.error, "node", None)
+            if node is not None:
+                err["node"] = node.id
+                err["kind"] = node.kind
+                err["source"] = str(node.source) if node.source else None
+        return {
+            "command": "run",
+            "model": self.model,
+            "method": self.method,
+            "view": self.view,
+            "methods": self.methods,
+            "input_source": self.input_source,
+            "inputs": [summarize(x).to_json() for x in self.inputs],
+            "nodes_executed": self.nodes_executed,
+            "identical": self.identical,
+            "max_abs_diff": self.max_abs_diff,
+            "engine_seconds": round(self.engine_seconds, 6),
+            "native_seconds": None if self.native_seconds is None else round(self.native_seconds, 6),
+            "recorded_bytes": self.recorded_bytes,
+            "dropped_values": self.dropped_values,
+            "outputs": summarize(self.outputs).to_json() if self.outputs is not None else None,
+            "error": err,
+            "native_error": self.native_error,
+            "imported_libraries": self.imported_libraries,
+        }
+
+
+class Session:
+    """One archive opened for debugging."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        device: str = "cpu",
+        libraries: tuple[str, ...] = (),
+        method: str = "forward",
+        inline: bool = False,
+        grad: bool = False,
+        budget: int = DEFAULT_BUDGET,
+        seed: int = 0,
+    ):
+        self.path = path
+        self.device = device
+        self.archive = archive_mod.load(path, device=device, libraries=libraries)
+        self.program = Program(self.archive.cpp, self.archive.cu)
+        if method not in self.program.method_names():
+            names = ", ".join(sorted(self.program.method_names()))
+            raise TsdebugError(f"{path} has no method {method!r}; it has {names}")
+        self.method = method
+        self.inline = inline
+        self.grad = grad
+        self.budget = budget
+        self.seed = seed
+        self.breakpoints = Breakpoints()
+        self.inputs: tuple | None = None
+        self.input_source = ""
+        self.machine: Machine | None = None
+
+    # ------------------------------------------------------------ the program
+
+    @property
+    def params(self) -> list[inputs_mod.Param]:
+        return inputs_mod.signature(self.archive.cpp._get_method(self.method))
+
+    def signature_text(self) -> str:
+        return inputs_mod.describe_signature(self.method, self.params)
+
+    def method_kinds(self) -> dict[str, str]:
+        """``traced``, ``scripted`` or ``unknown`` for each method of the root module."""
+        kinds = {}
+        for name in sorted(self.program.method_names()):
+            try:
+                kinds[name] = self.program.root_graph(name).origin
+            except TsdebugError:
+                kinds[name] = "unknown"
+        return kinds
+
+    @property
+    def graph(self):
+        return self.program.root_graph(self.method, inlined=self.inline)
+
+    # ----------------------------------------------------------------- inputs
+
+    def resolve_inputs(
+        self,
+        specs: list[str] | None = None,
+        inputs_file: str | None = None,
+        values: tuple | None = None,
+    ) -> tuple[tuple, str]:
+        """Inputs from values, a file, specs, stored traced shapes or the graph, in that order."""
+        params = self.params
+        if values is not None:
+            args, source = tuple(values), "given values"
+        elif inputs_file:
+            args, source = inputs_mod.load_inputs_file(inputs_file, params), f"--inputs {inputs_file}"
+        elif specs:
+            args = tuple(inputs_mod.parse_spec(s, self.seed, i) for i, s in enumerate(specs))
+            source = "--input " + " ".join(specs)
+        else:
+            stored = self.archive.traced_inputs.get(self.method)
+            if stored:
+                args = inputs_mod.from_specs(list(stored), self.seed)
+                source = "shapes stored by torch.jit.trace (" + ", ".join(str(s) for s in stored) + ")"
+            else:
+                args = inputs_mod.infer_inputs(self.program, self.method, params, self.seed)
+                if args is None:
+                    raise InputError(
+                        f"cannot guess the inputs of {self.signature_text()}; "
+                        "give one --input per parameter (e.g. --input float32[1,3,224,224])"
+                    )
+                source = "inferred from the graph"
+        args = inputs_mod.fill_defaults(args, params, self.method)
+        inputs_mod.check_types(args, params, self.method)
+        if self.device != "cpu":
+            args = to_device(args, self.device)
+        return args, source
+
+    def start(
+        self,
+        specs: list[str] | None = None,
+        inputs_file: str | None = None,
+        values: tuple | None = None,
+    ) -> Machine:
+        """Set inputs and put a fresh machine on the first node."""
+        args, source = self.resolve_inputs(specs, inputs_file, values)
+        self.inputs = args
+        self.input_source = source
+        self.machine = Machine(
+            self.program,
+            clone_value(args),
+            method=self.method,
+            inline=self.inline,
+            grad=self.grad,
+            budget=self.budget,
+            breakpoints=self.breakpoints,
+        )
+        return self.machine
+
+    def restart(self, values: tuple | None = None) -> Machine:
+        """Back to the first node, with the same inputs unless new ones are given."""
+        if values is not None:
+            self.inputs = tuple(values)
+        if self.inputs is None:
+            return self.start()
+        self.machine = Machine(
+            self.program,
+            clone_value(self.inputs),
+            method=self.method,
+            inline=self.inline,
+            grad=self.grad,
+            budget=self.budget,
+            breakpoints=self.breakpoints,
+        )
+        return self.machine
+
+    # ------------------------------------------------------------ native runs
+
+    def run_native(self, args: tuple | None = None) -> tuple[Any, float]:
+        """``module.<method>(*inputs)`` on an independent copy of the archive."""
+        args = self.inputs if args is None else args
+        module = archive_mod.load_native_copy(self.archive)
+        fn = getattr(module, self.method)
+        with torch.set_grad_enabled(self.grad):
+            t0 = time.perf_counter()
+            out = fn(*clone_value(args))
+            return out, time.perf_counter() - t0
+
+    def run_and_compare(self) -> RunReport:
+        """Run the engine to the end and torch natively on the same inputs."""
+        if self.machine is None:
+            self.start()
+        report = RunReport(
+            model=self.path,
+            method=self.method,
+            view="inlined" if self.inline else "call-tree",
+            methods=self.method_kinds(),
+            inputs=list(self.inputs),
+            input_source=self.input_source,
+            imported_libraries=self.archive.imported_libraries,
+        )
+        machine = self.restart()
+        t0 = time.perf_counter()
+        machine.run()
+        report.engine_seconds = time.perf_counter() - t0
+        report.nodes_executed = len(machine.timeline)
+        report.recorded_bytes = machine.timeline.kept_bytes
+        report.dropped_values = machine.timeline.dropped
+        report.error = machine.error
+        report.outputs = machine.outputs
+        try:
+            native, report.native_seconds = self.run_native()
+            report.native_outputs = native
+        except Exception as exc:
+            report.native_error = first_error_line(exc)
+            native = None
+        if machine.error is None and report.native_error is None:
+            report.identical = values_equal(machine.outputs, native)
+            report.max_abs_diff = max_abs_diff(machine.outputs, native)
+        return report
+
+
+__all__ = ["Session", "RunReport", "ModelError", "clone_value"]

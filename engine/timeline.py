@@ -1,0 +1,187 @@
+"""Every executed step as a record, within a memory budget.
+
+Records hold references to the values a step read and wrote, so moving back
+in time is moving a cursor over records.  Two things keep those references
+true:
+
+* in-place ops: before an op overwrites a tensor, every earlier record that
+  holds memory the op writes gets a private copy (and so does the op's own
+  input), so a record shows the value as it was at its step;
+* the budget: tensors are kept until the memory they pin passes the budget,
+  after which new values are kept as summaries only (``values.Dropped``) and
+  counted in ``dropped``.
+
+Memory is counted per storage, so a view of a kept tensor costs nothing, and
+storages the model holds anyway (parameters, inputs) are not counted.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterator
+
+import torch
+
+from engine.ir import Node
+from engine.values import Dropped, summarize
+
+DEFAULT_BUDGET = 1 << 30  # 1 GiB
+
+
+class StepRecord:
+    """One executed node.
+
+    ``path`` is the frame path: method frames with their module paths and the
+    loop iterations around the node, outermost first.  ``outputs`` is None
+    while a call or block entered at this step is still running.
+    """
+
+    __slots__ = ("index", "node", "path", "module_path", "depth", "inputs", "outputs", "time_ns", "status", "error")
+
+    def __init__(self, index: int, node: Node, path: tuple, module_path: str, depth: int, inputs: list):
+        self.index = index
+        self.node = node
+        self.path = path
+        self.module_path = module_path
+        self.depth = depth
+        self.inputs = inputs
+        self.outputs: list | None = None
+        self.time_ns = 0
+        self.status = "done"  # "done", "entered" (a block or call in progress), "error"
+        self.error: str | None = None
+
+    @property
+    def node_id(self) -> str:
+        return self.node.id
+
+    def value(self, v) -> Any:
+        """The recorded value of ``v`` (an input or output ``Value`` of the node)."""
+        for vals, defs in ((self.outputs, self.node.outputs), (self.inputs, self.node.inputs)):
+            if vals is None:
+                continue
+            for d, x in zip(defs, vals):
+                if d == v:
+                    return x
+        raise KeyError(v)
+
+    def __repr__(self) -> str:
+        return f"<StepRecord #{self.index} {self.node.id} {self.node.kind}>"
+
+
+def _storage_ptr(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+class Timeline:
+    def __init__(self, budget: int = DEFAULT_BUDGET):
+        self.budget = budget
+        self.records: list[StepRecord] = []
+        self.kept_bytes = 0
+        self.dropped = 0  # values kept as summaries only
+        self.snapshots = 0  # copies made before in-place writes
+        self._counted: set[int] = set()
+        self._free: set[int] = set()
+        self._refs: dict[int, list] = defaultdict(list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> StepRecord:
+        return self.records[i]
+
+    def __iter__(self) -> Iterator[StepRecord]:
+        return iter(self.records)
+
+    @property
+    def over_budget(self) -> bool:
+        return self.kept_bytes > self.budget
+
+    def mark_free(self, value: Any) -> None:
+        """Memory the model holds anyway (parameters, inputs): never counted."""
+        if isinstance(value, torch.Tensor):
+            self._free.add(_storage_ptr(value))
+
+    def add(self, record: StepRecord) -> StepRecord:
+        record.index = len(self.records)
+        self.records.append(record)
+        self._keep(record, record.inputs, "i")
+        if record.outputs is not None:
+            self._keep(record, record.outputs, "o")
+        return record
+
+    def set_outputs(self, record: StepRecord, outputs: list) -> None:
+        """Outputs of a call or block, known when it returns."""
+        record.outputs = outputs
+        self._keep(record, outputs, "o")
+
+    def _keep(self, record: StepRecord, values: list, where: str) -> None:
+        for slot, value in enumerate(values):
+            if isinstance(value, torch.Tensor):
+                kept = self._keep_tensor(record, where, slot, None, value)
+                if kept is not value:
+                    values[slot] = kept
+            elif isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+                changed = False
+                items = list(value)
+                for j, item in enumerate(items):
+                    if isinstance(item, torch.Tensor):
+                        kept = self._keep_tensor(record, where, slot, j, item)
+                        if kept is not item:
+                            items[j] = kept
+                            changed = True
+                if changed:
+                    values[slot] = items if isinstance(value, list) else tuple(items)
+
+    def _keep_tensor(self, record, where, slot, sub, t: torch.Tensor):
+        ptr = _storage_ptr(t)
+        if ptr not in self._counted and ptr not in self._free:
+            nbytes = t.untyped_storage().nbytes()
+            if self.kept_bytes + nbytes > self.budget:
+                self.dropped += 1
+                return Dropped(summarize(t))
+            self._counted.add(ptr)
+            self.kept_bytes += nbytes
+        self._refs[ptr].append((record, where, slot, sub))
+        return t
+
+    def before_write(self, t: torch.Tensor) -> None:
+        """``t``'s memory is about to be overwritten: earlier records get copies."""
+        ptr = _storage_ptr(t)
+        refs = self._refs.pop(ptr, None)
+        if not refs:
+            return
+        copies: dict[int, Any] = {}
+        for record, where, slot, sub in refs:
+            values = record.inputs if where == "i" else record.outputs
+            if values is None or slot >= len(values):
+                continue
+            holder = values[slot]
+            current = holder if sub is None else holder[sub]
+            if not isinstance(current, torch.Tensor):
+                continue
+            snap = copies.get(id(current))
+            if snap is None:
+                snap = self._snapshot(current)
+                copies[id(current)] = snap
+            if sub is None:
+                values[slot] = snap
+            else:
+                items = list(holder)
+                items[sub] = snap
+                values[slot] = items if isinstance(holder, list) else tuple(items)
+
+    def _snapshot(self, t: torch.Tensor):
+        nbytes = t.numel() * t.element_size()
+        if self.kept_bytes + nbytes > self.budget:
+            self.dropped += 1
+            return Dropped(summarize(t), reason="overwritten in place; over the record budget")
+        self.snapshots += 1
+        self.kept_bytes += nbytes
+        copy = t.clone()
+        self._counted.add(_storage_ptr(copy))
+        return copy
+
+    def snapshot_input(self, t: torch.Tensor):
+        """A copy of an in-place op's own input, taken before the op runs."""
+        self.before_write(t)
+        return self._snapshot(t)

@@ -1,0 +1,328 @@
+"""Summaries and previews of runtime values, shared by the UI and ``--json``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+#: Elements above which previews show the corners only.
+PREVIEW_EDGE = 3
+
+
+@dataclass(frozen=True)
+class TensorSummary:
+    shape: tuple[int, ...]
+    dtype: str
+    device: str
+    numel: int
+    nbytes: int
+    min: float | None = None
+    max: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    nan: int = 0
+    inf: int = 0
+    layout: str = "strided"
+    requires_grad: bool = False
+
+    def short(self) -> str:
+        dims = ",".join(str(d) for d in self.shape)
+        return f"{self.dtype}[{dims}]"
+
+    def stats_line(self) -> str:
+        if self.min is None:
+            return ""
+        parts = [f"min {fmt_float(self.min)}", f"max {fmt_float(self.max)}", f"mean {fmt_float(self.mean)}"]
+        if self.std is not None:
+            parts.append(f"std {fmt_float(self.std)}")
+        if self.nan:
+            parts.append(f"NaN {self.nan}")
+        if self.inf:
+            parts.append(f"Inf {self.inf}")
+        return "  ".join(parts)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["kind"] = "tensor"
+        d["shape"] = list(self.shape)
+        for k in ("min", "max", "mean", "std"):
+            if d[k] is not None and not math.isfinite(d[k]):
+                d[k] = str(d[k])
+        return d
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A recorded value whose tensor was not kept (over the memory budget)."""
+
+    summary: Any
+    reason: str = "over the record budget"
+
+
+@dataclass(frozen=True)
+class ValueSummary:
+    """Any value: ``kind`` is tensor, int, float, bool, str, none, list, tuple, dict, object, device, dtype."""
+
+    kind: str
+    text: str
+    tensor: TensorSummary | None = None
+    items: tuple["ValueSummary", ...] = field(default=())
+    length: int | None = None
+
+    def short(self) -> str:
+        if self.tensor is not None:
+            return self.tensor.short()
+        return self.text
+
+    def to_json(self) -> dict:
+        if self.tensor is not None:
+            return self.tensor.to_json()
+        d: dict[str, Any] = {"kind": self.kind, "text": self.text}
+        if self.length is not None:
+            d["length"] = self.length
+            d["items"] = [i.to_json() for i in self.items]
+        return d
+
+
+def fmt_float(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if math.isnan(x) or math.isinf(x):
+        return str(x)
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e5 or abs(x) < 1e-3:
+        return f"{x:.4e}"
+    return f"{x:.5g}"
+
+
+def _stats_source(t: torch.Tensor) -> torch.Tensor | None:
+    """A real floating view of ``t`` for statistics, or None when it has none."""
+    if t.layout != torch.strided:
+        if t.is_sparse and t.numel() <= 1 << 22:
+            t = t.to_dense()
+        else:
+            return None
+    if t.is_quantized:
+        t = t.dequantize()
+    if t.is_complex():
+        t = t.abs()
+    if t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    if t.device.type == "meta":
+        return None
+    if not t.is_floating_point():
+        return t.to(torch.float64)
+    if t.dtype in (torch.float16, torch.bfloat16) or t.dtype.itemsize == 1:
+        return t.to(torch.float32)
+    return t
+
+
+def summarize_tensor(t: torch.Tensor, stats: bool = True) -> TensorSummary:
+    numel = t.numel()
+    base = dict(
+        shape=tuple(t.shape),
+        dtype=str(t.dtype).replace("torch.", ""),
+        device=str(t.device),
+        numel=numel,
+        nbytes=numel * t.element_size(),
+        layout=str(t.layout).replace("torch.", ""),
+        requires_grad=bool(t.requires_grad),
+    )
+    if not stats or numel == 0:
+        return TensorSummary(**base)
+    with torch.no_grad():
+        src = _stats_source(t.detach())
+        if src is None:
+            return TensorSummary(**base)
+        finite = torch.isfinite(src)
+        nan = int(torch.isnan(src).sum())
+        inf = int((~finite).sum()) - nan
+        vals = src if nan + inf == 0 else src[finite]
+        if vals.numel() == 0:
+            return TensorSummary(**base, nan=nan, inf=inf)
+        lo, hi = torch.aminmax(vals)
+        vals64 = vals.double() if vals.dtype != torch.float64 else vals
+        mean = float(vals64.mean())
+        std = float(vals64.std()) if vals.numel() > 1 else 0.0
+        return TensorSummary(
+            **base, min=float(lo), max=float(hi), mean=mean, std=std, nan=nan, inf=inf
+        )
+
+
+def summarize(value: Any, depth: int = 0) -> ValueSummary:
+    """Describe any runtime value without keeping it alive."""
+    if isinstance(value, Dropped):
+        return summarize(value.summary, depth) if not isinstance(value.summary, ValueSummary) else value.summary
+    if isinstance(value, ValueSummary):
+        return value
+    if isinstance(value, TensorSummary):
+        return ValueSummary(kind="tensor", text=value.short(), tensor=value)
+    if isinstance(value, torch.Tensor):
+        ts = summarize_tensor(value)
+        return ValueSummary(kind="tensor", text=ts.short(), tensor=ts)
+    if value is None:
+        return ValueSummary(kind="none", text="None")
+    if isinstance(value, bool):
+        return ValueSummary(kind="bool", text=str(value))
+    if isinstance(value, int):
+        return ValueSummary(kind="int", text=str(value))
+    if isinstance(value, float):
+        return ValueSummary(kind="float", text=repr(value))
+    if isinstance(value, str):
+        text = value if len(value) <= 60 else value[:59] + "…"
+        return ValueSummary(kind="str", text=repr(text))
+    if isinstance(value, (list, tuple)):
+        kind = "list" if isinstance(value, list) else "tuple"
+        items = tuple(summarize(v, depth + 1) for v in value[:16]) if depth < 3 else ()
+        inner = ", ".join(i.short() for i in items[:4])
+        more = ", …" if len(value) > 4 else ""
+        brackets = "[]" if kind == "list" else "()"
+        return ValueSummary(
+            kind=kind,
+            text=f"{brackets[0]}{inner}{more}{brackets[1]}",
+            items=items,
+            length=len(value),
+        )
+    if isinstance(value, dict):
+        items = (
+            tuple(summarize(v, depth + 1) for _, v in list(value.items())[:16]) if depth < 3 else ()
+        )
+        keys = ", ".join(repr(k) for k in list(value)[:4])
+        more = ", …" if len(value) > 4 else ""
+        return ValueSummary(kind="dict", text=f"{{{keys}{more}}}", items=items, length=len(value))
+    if isinstance(value, torch.device):
+        return ValueSummary(kind="device", text=str(value))
+    if isinstance(value, torch.dtype):
+        return ValueSummary(kind="dtype", text=str(value).replace("torch.", ""))
+    if isinstance(value, torch._C.ScriptObject):
+        try:
+            name = value._type().name()
+        except Exception:
+            name = "object"
+        return ValueSummary(kind="object", text=f"<{name}>")
+    return ValueSummary(kind="object", text=f"<{type(value).__name__}>")
+
+
+def preview(t: torch.Tensor, edgeitems: int = PREVIEW_EDGE, linewidth: int = 100) -> str:
+    """A numpy-formatted preview of a tensor, corners only when large."""
+    src = t.detach()
+    if src.layout != torch.strided:
+        src = src.to_dense() if src.is_sparse else src
+    if src.is_quantized:
+        src = src.dequantize()
+    if src.device.type != "cpu":
+        src = src.cpu()
+    if src.dtype in (torch.bfloat16,) or src.dtype.itemsize == 1 and src.is_floating_point():
+        src = src.float()
+    arr = src.numpy()
+    return np.array2string(
+        arr,
+        threshold=64,
+        edgeitems=edgeitems,
+        linewidth=linewidth,
+        precision=4,
+        suppress_small=False,
+    )
+
+
+def histogram(t: torch.Tensor, bins: int = 20) -> tuple[list[int], float, float] | None:
+    """Counts of the finite values in ``bins`` equal bins, with the range."""
+    src = _stats_source(t.detach())
+    if src is None or src.numel() == 0:
+        return None
+    src = src[torch.isfinite(src)].double()
+    if src.numel() == 0:
+        return None
+    lo, hi = float(src.min()), float(src.max())
+    if lo == hi:
+        counts = [0] * bins
+        counts[bins // 2] = src.numel()
+        return counts, lo, hi
+    counts = torch.histc(src, bins=bins, min=lo, max=hi)
+    return [int(c) for c in counts], lo, hi
+
+
+def storage_key(t: torch.Tensor) -> tuple[str, int] | None:
+    """Identifies the memory a tensor lives in, so views are counted once."""
+    try:
+        st = t.untyped_storage()
+        return (str(t.device), st.data_ptr())
+    except Exception:
+        return None
+
+
+def storage_nbytes(t: torch.Tensor) -> int:
+    try:
+        return t.untyped_storage().nbytes()
+    except Exception:
+        return t.numel() * t.element_size()
+
+
+def values_equal(a: Any, b: Any) -> bool:
+    """Bitwise equality of two values of any structure (``torch.equal`` on tensors)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return False
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        if a.device != b.device:
+            b = b.to(a.device)
+        if a.is_floating_point() or a.is_complex():
+            # NaN == NaN for our purposes: same bits, same place.
+            an, bn = torch.isnan(a), torch.isnan(b)
+            if not torch.equal(an, bn):
+                return False
+            return torch.equal(torch.where(an, torch.zeros_like(a), a), torch.where(bn, torch.zeros_like(b), b))
+        return torch.equal(a, b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(values_equal(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
+
+
+def max_abs_diff(a: Any, b: Any) -> float | None:
+    """Largest absolute difference over all tensors of two same-shaped structures."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.shape != b.shape:
+            return math.inf
+        if a.numel() == 0:
+            return 0.0
+        if a.is_floating_point() or a.is_complex() or b.is_floating_point():
+            d = (a.detach().double() - b.detach().to(a.device).double()).abs()
+            d = torch.where(torch.isnan(a) & torch.isnan(b.to(a.device)), torch.zeros_like(d), d)
+            return float(d.max())
+        return float((a.long() - b.to(a.device).long()).abs().max())
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        diffs = [max_abs_diff(x, y) for x, y in zip(a, b)]
+        diffs = [d for d in diffs if d is not None]
+        return max(diffs) if diffs else None
+    if isinstance(a, dict) and isinstance(b, dict):
+        diffs = [max_abs_diff(a[k], b[k]) for k in a if k in b]
+        diffs = [d for d in diffs if d is not None]
+        return max(diffs) if diffs else None
+    return None
+
+
+def iter_tensors(value: Any):
+    """Tensors directly inside a value: itself, or one level of list/tuple/dict."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            if isinstance(v, torch.Tensor):
+                yield v
+    elif isinstance(value, dict):
+        for v in value.values():
+            if isinstance(v, torch.Tensor):
+                yield v
