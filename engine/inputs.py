@@ -60,8 +60,7 @@ def signature(method: Any) -> list[Param]:
     """Parameters of a ``torch._C.ScriptMethod`` after ``self``."""
     params = []
     for arg in list(method.schema.arguments)[1:]:
-        has_default = arg.default_value is not None or str(arg.type).startswith("Optional")
-        params.append(Param(arg.name, str(arg.type), arg.default_value is not None, arg.default_value))
+        params.append(Param(arg.name, str(arg.type), bool(arg.has_default_value()), arg.default_value))
     return params
 
 

@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterable
 import torch
 
 from engine.errors import ModelError, TsdebugError, first_error_line
-from engine.ir import Block, Graph, Node, Value
+from engine.convert import is_torch_frame
+from engine.ir import Block, Graph, Node, SourceLoc, Value
 from engine.ops import ModelRaised, schema_info
 from engine.program import Program
 from engine.timeline import DEFAULT_BUDGET, StepRecord, Timeline
@@ -330,9 +331,26 @@ class Machine:
             self.timeline.set_outputs(record, list(returns))
         parent.pc += 1
 
+    def user_location(self, node: Node) -> SourceLoc | None:
+        """The node's source line, or, inside torch's own modules, the user's call site."""
+        src = node.source
+        if src is not None and src.file and not is_torch_frame(src.file):
+            return src
+        for act in reversed(self.stack):
+            rec = act.record
+            if act.kind == "body" and rec is not None:
+                s = rec.node.source
+                if s is not None and s.file and not is_torch_frame(s.file):
+                    return s
+        return src
+
     def _fail(self, node: Node, exc: BaseException, record: StepRecord) -> None:
         msg = str(exc) if isinstance(exc, ModelRaised) else first_error_line(exc)
-        where = f" at {node.source}" if node.source is not None and node.source.file else ""
+        loc = self.user_location(node)
+        module = record.module_path
+        where = f" in {module}" if module else ""
+        if loc is not None and loc.file:
+            where += f" at {loc}"
         shapes = ", ".join(summarize(x).short() for x in record.inputs)
         err = ModelError(f"{node.kind}{where}: {msg}", node=node, detail=f"inputs: {shapes}")
         record.status = "error"
@@ -640,14 +658,15 @@ class Machine:
             while True:
                 n_before = len(self.timeline)
                 self._step_live()
-                stop = self._can_run()
-                if stop:
-                    return stop
+                if self.error is not None:
+                    return Stop.ERROR
                 if check_after:
                     for rec in self.timeline.records[n_before:]:
                         if self._breaks_after(rec):
                             self.stop_reason_detail = f"breakpoint after {rec.node.kind} ({rec.node.id})"
                             return Stop.BREAKPOINT
+                if self.finished:
+                    return Stop.FINISHED
                 if check_before and self._breaks_before(self.live_node):
                     self.stop_reason_detail = f"breakpoint at {self.live_node.id}"
                     return Stop.BREAKPOINT

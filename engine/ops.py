@@ -105,7 +105,9 @@ def compile_node(handle: torch._C.Node, extra_returns: tuple[int, ...] = ()) -> 
     if len(outs) == 1:
         g.registerOutput(outs[0])
     elif len(outs) > 1:
-        tup = g.insertNode(g.createTuple(outs))
+        tup = g.create("prim::TupleConstruct", outs, 1)
+        g.insertNode(tup)
+        tup.output().setType(torch._C.TupleType([v.type() for v in outs]))
         g.registerOutput(tup.output())
     return torch._C._create_function_from_graph("tsdebug_op", g)
 
