@@ -293,11 +293,17 @@ def _static_value(graph, value, module) -> Any:
 def infer_inputs(program, method: str, params: list[Param], seed: int) -> tuple | None:
     """Guess one input per tensor parameter from the first op that consumes it."""
     graph = program.root_graph(method, inlined=True)
-    uses: dict[int, Any] = {}
+    uses: dict[int, list] = {}
+    flows: dict[int, list] = {}  # a value returned by a block flows into its node's output
     for n in graph.walk():
         for i, v in enumerate(n.inputs):
-            uses.setdefault(v.index, (n, i))
-    consumers_passthrough = {"aten::contiguous", "aten::to", "aten::float", "aten::type_as", "aten::detach"}
+            uses.setdefault(v.index, []).append((n, i))
+        if n.kind == "prim::If":
+            for b in n.blocks:
+                for r, o in zip(b.returns, n.outputs):
+                    flows.setdefault(r.index, []).append(o)
+    passthrough = {"aten::contiguous", "aten::to", "aten::float", "aten::type_as", "aten::detach",
+                   "aten::transpose", "aten::permute", "aten::unsqueeze"}
     out = []
     for k, (p, v) in enumerate(zip(params, graph.inputs[1:])):
         if p.type != "Tensor":
@@ -305,18 +311,21 @@ def infer_inputs(program, method: str, params: list[Param], seed: int) -> tuple 
                 out.append(p.default)
                 continue
             return None
-        value = v
         guess = None
-        for _ in range(4):
-            use = uses.get(value.index)
-            if use is None:
-                break
-            node, slot = use
-            if node.kind in consumers_passthrough and node.outputs:
-                value = node.outputs[0]
+        frontier, seen = [v], set()
+        while frontier and guess is None and len(seen) < 200:
+            value = frontier.pop(0)
+            if value.index in seen:
                 continue
-            guess = _guess_from_use(graph, node, slot, program.module, seed, k)
-            break
+            seen.add(value.index)
+            frontier.extend(flows.get(value.index, []))
+            for node, slot in uses.get(value.index, []):
+                if node.kind in passthrough and node.outputs:
+                    frontier.append(node.outputs[0])
+                    continue
+                guess = _guess_from_use(graph, node, slot, program.module, seed, k)
+                if guess is not None:
+                    break
         if guess is None:
             return None
         out.append(guess)

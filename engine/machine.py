@@ -352,7 +352,12 @@ class Machine:
         if loc is not None and loc.file:
             where += f" at {loc}"
         shapes = ", ".join(summarize(x).short() for x in record.inputs)
-        err = ModelError(f"{node.kind}{where}: {msg}", node=node, detail=f"inputs: {shapes}")
+        if len(shapes) > 240:
+            shapes = shapes[:239] + "…"
+        detail = f"inputs: {shapes}"
+        if node.schema:
+            detail += f"; schema: {node.schema}"
+        err = ModelError(f"{node.kind} (node {node.id}){where}: {msg}; {detail}", node=node, detail=detail)
         record.status = "error"
         record.error = err.message
         self.error = err

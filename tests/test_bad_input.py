@@ -1,0 +1,222 @@
+"""Bad files and bad inputs: one clear line, exit 2, no traceback, the file unchanged."""
+
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from tsdebug.cli import main
+import models as M
+
+
+def digest(path):
+    if os.path.isdir(path):
+        return None
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tsdebug: error: ")
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+class Lin(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.l(x)
+
+
+@pytest.fixture
+def good(archive):
+    return archive(M.randomize_bn(M.ConvNet()), "trace", example=(torch.randn(1, 3, 16, 16),))
+
+
+def make_bad_files(tmp_path, good):
+    m = Lin()
+    files = {}
+    files["state_dict"] = tmp_path / "sd.pt"
+    torch.save(m.state_dict(), files["state_dict"])
+    files["whole_module"] = tmp_path / "whole.pt"
+    torch.save(m, files["whole_module"])
+    files["legacy"] = tmp_path / "legacy.pt"
+    torch.save(m.state_dict(), files["legacy"], _use_new_zipfile_serialization=False)
+    files["pt2"] = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(m, (torch.randn(1, 2),)), files["pt2"])
+    # The first bytes of a real ONNX ModelProto: ir_version, producer "pytorch", its version.
+    files["onnx"] = tmp_path / "m.onnx"
+    files["onnx"].write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x042.13" + b"\x3a\x00" * 8)
+    data = open(good, "rb").read()
+    files["truncated"] = tmp_path / "trunc.pt"
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    corrupt = bytearray(data)
+    at = data.find(b"/data/0") + 300
+    corrupt[at : at + 64] = b"\0" * 64
+    files["corrupt"] = tmp_path / "corrupt.pt"
+    files["corrupt"].write_bytes(bytes(corrupt))
+    files["empty"] = tmp_path / "empty.pt"
+    files["empty"].write_bytes(b"")
+    files["directory"] = tmp_path / "adir"
+    files["directory"].mkdir()
+    files["pickle"] = tmp_path / "obj.pkl"
+    files["pickle"].write_bytes(pickle.dumps({"a": 1}))
+    files["text"] = tmp_path / "notes.txt"
+    files["text"].write_text("hello")
+    return files
+
+
+EXPECT = {
+    "state_dict": "state dict",
+    "whole_module": "whole nn.Module",
+    "legacy": "legacy",
+    "pt2": "torch.export",
+    "onnx": "ONNX",
+    "truncated": "truncated",
+    "corrupt": "corrupt",
+    "empty": "empty",
+    "directory": "directory",
+    "pickle": "pickle",
+    "text": "not a TorchScript archive",
+}
+
+
+@pytest.mark.parametrize("kind", list(EXPECT))
+def test_bad_files(tmp_path, good, capsys, kind):
+    path = str(make_bad_files(tmp_path, good)[kind])
+    before = digest(path)
+    code, out, err = run_cli(capsys, "run", path)
+    assert_one_line_error(code, err, EXPECT[kind])
+    assert digest(path) == before
+
+
+def test_missing_file(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "run", str(tmp_path / "nope.pt"))
+    assert_one_line_error(code, err, "no such file")
+
+
+def test_bad_files_json(tmp_path, good, capsys):
+    path = str(make_bad_files(tmp_path, good)["state_dict"])
+    code, out, err = run_cli(capsys, "run", path, "--json")
+    assert code == 2
+    import json
+
+    assert "state dict" in json.loads(out)["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "specs,needles",
+    [
+        (["float32[1,4,16,16]"], ["aten::_convolution", "stem.0", "models.py", "3 channels", "float32[1,4,16,16]"]),
+        (["int64[1,3,16,16]"], ["aten::_convolution", "models.py"]),
+        (["float32[1,3,16,16]", "float32[2]"], ["2 inputs given", "forward(x: Tensor)"]),
+        (["floot32[1,3]"], ["unknown dtype"]),
+        (["what"], ["neither a file nor a spec"]),
+        (["int:abc"], ["not a int"]),
+        (["missing.npy"], ["no such file"]),
+        (["int:3"], ["must be Tensor", "forward(x: Tensor)"]),
+    ],
+)
+def test_bad_inputs(good, capsys, specs, needles):
+    before = digest(good)
+    argv = ["run", good]
+    for s in specs:
+        argv += ["--input", s]
+    code, out, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, *needles)
+    assert digest(good) == before
+
+
+def test_pickled_object_input_is_refused(tmp_path, good, capsys):
+    class Thing:
+        pass
+
+    path = tmp_path / "inp.pt"
+    torch.save((torch.randn(1, 3, 16, 16), {"obj": Lin()}), path)
+    code, _, err = run_cli(capsys, "run", good, "--inputs", str(path))
+    assert_one_line_error(code, err, "weights-only")
+
+
+def test_save_outputs_never_overwrites_model(good, capsys):
+    before = digest(good)
+    code, _, err = run_cli(capsys, "run", good, "--save-outputs", good)
+    assert_one_line_error(code, err, "overwrite the model")
+    assert digest(good) == before
+
+
+def test_bad_device_and_library(good, capsys, tmp_path):
+    code, _, err = run_cli(capsys, "run", good, "--device", "nodevice")
+    assert_one_line_error(code, err, "--device")
+    code, _, err = run_cli(capsys, "run", good, "--library", str(tmp_path / "libnope.so"))
+    assert_one_line_error(code, err, "--library", "no such file")
+
+
+def test_no_method(good, capsys):
+    code, _, err = run_cli(capsys, "run", good, "--method", "nope")
+    assert_one_line_error(code, err, "no method 'nope'", "forward")
+
+
+OPS_PACKAGE = textwrap.dedent(
+    """
+    import torch
+    lib = torch.library.Library("tsdbgops", "DEF")
+    lib.define("double(Tensor x) -> Tensor")
+    lib.impl("double", lambda x: x * 2, "CompositeExplicitAutograd")
+    """
+)
+
+
+def test_custom_op_archive(tmp_path):
+    pkg = tmp_path / "pkgs" / "tsdbgops"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(OPS_PACKAGE)
+    model_py = textwrap.dedent(
+        f"""
+        import sys, torch, warnings
+        warnings.simplefilter("ignore")
+        sys.path.insert(0, {str(tmp_path / "pkgs")!r})
+        import tsdbgops
+        class M(torch.nn.Module):
+            def forward(self, x):
+                return torch.ops.tsdbgops.double(x) + 1
+        torch.jit.save(torch.jit.script(M()), {str(tmp_path / "custom.pt")!r})
+        """
+    )
+    (tmp_path / "make_custom.py").write_text(model_py)  # scripting needs the source in a file
+    subprocess.run([sys.executable, str(tmp_path / "make_custom.py")], check=True)
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    cmd = [sys.executable, "-m", "tsdebug.cli", "run", str(tmp_path / "custom.pt"), "--input", "float32[3]"]
+    # Without the package: one line naming the op and what to do.
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert "tsdbgops::double" in res.stderr and "--library" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    # With the package importable: imported automatically, and the run is exact.
+    env["PYTHONPATH"] = str(tmp_path / "pkgs")
+    res = subprocess.run(cmd + ["--json"], capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    import json
+
+    report = json.loads(res.stdout)
+    assert report["identical"] is True
+    assert report["imported_libraries"] == ["tsdbgops"]
