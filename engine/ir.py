@@ -56,10 +56,18 @@ class Value:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Block:
+    """A list of nodes with parameters and returned values.
+
+    ``frees[i]`` lists the values (by index) whose last use in this block is
+    node ``i``: the interpreter drops them after that node, as TorchScript's
+    own interpreter does, so memory is reused the same way.
+    """
+
     id: str
     params: tuple[Value, ...]
     nodes: tuple["Node", ...]
     returns: tuple[Value, ...]
+    frees: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)

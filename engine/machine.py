@@ -329,6 +329,8 @@ class Machine:
             record.time_ns = _perf_ns() - act.t0
             record.status = "done"
             self.timeline.set_outputs(record, list(returns))
+        for i in parent.block.frees[parent.pc]:
+            penv[i] = None
         parent.pc += 1
 
     def user_location(self, node: Node) -> SourceLoc | None:
@@ -343,6 +345,14 @@ class Machine:
                 if s is not None and s.file and not is_torch_frame(s.file):
                     return s
         return src
+
+    @staticmethod
+    def _advance(act: Activation) -> None:
+        """Past the current node: drop the values it was the last to use."""
+        env = act.frame.env
+        for i in act.block.frees[act.pc]:
+            env[i] = None
+        act.pc += 1
 
     def _fail(self, node: Node, exc: BaseException, record: StepRecord) -> None:
         msg = str(exc) if isinstance(exc, ModelRaised) else first_error_line(exc)
@@ -390,7 +400,7 @@ class Machine:
             env[i] = x
         record.outputs = list(outs)
         self.timeline.add(record)
-        act.pc += 1
+        self._advance(act)
 
     def _run_constant(self, act: Activation, node: Node) -> None:
         value = node.attrs.get("value")
@@ -398,7 +408,7 @@ class Machine:
         record = self._record(act, node, [])
         record.outputs = [value]
         self.timeline.add(record)
-        act.pc += 1
+        self._advance(act)
 
     def _get_attr(self, obj: Any, name: str) -> Any:
         key = (obj, name)
@@ -441,7 +451,7 @@ class Machine:
             self.timeline.mark_free(value)
         record.outputs = [value]
         self.timeline.add(record)
-        act.pc += 1
+        self._advance(act)
 
     def _run_setattr(self, act: Activation, node: Node) -> None:
         env = act.frame.env
@@ -460,7 +470,7 @@ class Machine:
             self._attr_overlay.pop((obj, name), None)
         record.outputs = []
         self.timeline.add(record)
-        act.pc += 1
+        self._advance(act)
 
     def _enter(self, act: Activation, node: Node, block: Block, kind: str, inputs: list,
                frame: Frame | None = None, path: tuple | None = None) -> Activation:
@@ -487,7 +497,7 @@ class Machine:
             self.timeline.add(record)
             for i, x in zip(node.out_idx, carried):
                 env[i] = x
-            act.pc += 1
+            self._advance(act)
             return
         body = node.blocks[0]
         new = self._enter(act, node, body, "loop", args, path=act.path + ("iter 0",))

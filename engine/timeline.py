@@ -17,6 +17,7 @@ storages the model holds anyway (parameters, inputs) are not counted.
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 from typing import Any, Iterator
 
@@ -82,6 +83,8 @@ class Timeline:
         self._counted: set[int] = set()
         self._free: set[int] = set()
         self._refs: dict[int, list] = defaultdict(list)
+        # id(tensor) -> (weakref, Dropped): a dropped tensor read by later steps is summarized once
+        self._dropped_cache: dict[int, tuple] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -137,12 +140,28 @@ class Timeline:
         if ptr not in self._counted and ptr not in self._free:
             nbytes = t.untyped_storage().nbytes()
             if self.kept_bytes + nbytes > self.budget:
-                self.dropped += 1
-                return Dropped(summarize(t))
+                return self._drop(t)
             self._counted.add(ptr)
             self.kept_bytes += nbytes
         self._refs[ptr].append((record, where, slot, sub))
         return t
+
+    def _drop(self, t: torch.Tensor, reason: str = "over the record budget") -> Dropped:
+        cached = self._dropped_cache.get(id(t))
+        if cached is not None and cached[0]() is t and cached[2] == t._version:
+            return cached[1]
+        self.dropped += 1
+        dropped = Dropped(summarize(t), reason=reason)
+        key = id(t)
+        cache = self._dropped_cache
+
+        def forget(ref, key=key):
+            entry = cache.get(key)
+            if entry is not None and entry[0] is ref:
+                del cache[key]
+
+        cache[key] = (weakref.ref(t, forget), dropped, t._version)
+        return dropped
 
     def before_write(self, t: torch.Tensor) -> None:
         """``t``'s memory is about to be overwritten: earlier records get copies."""
@@ -173,8 +192,7 @@ class Timeline:
     def _snapshot(self, t: torch.Tensor):
         nbytes = t.numel() * t.element_size()
         if self.kept_bytes + nbytes > self.budget:
-            self.dropped += 1
-            return Dropped(summarize(t), reason="overwritten in place; over the record budget")
+            return self._drop(t, reason="overwritten in place; over the record budget")
         self.snapshots += 1
         self.kept_bytes += nbytes
         copy = t.clone()

@@ -124,34 +124,56 @@ def _stats_source(t: torch.Tensor) -> torch.Tensor | None:
 
 def summarize_tensor(t: torch.Tensor, stats: bool = True) -> TensorSummary:
     numel = t.numel()
-    base = dict(
-        shape=tuple(t.shape),
-        dtype=str(t.dtype).replace("torch.", ""),
-        device=str(t.device),
-        numel=numel,
-        nbytes=numel * t.element_size(),
-        layout=str(t.layout).replace("torch.", ""),
-        requires_grad=bool(t.requires_grad),
-    )
+    shape = tuple(t.shape)
+    dtype = _DTYPE_NAMES.get(t.dtype) or str(t.dtype).replace("torch.", "")
+    device = "cpu" if t.device.type == "cpu" else str(t.device)
+    layout = "strided" if t.layout == torch.strided else str(t.layout).replace("torch.", "")
+    nbytes = numel * t.element_size()
     if not stats or numel == 0:
-        return TensorSummary(**base)
+        return TensorSummary(shape, dtype, device, numel, nbytes, layout=layout, requires_grad=t.requires_grad)
     with torch.no_grad():
-        src = _stats_source(t.detach())
-        if src is None:
-            return TensorSummary(**base)
-        finite = torch.isfinite(src)
-        nan = int(torch.isnan(src).sum())
-        inf = int((~finite).sum()) - nan
-        vals = src if nan + inf == 0 else src[finite]
-        if vals.numel() == 0:
-            return TensorSummary(**base, nan=nan, inf=inf)
-        lo, hi = torch.aminmax(vals)
-        vals64 = vals.double() if vals.dtype != torch.float64 else vals
-        mean = float(vals64.mean())
-        std = float(vals64.std()) if vals.numel() > 1 else 0.0
-        return TensorSummary(
-            **base, min=float(lo), max=float(hi), mean=mean, std=std, nan=nan, inf=inf
-        )
+        src = t.detach()
+        if src.dtype not in _FAST_DTYPES or src.layout != torch.strided:
+            src = _stats_source(src)
+            if src is None:
+                return TensorSummary(shape, dtype, device, numel, nbytes, layout=layout, requires_grad=t.requires_grad)
+        flat = src.reshape(-1)
+        # One batch of reductions, one host transfer.  aminmax propagates NaN
+        # and sees Inf, so finite extremes mean the slow counting passes can
+        # be skipped.  Sum and sum of squares read the data without
+        # temporaries (torch.std is slow on CPU); the centred form is used
+        # only when the mean dwarfs the spread.
+        lo, hi = torch.aminmax(flat)
+        lo_f, hi_f, total, norm = torch.stack(
+            [lo.double(), hi.double(), flat.sum().double(), torch.linalg.vector_norm(flat).double()]
+        ).tolist()
+        nan = inf = 0
+        n = numel
+        if not (math.isfinite(lo_f) and math.isfinite(hi_f)):
+            finite = torch.isfinite(flat)
+            nan = int(torch.isnan(flat).sum())
+            inf = int((~finite).sum()) - nan
+            flat = flat[finite]
+            n = flat.numel()
+            if n == 0:
+                return TensorSummary(shape, dtype, device, numel, nbytes, nan=nan, inf=inf, layout=layout,
+                                     requires_grad=t.requires_grad)
+            lo_f, hi_f, total, norm = torch.stack(
+                [flat.min().double(), flat.max().double(), flat.sum().double(),
+                 torch.linalg.vector_norm(flat).double()]
+            ).tolist()
+        mean = total / n
+        var = max(norm * norm - n * mean * mean, 0.0) / max(n - 1, 1)
+        if n > 1 and mean * mean > 1e3 * var:
+            var = float(torch.linalg.vector_norm(flat - mean)) ** 2 / (n - 1)
+        return TensorSummary(shape, dtype, device, numel, nbytes, lo_f, hi_f, mean, math.sqrt(var), nan, inf,
+                             layout, t.requires_grad)
+
+
+_FAST_DTYPES = frozenset({torch.float32, torch.float64})
+_DTYPE_NAMES = {d: str(d).replace("torch.", "") for d in (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
+    torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128)}
 
 
 def summarize(value: Any, depth: int = 0) -> ValueSummary:
