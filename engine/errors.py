@@ -42,7 +42,25 @@ class EagerError(TsdebugError):
     """The eager reference model could not be imported, built or run."""
 
 
+MAX_MESSAGE = 300
+
+
+def _shorten(text: str) -> str:
+    """Long torch messages (dispatch-key lists) cut to their first sentence."""
+    text = " ".join(text.split())
+    if len(text) <= MAX_MESSAGE:
+        return text
+    cut = text.find(". ", 40)
+    if 0 < cut < MAX_MESSAGE:
+        return text[: cut + 1]
+    return text[: MAX_MESSAGE - 1] + "…"
+
+
 def first_error_line(exc: BaseException) -> str:
+    return _shorten(_first_error_line(exc))
+
+
+def _first_error_line(exc: BaseException) -> str:
     """The informative line of a torch exception.
 
     Errors raised inside the TorchScript interpreter carry a traceback of

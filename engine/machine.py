@@ -356,6 +356,11 @@ class Machine:
 
     def _fail(self, node: Node, exc: BaseException, record: StepRecord) -> None:
         msg = str(exc) if isinstance(exc, ModelRaised) else first_error_line(exc)
+        baked = next((a for a in record.inputs if isinstance(a, torch.device) and a.type == "cuda"), None)
+        if baked is not None and not torch.cuda.is_available():
+            msg = (f"the graph has the device {baked} baked in (torch.jit.trace on a GPU records "
+                   f"device=x.device as a constant) and this machine has no CUDA; re-export the model "
+                   f"on the CPU or script it ({msg})")
         loc = self.user_location(node)
         module = record.module_path
         where = f" in {module}" if module else ""

@@ -104,7 +104,21 @@ def compile_node(handle: torch._C.Node, extra_returns: tuple[int, ...] = ()) -> 
     outs = list(clone.outputs()) + [new_inputs[i] for i in extra_returns]
     if len(outs) == 1:
         g.registerOutput(outs[0])
-    elif len(outs) > 1:
+    elif len(outs) == 0:
+        # A function must return something: None.
+        none = g.create("prim::Constant", [], 1)
+        g.insertNode(none)
+        none.output().setType(torch._C.NoneType.get())
+        g.registerOutput(none.output())
+    elif all(o.type().kind() == "TensorType" for o in outs):
+        # Several tensors come back as a list of optional tensors: a tuple
+        # holding an undefined tensor (``need_weights=False`` in attention)
+        # fails in the interpreter, a list of Optional[Tensor] does not.
+        lst = g.create("prim::ListConstruct", outs, 1)
+        g.insertNode(lst)
+        lst.output().setType(torch._C.ListType(torch._C.OptionalType(torch._C.TensorType.get())))
+        g.registerOutput(lst.output())
+    else:
         tup = g.create("prim::TupleConstruct", outs, 1)
         g.insertNode(tup)
         tup.output().setType(torch._C.TupleType([v.type() for v in outs]))
@@ -134,7 +148,7 @@ def _write_back_runner(node: Node, containers: tuple[int, ...]) -> Runner:
 
     def run(args: list) -> tuple:
         result = fn(*args)
-        if not isinstance(result, tuple) or (n_out + len(containers)) == 1:
+        if (n_out + len(containers)) == 1:
             result = (result,)
         for slot, new in zip(containers, result[n_out:]):
             old = args[slot]
@@ -255,14 +269,52 @@ PRIM_OPS: dict[str, Callable[[list], Any]] = {
 }
 
 
+class Messages:
+    """What the model printed or warned while running, kept off the terminal."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def warn(self, message: str, *_rest) -> None:
+        self.lines.append(f"warning: {message}")
+
+    def print(self, *args) -> None:
+        self.lines.append(" ".join(str(a) for a in args))
+
+
 def _is_object(x: Any) -> bool:
-    return isinstance(x, (list, dict, torch._C.ScriptObject))
+    from engine.program import ClassInstance
+
+    return isinstance(x, (list, dict, torch._C.ScriptObject, ClassInstance))
 
 
-def runner_for(node: Node) -> Runner:
-    """A callable taking the node's input values and returning its outputs as a tuple."""
+def _isinstance_runner(node: Node, compiled_run: Runner) -> Runner:
+    """``prim::isinstance`` on the interpreter's own class objects is answered here."""
+    from engine.program import ClassInstance
+
+    names = {str(t) for t in node.attrs.get("types", [])}
+
+    def run(args: list) -> tuple:
+        obj = args[0]
+        if isinstance(obj, ClassInstance):
+            return (obj.qualname in names,)
+        return compiled_run(args)
+
+    return run
+
+
+def runner_for(node: Node, messages: Messages | None = None) -> Runner:
+    """A callable taking the node's input values and returning its outputs as a tuple.
+
+    ``aten::warn`` and ``prim::Print`` write to ``messages`` instead of the
+    terminal, which belongs to the debugger.
+    """
     kind = node.kind
     n_out = len(node.outputs)
+    if messages is not None and kind == "aten::warn":
+        return lambda args: (messages.warn(*args), ())[1]
+    if messages is not None and kind == "prim::Print":
+        return lambda args: (messages.print(*args), ())[1]
 
     if kind in ("prim::ListUnpack", "prim::TupleUnpack"):
         return lambda args: tuple(args[0])
@@ -289,6 +341,13 @@ def runner_for(node: Node) -> Runner:
                 compiled.append(_compiled_runner(node))
         return compiled[0](args)
 
+    if kind == "prim::CreateObject":
+        from engine.program import ClassInstance
+
+        qualname = node.outputs[0].type
+        return lambda args: (ClassInstance(qualname),)
+    if kind == "prim::isinstance":
+        return _isinstance_runner(node, compiled_run)
     if kind in ("aten::__is__", "aten::__isnot__"):
         negate = kind == "aten::__isnot__"
 

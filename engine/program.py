@@ -9,10 +9,43 @@ import torch
 from engine.convert import convert_graph, short_graph_name
 from engine.errors import ModelError
 from engine.ir import Graph, Node
-from engine.ops import Runner, runner_for
+from engine.ops import Messages, Runner, runner_for
+
+
+class ClassInstance:
+    """An object of a TorchScript class, created by ``prim::CreateObject``.
+
+    The interpreter keeps these itself: handing them to torch and back would
+    turn them into copies (a Python class instance when the class's package is
+    imported), and the program must see its own object mutate.
+    """
+
+    __slots__ = ("qualname", "attrs")
+
+    def __init__(self, qualname: str):
+        self.qualname = qualname
+        self.attrs: dict[str, Any] = {}
+
+    def getattr(self, name: str) -> Any:
+        try:
+            return self.attrs[name]
+        except KeyError:
+            raise AttributeError(f"{self.qualname} object has no attribute {name!r} (not set yet)") from None
+
+    def setattr(self, name: str, value: Any) -> None:
+        self.attrs[name] = value
+
+    @property
+    def short_name(self) -> str:
+        return self.qualname.rsplit(".", 1)[-1]
+
+    def __repr__(self) -> str:
+        return f"<{self.short_name} object>"
 
 
 def type_name(obj: Any) -> str:
+    if isinstance(obj, ClassInstance):
+        return obj.qualname
     return obj._type().qualified_name()
 
 
@@ -25,11 +58,16 @@ class Program:
     module type shares its code.
     """
 
-    def __init__(self, module: torch._C.ScriptModule, cu: torch._C.CompilationUnit | None):
+    def __init__(self, module: torch._C.ScriptModule, cu: torch._C.CompilationUnit | None,
+                 traced_methods: frozenset[str] = frozenset()):
         self.module = module
         self.cu = cu
+        # Methods whose example inputs torch.jit.trace stored: traced, even
+        # when their own nodes carry no source to tell (only calls).
+        self.traced_methods = traced_methods
         self._graphs: dict[tuple, Graph] = {}
         self._runners: dict[Node, Runner] = {}
+        self.messages = Messages()
         self.root_type = type_name(module)
 
     # -- graphs -------------------------------------------------------------
@@ -42,6 +80,8 @@ class Program:
 
     def method_graph(self, obj: Any, method: str, *, inlined: bool = False, root: bool = False) -> Graph:
         tname = type_name(obj)
+        if isinstance(obj, ClassInstance):
+            return self.function_graph(f"{tname}.{method}")
         key = ("method", tname, method, inlined)
         graph = self._graphs.get(key)
         if graph is None:
@@ -61,6 +101,8 @@ class Program:
             else:
                 tgraph = m.graph
             graph = convert_graph(tgraph, name, qualname, inlined=inlined)
+            if root and graph.origin == "unknown" and method in self.traced_methods:
+                graph.origin = "traced"
             self._graphs[key] = graph
         return graph
 
@@ -83,6 +125,6 @@ class Program:
     def runner(self, node: Node) -> Runner:
         run = self._runners.get(node)
         if run is None:
-            run = runner_for(node)
+            run = runner_for(node, self.messages)
             self._runners[node] = run
         return run

@@ -124,7 +124,7 @@ class Session:
         self.path = path
         self.device = device
         self.archive = archive_mod.load(path, device=device, libraries=libraries)
-        self.program = Program(self.archive.cpp, self.archive.cu)
+        self.program = Program(self.archive.cpp, self.archive.cu, frozenset(self.archive.traced_inputs))
         if method not in self.program.method_names():
             names = ", ".join(sorted(self.program.method_names()))
             raise TsdebugError(f"{path} has no method {method!r}; it has {names}")

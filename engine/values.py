@@ -221,6 +221,10 @@ def summarize(value: Any, depth: int = 0) -> ValueSummary:
         return ValueSummary(kind="device", text=str(value))
     if isinstance(value, torch.dtype):
         return ValueSummary(kind="dtype", text=str(value).replace("torch.", ""))
+    from engine.program import ClassInstance
+
+    if isinstance(value, ClassInstance):
+        return ValueSummary(kind="object", text=f"<{value.short_name}>")
     if isinstance(value, torch._C.ScriptObject):
         try:
             name = value._type().name()

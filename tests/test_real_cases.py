@@ -1,0 +1,134 @@
+"""Cases found on real archives: CUDA-made archives, TorchScript classes, ops without outputs."""
+
+import os
+import warnings
+from typing import List
+
+import pytest
+import torch
+import torch.nn as nn
+
+from engine import Session
+from engine.values import values_equal
+from fixtures_cuda import BakedDevice, CudaConvNet
+from tsdebug.cli import main
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+@pytest.mark.parametrize("name", ["cuda_traced_convnet.pt", "cuda_scripted_convnet.pt"])
+def test_archive_saved_on_cuda_runs_on_cpu(name):
+    path = os.path.join(DATA, name)
+    s = Session(path)
+    x = torch.randn(1, 3, 8, 8)
+    s.start(values=(x,))
+    report = s.run_and_compare()
+    assert report.error is None and report.identical
+    # and against the Python module with the archive's weights
+    eager = CudaConvNet().eval()
+    eager.load_state_dict(torch.jit.load(path, map_location="cpu").state_dict())
+    with torch.no_grad():
+        assert torch.allclose(report.outputs, eager(x), atol=1e-6)
+
+
+def test_baked_cuda_device_is_a_clear_error(capsys):
+    path = os.path.join(DATA, "cuda_baked_device.pt")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = main(["run", path])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "cuda" in lines[0].lower() and "baked" in lines[0]
+
+
+@torch.jit.script
+class Boxes:
+    def __init__(self, data: torch.Tensor, sizes: List[int]):
+        self.data = data
+        self.sizes = sizes
+
+    def scale(self, f: float) -> "Boxes":
+        self.data = self.data * f
+        return self
+
+    def count(self) -> int:
+        return len(self.sizes)
+
+
+class UsesClass(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = Boxes(x, [1, 2])
+        b.sizes.append(3)  # mutates the object's list: count() must see 3
+        b = b.scale(2.0)
+        if isinstance(b, Boxes):
+            return b.data + b.count()
+        return x
+
+
+class Warns(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        warnings.warn("scripted models always return a tuple")
+        print("x has", x.numel(), "elements")
+        return x + 1
+
+
+class SelfAttention(nn.Module):
+    """torchvision's ViT calls attention with need_weights=False: an undefined second output."""
+
+    def __init__(self):
+        super().__init__()
+        self.ln = nn.LayerNorm(16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x):
+        x = self.ln(x)
+        y, _ = self.attn(x, x, x, need_weights=False)
+        return y
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_torchscript_class_objects(archive, inline):
+    path = archive(UsesClass(), "script")
+    x = torch.randn(3)
+    s = Session(path, inline=inline)
+    m = s.start(values=(x,))
+    m.run()
+    assert m.error is None
+    assert torch.equal(m.outputs, x * 2 + 3)
+
+
+def test_warn_and_print_are_captured(archive, capfd):
+    path = archive(Warns(), "script")
+    s = Session(path)
+    m = s.start(values=(torch.ones(4),))
+    m.run()
+    assert torch.equal(m.outputs, torch.full((4,), 2.0))
+    out, err = capfd.readouterr()
+    assert "elements" not in out and "always return" not in err
+    assert s.program.messages.lines == ["warning: scripted models always return a tuple", "x has 4 elements"]
+
+
+@pytest.mark.parametrize("mode", ["trace", "script"])
+def test_attention_without_weights(archive, mode):
+    x = torch.randn(1, 5, 16)
+    path = archive(SelfAttention(), mode, example=(x,))
+    s = Session(path)
+    s.start(values=(x,))
+    r = s.run_and_compare()
+    assert r.error is None and r.identical
+
+
+def test_origin_of_traced_method_with_only_calls(archive):
+    class OnlyCalls(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 3)
+            self.b = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    path = archive(OnlyCalls(), "trace", example=(torch.randn(1, 3),))
+    assert Session(path).method_kinds() == {"forward": "traced"}
