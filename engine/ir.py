@@ -132,6 +132,12 @@ class Graph:
     handle: Any = field(default=None, repr=False)  # the torch._C.Graph, kept alive
     _by_id: dict[str, Node] = field(default_factory=dict, repr=False)
 
+    @property
+    def short_name(self) -> str:
+        """``torch.nn.modules.conv.___torch_mangle_3.Conv2d.forward`` -> ``Conv2d.forward``."""
+        parts = [p for p in self.name.split(".") if not p.startswith("___torch_mangle")]
+        return ".".join(parts[-2:]) if len(parts) > 2 else ".".join(parts)
+
     def walk(self) -> Iterator[Node]:
         """Every node in execution (program text) order, nested blocks included."""
         yield from walk_block(self.body)

@@ -47,10 +47,11 @@ class Stop:
 class Frame:
     """One method or function activation."""
 
-    __slots__ = ("graph", "env", "module_path", "label", "paths")
+    __slots__ = ("graph", "env", "module_path", "label", "paths", "start")
 
     def __init__(self, graph: Graph, module_path: str, label: str):
         self.graph = graph
+        self.start = -1  # index of the record that entered this frame (-1: the top frame)
         self.env: list = [None] * graph.num_values
         self.module_path = module_path
         self.label = label
@@ -86,6 +87,7 @@ class FrameInfo:
     graph: Graph
     node: Node | None
     loops: list[int] = field(default_factory=list)
+    start: int = -1  # index of the record that entered the frame
 
 
 @dataclass
@@ -244,7 +246,8 @@ class Machine:
         for act in self.stack:
             node = act.block.nodes[act.pc] if act.pc < len(act.block.nodes) else None
             if act.kind == "body":
-                out.append(FrameInfo(act.frame.label, act.frame.module_path, act.frame.graph, node))
+                out.append(FrameInfo(act.frame.label, act.frame.module_path, act.frame.graph, node,
+                                     start=act.frame.start))
             else:
                 if act.kind == "loop":
                     out[-1].loops.append(act.trip)
@@ -262,13 +265,8 @@ class Machine:
         return {r.node.id for r in self.timeline.records}
 
     def last_record_of(self, node_id: str, before: int | None = None) -> StepRecord | None:
-        """The latest record of a node (up to the viewed step in history mode)."""
-        end = len(self.timeline) if before is None else before + 1
-        for i in range(end - 1, -1, -1):
-            rec = self.timeline.records[i]
-            if rec.node.id == node_id:
-                return rec
-        return None
+        """The latest record of a node (up to record ``before`` when given)."""
+        return self.timeline.last_of(node_id, before)
 
     def cancel(self) -> None:
         """Ask a running ``continue_``/``run`` to stop at the next step (thread-safe)."""
@@ -297,7 +295,9 @@ class Machine:
 
     def _record(self, act: Activation, node: Node, inputs: list) -> StepRecord:
         frame = act.frame
-        return StepRecord(0, node, act.path, node.module_path or frame.module_path, len(self.stack), inputs)
+        rec = StepRecord(0, node, act.path, node.module_path or frame.module_path, len(self.stack), inputs)
+        rec.frame = frame.start
+        return rec
 
     def _exit_block(self, act: Activation) -> None:
         env = act.frame.env
@@ -518,7 +518,8 @@ class Machine:
             frame.env[v.index] = x
         if graph.inputs and args and isinstance(args[0], torch._C.ScriptModule):
             frame.paths[graph.inputs[0].index] = module_path
-        self._enter(act, node, graph.body, "body", record_inputs, frame=frame, path=act.path + (label,))
+        new = self._enter(act, node, graph.body, "body", record_inputs, frame=frame, path=act.path + (label,))
+        frame.start = new.record.index
 
     def _run_call_method(self, act: Activation, node: Node) -> None:
         frame = act.frame

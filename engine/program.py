@@ -120,6 +120,14 @@ class Program:
     def cached_graphs(self) -> list[Graph]:
         return list(self._graphs.values())
 
+    def graph_of(self, node_id: str) -> Graph | None:
+        """The converted graph a node id belongs to (its name is the id's first part)."""
+        name = node_id.split("/", 1)[0]
+        for g in self._graphs.values():
+            if g.name == name:
+                return g
+        return None
+
     # -- leaf ops -----------------------------------------------------------
 
     def runner(self, node: Node) -> Runner:

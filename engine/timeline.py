@@ -17,6 +17,7 @@ storages the model holds anyway (parameters, inputs) are not counted.
 
 from __future__ import annotations
 
+import bisect
 import weakref
 from collections import defaultdict
 from typing import Any, Iterator
@@ -37,7 +38,8 @@ class StepRecord:
     while a call or block entered at this step is still running.
     """
 
-    __slots__ = ("index", "node", "path", "module_path", "depth", "inputs", "outputs", "time_ns", "status", "error")
+    __slots__ = ("index", "node", "path", "module_path", "depth", "inputs", "outputs", "time_ns", "status", "error",
+                 "frame")
 
     def __init__(self, index: int, node: Node, path: tuple, module_path: str, depth: int, inputs: list):
         self.index = index
@@ -50,6 +52,7 @@ class StepRecord:
         self.time_ns = 0
         self.status = "done"  # "done", "entered" (a block or call in progress), "error"
         self.error: str | None = None
+        self.frame = -1  # index of the record that entered this step's frame (-1: the top frame)
 
     @property
     def node_id(self) -> str:
@@ -85,6 +88,8 @@ class Timeline:
         self._refs: dict[int, list] = defaultdict(list)
         # id(tensor) -> (weakref, Dropped): a dropped tensor read by later steps is summarized once
         self._dropped_cache: dict[int, tuple] = {}
+        # node id -> indices of its records, in order (for "last value of this node")
+        self.by_node: dict[str, list[int]] = defaultdict(list)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -107,6 +112,7 @@ class Timeline:
     def add(self, record: StepRecord) -> StepRecord:
         record.index = len(self.records)
         self.records.append(record)
+        self.by_node[record.node.id].append(record.index)
         self._keep(record, record.inputs, "i")
         if record.outputs is not None:
             self._keep(record, record.outputs, "o")
@@ -162,6 +168,20 @@ class Timeline:
 
         cache[key] = (weakref.ref(t, forget), dropped, t._version)
         return dropped
+
+    def last_of(self, node_id: str, upto: int | None = None) -> StepRecord | None:
+        """The latest record of a node, at or before record ``upto`` when given."""
+        indices = self.by_node.get(node_id)
+        if not indices:
+            return None
+        if upto is None:
+            return self.records[indices[-1]]
+        pos = bisect.bisect_right(indices, upto)
+        return self.records[indices[pos - 1]] if pos else None
+
+    def count_of(self, node_id: str, upto: int | None = None) -> int:
+        indices = self.by_node.get(node_id, ())
+        return len(indices) if upto is None else bisect.bisect_right(indices, upto)
 
     def before_write(self, t: torch.Tensor) -> None:
         """``t``'s memory is about to be overwritten: earlier records get copies."""

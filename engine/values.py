@@ -88,6 +88,36 @@ class ValueSummary:
         return d
 
 
+def short_text(value: Any, limit: int = 32) -> str:
+    """A cheap one-word description (no statistics): ``float32[1,3,8,8]``, ``3``, ``[…4]``."""
+    if isinstance(value, torch.Tensor):
+        dt = _DTYPE_NAMES.get(value.dtype) or str(value.dtype).replace("torch.", "")
+        dev = "" if value.device.type == "cpu" else f"@{value.device}"
+        return f"{dt}[{','.join(str(d) for d in value.shape)}]{dev}"
+    if isinstance(value, Dropped):
+        return short_text(value.summary, limit) + "*"
+    if isinstance(value, ValueSummary):
+        return value.short()
+    if isinstance(value, TensorSummary):
+        return value.short()
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, torch.Tensor) for v in value[:4]):
+            inner = short_text(value[0], limit)
+            return f"{'[' if isinstance(value, list) else '('}{inner}…×{len(value)}{']' if isinstance(value, list) else ')'}"
+        text = repr(value) if len(value) <= 8 else f"{type(value).__name__}[{len(value)}]"
+    elif isinstance(value, (torch._C.ScriptModule,)):
+        text = f"<{value._type().name()}>"
+    elif isinstance(value, torch._C.ScriptObject):
+        text = "<object>"
+    elif isinstance(value, dict):
+        text = f"dict[{len(value)}]"
+    else:
+        text = repr(value)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
 def fmt_float(x: float | None) -> str:
     if x is None:
         return "-"
@@ -250,7 +280,7 @@ def preview(t: torch.Tensor, edgeitems: int = PREVIEW_EDGE, linewidth: int = 100
         arr,
         threshold=64,
         edgeitems=edgeitems,
-        linewidth=linewidth,
+        max_line_width=linewidth,
         precision=4,
         suppress_small=False,
     )

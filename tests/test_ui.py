@@ -1,0 +1,291 @@
+"""Pilot tests: drive the debugger's keys on real saved models."""
+
+import argparse
+import asyncio
+
+import pytest
+import torch
+
+from engine import Session, Stop
+from tsdebug.app import TsdebugApp
+from tsdebug.cli import build_open_parser
+from tsdebug.widgets import CallStack, Inspector, ProgramView, StatusBar
+from tsdebug.widgets.goto import GotoScreen, fuzzy_score
+from tsdebug.widgets.help import HelpScreen
+from tsdebug.widgets.prompt import PromptScreen
+import models as M
+
+
+def args_for(path, *extra):
+    return build_open_parser().parse_args([path, *extra])
+
+
+async def settle(pilot, app):
+    """Wait until the machine's worker has finished and the screen caught up."""
+    for _ in range(200):
+        await pilot.pause()
+        if app.state not in ("running", "loading"):
+            break
+        await asyncio.sleep(0.01)
+    await pilot.pause()
+
+
+def screen_text(app) -> str:
+    return "\n".join(str(s) for s in app.screen._compositor.render_update(full=True).strips) if False else ""
+
+
+@pytest.fixture
+def convnet(archive):
+    return archive(M.randomize_bn(M.ConvNet()), "trace", example=(torch.randn(1, 3, 16, 16),))
+
+
+@pytest.fixture
+def control(archive):
+    return archive(M.ControlFlow(), "script")
+
+
+def test_step_into_over_out_and_back(convnet):
+    async def run():
+        app = TsdebugApp(args_for(convnet))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            m = app.machine
+            assert app.state == "paused"
+            program = app.query_one(ProgramView)
+            assert program.graph.name == "forward"
+            # step until a call, then into it
+            while m.current_node.kind != "prim::CallMethod":
+                await pilot.press("s")
+                await settle(pilot, app)
+            await pilot.press("s")
+            await settle(pilot, app)
+            assert len(m.frames()) == 2
+            assert program.graph is m.frames()[-1].graph
+            stack = app.query_one(CallStack)
+            assert stack.option_count == 2
+            # step over runs a whole call
+            depth = len(m.frames())
+            while m.current_node.kind != "prim::CallMethod":
+                await pilot.press("n")
+                await settle(pilot, app)
+            await pilot.press("n")
+            await settle(pilot, app)
+            assert len(m.frames()) == depth
+            # return to the caller
+            await pilot.press("r")
+            await settle(pilot, app)
+            assert len(m.frames()) == 1
+            steps = len(m.timeline)
+            # back in time, then forward again
+            await pilot.press("p")
+            await settle(pilot, app)
+            assert m.view is not None and app.state == "history"
+            viewed = m.current_node
+            assert program.selected_node is viewed
+            await pilot.press("s")
+            await settle(pilot, app)
+            assert len(m.timeline) == steps  # moving through history runs nothing
+            assert m.view is None
+
+    asyncio.run(run())
+
+
+def test_breakpoint_continue_and_inspect(convnet):
+    async def run():
+        app = TsdebugApp(args_for(convnet, "--inline"))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            program = app.query_one(ProgramView)
+            m = app.machine
+            target = next(i for i, r in enumerate(program.rows) if r.node and r.node.kind == "aten::linear")
+            program.selected = target
+            await pilot.press("b")
+            assert program.rows[target].node.id in app.session.breakpoints.nodes
+            await pilot.press("c")
+            await settle(pilot, app)
+            assert m.current_node.kind == "aten::linear"
+            assert "breakpoint" in app.query_one(StatusBar).plain
+            # inspect the input about to go in: a tensor with statistics
+            inspector = app.query_one(Inspector)
+            text = inspector.plain
+            assert "aten::linear" in text and "float32[1,16]" in text and "min" in text
+            # the executed rows show their outputs
+            conv_row = next(r for r in program.rows if r.node and r.node.kind == "aten::_convolution")
+            assert program.state_of(conv_row.node).output.startswith("float32[1,8,16,16]")
+            await pilot.press("c")
+            await settle(pilot, app)
+            assert app.state == "finished"
+
+    asyncio.run(run())
+
+
+def test_kind_and_nan_breakpoints(archive):
+    class Logs(torch.nn.Module):
+        def forward(self, x):
+            y = torch.relu(x) - 1
+            return torch.log(y).sum()
+
+    path = archive(Logs(), "script")
+
+    async def run():
+        app = TsdebugApp(args_for(path, "--input", "float32[8]"))
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settle(pilot, app)
+            await pilot.press("w")
+            assert app.session.breakpoints.nan_inf
+            await pilot.press("c")
+            await settle(pilot, app)
+            assert app.machine.timeline[-1].node.kind == "aten::log"
+            await pilot.press("w", "R")
+            await settle(pilot, app)
+            await pilot.press("B")
+            await pilot.pause()
+            assert isinstance(app.screen, PromptScreen)
+            inp = app.screen.query_one("#prompt-input")
+            inp.value = "aten::sum"
+            await pilot.press("enter")
+            await pilot.pause()
+            assert "aten::sum" in app.session.breakpoints.kinds
+            await pilot.press("c")
+            await settle(pilot, app)
+            assert app.machine.current_node.kind == "aten::sum"
+
+    asyncio.run(run())
+
+
+def test_goto_search_help_and_inputs(control):
+    async def run():
+        app = TsdebugApp(args_for(control, "--input", "float32[2,4]", "--input", "int:2"))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            await pilot.press("question_mark")
+            await pilot.pause()
+            assert isinstance(app.screen, HelpScreen)
+            await pilot.press("escape")
+            await pilot.pause()
+            await pilot.press("g")
+            await pilot.pause()
+            assert isinstance(app.screen, GotoScreen)
+            app.screen.query_one("#goto-input").value = "aten::format"
+            await pilot.pause()
+            await pilot.press("enter")
+            await pilot.pause()
+            program = app.query_one(ProgramView)
+            assert program.selected_node.kind == "aten::format"
+            await pilot.press("slash")
+            await pilot.pause()
+            app.screen.query_one("#prompt-input").value = "stack"
+            await pilot.press("enter")
+            await pilot.pause()
+            assert "stack" in program.selected_node.kind
+            # new inputs restart the machine
+            await pilot.press("i")
+            await pilot.pause()
+            app.screen.query_one("#prompt-input").value = "float32[3,4] int:5 str:max"
+            await pilot.press("enter")
+            await settle(pilot, app)
+            assert app.session.inputs[1:] == (5, "max") and app.session.inputs[0].shape == (3, 4)
+            await pilot.press("c")
+            await settle(pilot, app)
+            assert app.state == "finished"
+            assert app.machine.outputs[1].startswith("n=5")
+            # bad inputs: a message, the old inputs stay
+            await pilot.press("i")
+            await pilot.pause()
+            app.screen.query_one("#prompt-input").value = "nonsense"
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.session.inputs[1] == 5
+
+    asyncio.run(run())
+
+
+def test_model_error_stays_open(convnet):
+    async def run():
+        app = TsdebugApp(args_for(convnet, "--input", "float32[1,5,16,16]"))
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settle(pilot, app)
+            await pilot.press("c")
+            await settle(pilot, app)
+            assert app.state == "error"
+            m = app.machine
+            program = app.query_one(ProgramView)
+            assert program.selected_node is m.error.node
+            assert program.state_of(m.error.node).error
+            assert "5 channels" in app.query_one(StatusBar).plain or "channels" in m.error.message
+            # fix the inputs and carry on
+            await pilot.press("i")
+            await pilot.pause()
+            app.screen.query_one("#prompt-input").value = "float32[1,3,16,16]"
+            await pilot.press("enter")
+            await settle(pilot, app)
+            await pilot.press("c")
+            await settle(pilot, app)
+            assert app.state == "finished"
+
+    asyncio.run(run())
+
+
+def test_bad_file_stays_open(tmp_path):
+    bad = tmp_path / "weights.pt"
+    torch.save({"w": torch.ones(2)}, bad)
+
+    async def run():
+        app = TsdebugApp(args_for(str(bad)))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot, app)
+            assert app.state == "error"
+            assert "state dict" in app.load_error
+            await pilot.press("n", "c", "b", "g")  # nothing to do, nothing breaks
+            await pilot.pause()
+            assert app.is_running
+
+    asyncio.run(run())
+
+
+def test_cancel_a_long_continue(archive):
+    class Spin(torch.nn.Module):
+        def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
+            for i in range(n):
+                x = x + 1
+            return x
+
+    path = archive(Spin(), "script")
+
+    async def run():
+        app = TsdebugApp(args_for(path, "--input", "float32[2]", "--input", "int:100000000"))
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settle(pilot, app)
+            await pilot.press("c")
+            await asyncio.sleep(0.3)
+            await pilot.pause()
+            assert app.state == "running"
+            await pilot.press("escape")
+            await settle(pilot, app)
+            assert app.state == "paused"
+            assert not app.machine.finished and len(app.machine.timeline) > 10
+
+    asyncio.run(run())
+
+
+def test_fold_blocks(control):
+    async def run():
+        app = TsdebugApp(args_for(control, "--input", "float32[2,4]", "--input", "int:2"))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            program = app.query_one(ProgramView)
+            n_rows = len(program.rows)
+            loop_row = next(i for i, r in enumerate(program.rows) if r.node and r.node.kind == "prim::Loop")
+            program.selected = loop_row
+            await pilot.press("f")
+            assert len(program.rows) < n_rows
+            await pilot.press("f")
+            assert len(program.rows) == n_rows
+
+    asyncio.run(run())
+
+
+def test_fuzzy_score():
+    assert fuzzy_score("conv", "aten::conv2d") == 6
+    assert fuzzy_score("acd", "aten::conv2d") >= 1000
+    assert fuzzy_score("zz", "aten::conv2d") is None

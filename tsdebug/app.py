@@ -1,0 +1,526 @@
+"""The Textual application: ``tsdebug MODEL``.
+
+The app drives ``engine.Session``; it never re-implements engine logic.  Every
+move of the machine runs in a worker thread, so the screen stays live, and
+Esc or Ctrl+C cancels a running ``continue`` where it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from functools import partial
+from typing import Any, Callable
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
+from textual.widgets import Footer, Static
+
+from engine import Session, Stop, TsdebugError
+from engine.ir import Node
+from engine.values import short_text
+from tsdebug.widgets import CallStack, Inspector, ProgramView, RowState, SourcePane, StatusBar
+from tsdebug.widgets.goto import GotoScreen, Target
+from tsdebug.widgets.help import HelpScreen
+from tsdebug.widgets.prompt import PromptScreen
+
+#: Keys of the program pane and inspector, for the help screen (the app's own
+#: bindings are listed from BINDINGS).
+PANE_KEYS = [
+    ("↑ ↓ j k", "move the selection"),
+    ("PgUp PgDn Home End", "page, first, last row"),
+    ("Enter / double click", "show the selected node's last value"),
+    ("f", "fold or unfold the If/Loop block at the selection"),
+    ("M", "show or hide module paths"),
+    ("x", "expand large lists, tuples and dicts in the inspector"),
+    ("Tab / Shift+Tab", "move between panes"),
+]
+
+
+class TsdebugApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "tsdebug"
+
+    BINDINGS = [
+        Binding("n", "step_over", "next"),
+        Binding("s", "step_into", "step"),
+        Binding("r", "step_out", "return"),
+        Binding("c", "continue", "cont"),
+        Binding("p", "step_back", "back"),
+        Binding("b", "toggle_breakpoint", "break"),
+        Binding("B", "break_kind", "break on kind", show=False),
+        Binding("w", "break_nan", "break on NaN/Inf", show=False),
+        Binding("u", "run_to", "run until the selected node", show=False),
+        Binding("g", "goto", "goto"),
+        Binding("slash", "search", "search", show=False),
+        Binding("i", "set_inputs", "inputs", show=False),
+        Binding("R", "restart", "restart", show=False),
+        Binding("e", "eager", "eager comparison", show=False),
+        Binding("full_stop", "show_current", "select the current node", show=False),
+        Binding("question_mark", "help", "help"),
+        Binding("q", "quit", "quit"),
+        Binding("escape", "cancel", "cancel a running continue", show=False),
+        Binding("ctrl+c", "cancel", "cancel a running continue", show=False, priority=True),
+    ]
+
+    state: reactive[str] = reactive("loading")
+
+    def __init__(self, args: argparse.Namespace, session: Session | None = None):
+        super().__init__()
+        self.args = args
+        self.session = session
+        self.load_error: str | None = None
+        self.display_frame: int | None = None  # a frame chosen in the call stack
+        self.browsing: str | None = None  # a node reached with "go to", outside the stack
+        self.last_search = ""
+        self._move_started = 0.0
+        self._last_note = ""
+
+    # ---------------------------------------------------------------- layout
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield ProgramView(id="program")
+                yield SourcePane(id="source")
+            with Vertical(id="right"):
+                yield Inspector(id="inspector")
+                yield CallStack(id="stack")
+        yield StatusBar(id="status")
+        yield Footer()
+
+    def on_resize(self, event) -> None:
+        # Small terminals give the program pane the rows.
+        small = event.size.height < 30
+        self.query_one(SourcePane).styles.height = 7 if small else 9
+        self.query_one(CallStack).styles.height = 5 if small else 7
+
+    def on_mount(self) -> None:
+        program = self.query_one(ProgramView)
+        program.border_title = "program"
+        program.state_of = self.row_state
+        self.query_one(Inspector).border_title = "inspector"
+        self.query_one(CallStack).border_title = "call stack"
+        self.query_one(SourcePane).border_title = "source"
+        program.focus()
+        self.set_interval(0.2, self._tick)
+        if self.session is None:
+            self.status("loading", message=f"loading {self.args.model} …")
+            self.run_worker(self._load, thread=True, exclusive=True, group="move")
+        else:
+            self._loaded()
+
+    # --------------------------------------------------------------- loading
+
+    def _load(self) -> None:
+        args = self.args
+        try:
+            session = Session(
+                args.model, device=args.device, libraries=tuple(args.library), method=args.method,
+                inline=args.inline, grad=args.grad, budget=args.record_budget, seed=args.seed,
+            )
+        except TsdebugError as exc:
+            self.call_from_thread(self._load_failed, exc.message)
+            return
+        except Exception as exc:  # a bug, shown as one line rather than a traceback
+            self.call_from_thread(self._load_failed, f"internal error: {type(exc).__name__}: {exc}")
+            return
+        self.session = session
+        try:
+            session.start(specs=args.input or None, inputs_file=args.inputs)
+        except TsdebugError as exc:
+            self.load_error = exc.message
+        self.call_from_thread(self._loaded)
+
+    def _load_failed(self, message: str) -> None:
+        self.load_error = message
+        self.state = "error"
+        self.query_one(ProgramView).border_title = "program (nothing loaded)"
+        self.query_one(Inspector).show(None, None)
+        self.query_one(SourcePane)._text.update(message)
+        self.status("error", message=message)
+        self.notify(message, title="cannot open the model", severity="error", timeout=30)
+
+    def _loaded(self) -> None:
+        session = self.session
+        self.title = f"tsdebug {session.path}"
+        kinds = ", ".join(f"{m}: {k}" for m, k in session.method_kinds().items())
+        if self.load_error:
+            self.state = "error"
+            self.notify(f"{self.load_error}\nPress i to give inputs.", title="inputs", severity="error", timeout=30)
+            self.query_one(ProgramView).show_graph(session.graph)
+            self.status("error", message=self.load_error)
+            return
+        self.notify(f"{kinds}\ninputs: {session.input_source}", title=session.path, timeout=6)
+        self.after_move(None)
+
+    # ------------------------------------------------------------ view model
+
+    @property
+    def machine(self):
+        return self.session.machine if self.session is not None else None
+
+    def frame_start(self) -> int:
+        """Index of the record that entered the frame on screen (-1: the top frame)."""
+        m = self.machine
+        if m is None:
+            return -1
+        if m.view is not None:
+            return m.timeline[m.view].frame
+        frames = m.frames()
+        if not frames:
+            return -1
+        idx = self.display_frame if self.display_frame is not None else len(frames) - 1
+        return frames[idx].start
+
+    def row_state(self, node: Node) -> RowState:
+        m = self.machine
+        if m is None:
+            return RowState()
+        bps = self.session.breakpoints
+        bp = node.id in bps.nodes or node.kind in bps.kinds
+        tl = m.timeline
+        upto = m.view
+        start = self.frame_start() if self.browsing is None else -1
+        count = tl.count_of(node.id, upto) - (tl.count_of(node.id, start) if start >= 0 else 0)
+        rec = tl.last_of(node.id, upto) if count > 0 else None
+        output = ""
+        if rec is not None and rec.outputs:
+            output = short_text(rec.outputs[0], 28)
+        current = m.current_node is node
+        error = m.error is not None and m.error.node is node
+        if error:
+            output = "raised"
+        return RowState(executed=count, output=output, breakpoint=bp, current=current, error=error,
+                        path=rec.module_path if rec is not None else "")
+
+    def status(self, state: str | None = None, message: str = "") -> None:
+        m = self.machine
+        bar = self.query_one(StatusBar)
+        if m is None:
+            bar.show(state or self.state, 0, message=message)
+            return
+        node = m.current_node
+        where = ""
+        if node is not None:
+            where = f"{node.kind} {node.id}"
+            if m.view is not None:
+                where = f"#{m.view}/{len(m.timeline) - 1} {where}"
+        bar.show(state or self.state, len(m.timeline), where, m.timeline.kept_bytes, m.budget,
+                 m.timeline.dropped, message)
+
+    def after_move(self, stop: Any, name: str = "") -> None:
+        """Bring every pane up to date with the machine."""
+        m = self.machine
+        if m is None:
+            return
+        self.state = m.state
+        self.display_frame = None
+        self.browsing = None
+        program = self.query_one(ProgramView)
+        stack = self.query_one(CallStack)
+        if m.view is not None:
+            rec = m.timeline[m.view]
+            graph = self.session.program.graph_of(rec.node.id)
+            stack.show([], history_path=rec.path)
+            program.show_graph(graph, select=rec.node.id)
+            program.border_title = f"program · {graph.short_name} · recorded step {m.view}"
+        else:
+            frames = m.frames()
+            stack.show(frames)
+            if frames:
+                top = frames[-1]
+                program.show_graph(top.graph, select=top.node.id if top.node else None)
+                program.border_title = f"program · {top.graph.short_name}" + (f" · {top.module_path}" if top.module_path else "")
+            else:
+                program.show_graph(self.session.graph)
+                last = next((r for r in reversed(m.timeline.records) if r.node.kind != "prim::Constant" and r.depth == 1), None)
+                if last is not None:
+                    program.select_node(last.node.id)
+                program.border_title = f"program · {self.session.graph.short_name} · finished"
+        program.refresh_rows()
+        self.show_selected()
+        message = ""
+        if isinstance(stop, TsdebugError):
+            message = stop.message
+            self.notify(stop.message, severity="error", timeout=15)
+        elif stop == Stop.BREAKPOINT:
+            message = "breakpoint"
+            detail = getattr(m, "stop_reason_detail", "")
+            self.notify(detail or "breakpoint", timeout=3)
+        elif stop == Stop.CANCELLED:
+            message = "cancelled"
+            self.notify("stopped where it was", title="cancelled", timeout=3)
+        elif stop == Stop.ERROR or (m.error is not None and stop is not None):
+            message = m.error.message if m.error else ""
+            self.notify(message, title="the model raised", severity="error", timeout=20)
+        elif stop == Stop.FINISHED and name:
+            message = f"finished: outputs {short_text(m.outputs, 40)}; R restarts"
+            self.notify(message, timeout=5)
+        self._last_note = message
+        self.status(message=message)
+
+    def show_selected(self) -> None:
+        m = self.machine
+        program = self.query_one(ProgramView)
+        node = program.selected_node
+        inspector = self.query_one(Inspector)
+        source = self.query_one(SourcePane)
+        if node is None or m is None:
+            inspector.show(None, None)
+            source.show(None)
+            return
+        tl = m.timeline
+        start = self.frame_start() if self.browsing is None else -1
+        rec = tl.last_of(node.id, m.view)
+        if rec is not None and rec.index <= start:
+            rec = None
+        live = None
+        note = ""
+        if rec is None and m.view is None and node is m.live_node and m.current_frame is not None:
+            # about to run: its inputs are known now
+            env = m.current_frame.env
+            from engine.timeline import StepRecord
+
+            rec = StepRecord(len(tl), node, m.current_path, node.module_path or m.current_frame.module_path,
+                             len(m.stack), [env[v.index] for v in node.inputs])
+            rec.status = "next"
+            note = ""
+        if m.error is not None and m.error.node is node:
+            note = m.error.message
+        inspector.show(node, rec, live, note)
+        source.show(node.source, m.user_location(node) if m.view is None else None)
+
+    def on_program_view_node_selected(self, event: ProgramView.NodeSelected) -> None:
+        if self.state in ("running", "loading"):
+            return
+        self.show_selected()
+        if event.activated:
+            self.query_one(Inspector).scroll_home(animate=False)
+
+    def on_call_stack_frame_chosen(self, event: CallStack.FrameChosen) -> None:
+        m = self.machine
+        if m is None or m.view is not None:
+            return
+        frames = m.frames()
+        if not 0 <= event.index < len(frames):
+            return
+        self.display_frame = event.index
+        f = frames[event.index]
+        program = self.query_one(ProgramView)
+        program.show_graph(f.graph, select=f.node.id if f.node else None)
+        program.border_title = f"program · {f.graph.short_name}" + (f" · {f.module_path}" if f.module_path else "")
+        program.focus()
+
+    def _tick(self) -> None:
+        if self.state == "running" and self.machine is not None:
+            self.status("running", message=f"{time.perf_counter() - self._move_started:.1f}s  (Esc cancels)")
+
+    # ------------------------------------------------------------------ moves
+
+    def _move(self, name: str, fn: Callable[[], str]) -> None:
+        m = self.machine
+        if m is None or self.state in ("running", "loading"):
+            self.bell()
+            return
+        if m.error is not None and name not in ("back",):
+            self.notify(f"{m.error.message}\nR restarts, i sets new inputs.", title="the model raised",
+                        severity="error", timeout=8)
+            return
+        self.state = "running"
+        self._move_started = time.perf_counter()
+        self.run_worker(partial(self._move_worker, name, fn), thread=True, exclusive=True, group="move")
+
+    def _move_worker(self, name: str, fn: Callable[[], str]) -> None:
+        try:
+            stop: Any = fn()
+        except TsdebugError as exc:
+            stop = exc
+        except Exception as exc:  # never a traceback in front of the user
+            stop = TsdebugError(f"internal error in {name}: {type(exc).__name__}: {exc}")
+        self.call_from_thread(self.after_move, stop, name)
+
+    def action_step_over(self) -> None:
+        self._move("next", lambda: self.machine.step_over())
+
+    def action_step_into(self) -> None:
+        self._move("step", lambda: self.machine.step())
+
+    def action_step_out(self) -> None:
+        self._move("return", lambda: self.machine.step_out())
+
+    def action_continue(self) -> None:
+        self._move("continue", lambda: self.machine.continue_())
+
+    def action_step_back(self) -> None:
+        m = self.machine
+        if m is None or self.state in ("running", "loading"):
+            return
+        before = m.view
+        m.back()
+        if m.view == before:
+            self.notify("at the first recorded step", timeout=2)
+        self.after_move(None, "back")
+
+    def action_run_to(self) -> None:
+        node = self.query_one(ProgramView).selected_node
+        if node is None:
+            return
+        self._move("until", lambda: self.machine.run_to(node.id))
+
+    def action_cancel(self) -> None:
+        if self.state == "running" and self.machine is not None:
+            self.machine.cancel()
+        elif isinstance(self.screen, (HelpScreen, PromptScreen, GotoScreen)):
+            self.screen.dismiss(None)
+        elif self.machine is not None and self.machine.view is not None:
+            self.machine.go_live()
+            self.after_move(None)
+        else:
+            self.notify("q quits", timeout=2)
+
+    # ------------------------------------------------------------ breakpoints
+
+    def action_toggle_breakpoint(self) -> None:
+        node = self.query_one(ProgramView).selected_node
+        if node is None or self.session is None:
+            return
+        on = self.session.breakpoints.toggle_node(node.id)
+        self.notify(f"breakpoint {'set on' if on else 'removed from'} {node.kind} {node.id}", timeout=3)
+        self.query_one(ProgramView).refresh_rows()
+
+    def action_break_kind(self) -> None:
+        if self.session is None:
+            return
+        node = self.query_one(ProgramView).selected_node
+        kinds = sorted(self.session.breakpoints.kinds)
+
+        def done(kind: str | None) -> None:
+            if kind:
+                on = self.session.breakpoints.toggle_kind(kind.strip())
+                self.notify(f"break on every {kind.strip()}: {'on' if on else 'off'}", timeout=3)
+                self.query_one(ProgramView).refresh_rows()
+
+        hint = f"now breaking on: {', '.join(kinds)}" if kinds else "e.g. aten::conv2d; the same kind again turns it off"
+        self.push_screen(PromptScreen("break on every node of kind", node.kind if node else "", hint), done)
+
+    def action_break_nan(self) -> None:
+        if self.session is None:
+            return
+        bps = self.session.breakpoints
+        bps.nan_inf = not bps.nan_inf
+        self.notify(f"break when an output holds NaN or Inf: {'on' if bps.nan_inf else 'off'}", timeout=3)
+
+    # --------------------------------------------------------------- finding
+
+    def _targets(self) -> list[Target]:
+        out = []
+        for g in self.session.program.cached_graphs():
+            for n in g.walk():
+                if n.kind == "prim::Constant":
+                    continue
+                names = " ".join(v.name for v in n.outputs)
+                out.append(Target(n.id, n.kind, n.module_path, names))
+        return out
+
+    def action_goto(self) -> None:
+        if self.session is None:
+            return
+
+        def done(node_id: str | None) -> None:
+            if not node_id:
+                return
+            graph = self.session.program.graph_of(node_id)
+            program = self.query_one(ProgramView)
+            if graph is not program.graph:
+                self.browsing = node_id
+                program.border_title = f"program · {graph.short_name} · browsing (. returns to the current node)"
+            program.show_graph(graph, select=node_id)
+            program.focus()
+            self.show_selected()
+
+        self.push_screen(GotoScreen(self._targets()), done)
+
+    def action_search(self) -> None:
+        program = self.query_one(ProgramView)
+
+        def done(query: str | None) -> None:
+            if query is None:
+                return
+            query = query.strip() or self.last_search
+            if not query:
+                return
+            self.last_search = query
+            q = query.lower()
+            rows = program.rows
+            n = len(rows)
+            for k in range(1, n + 1):
+                i = (program.selected + k) % n
+                r = rows[i]
+                text = (r.node.label() + " " + (r.node.module_path or "")) if r.node else (r.header or "")
+                if q in text.lower():
+                    program.selected = i
+                    program.scroll_to_selected()
+                    return
+            self.notify(f"{query!r} not found in {program.graph.short_name}", timeout=3)
+
+        self.push_screen(PromptScreen("search this graph (/ then Enter repeats)", "", f"last: {self.last_search}" if self.last_search else ""), done)
+
+    def action_show_current(self) -> None:
+        self.after_move(None)
+
+    # ---------------------------------------------------------------- inputs
+
+    def action_set_inputs(self) -> None:
+        if self.session is None or self.state in ("running", "loading"):
+            return
+        sig = self.session.signature_text()
+
+        def done(text: str | None) -> None:
+            if text is None:
+                return
+            specs = text.split()
+            try:
+                self.session.start(specs=specs or None)
+            except TsdebugError as exc:
+                self.notify(exc.message, title="inputs not changed", severity="error", timeout=15)
+                return
+            self.load_error = None
+            self.notify(f"inputs: {self.session.input_source}", timeout=5)
+            self.after_move(None)
+
+        self.push_screen(PromptScreen(
+            f"inputs for {sig}", " ".join(self.args.input or []),
+            "one spec per parameter: float32[1,3,224,224] 1x3x32x32 int64[2,8]:0..100 int:3 bool:true file.pt; empty = default",
+        ), done)
+
+    def action_restart(self) -> None:
+        if self.session is None or self.state in ("running", "loading"):
+            return
+        try:
+            self.session.restart()
+        except TsdebugError as exc:
+            self.notify(exc.message, severity="error")
+            return
+        self.notify("restarted", timeout=2)
+        self.after_move(None)
+
+    def action_eager(self) -> None:
+        self.notify("The eager comparison needs the Python model (--eager package.module:Class); "
+                    "it is not built into this version yet.", title="eager comparison", timeout=8)
+
+    def action_help(self) -> None:
+        app_keys = []
+        for b in self.BINDINGS:
+            keys = b.key.replace("question_mark", "?").replace("slash", "/").replace("full_stop", ".")
+            app_keys.append((keys, b.description))
+        self.push_screen(HelpScreen([("debugger", app_keys), ("panes", PANE_KEYS)]))
+
+
+def open_debugger(args: argparse.Namespace) -> int:
+    """Run the UI; returns the exit code."""
+    app = TsdebugApp(args)
+    app.run()
+    return 0

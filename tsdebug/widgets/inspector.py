@@ -1,0 +1,194 @@
+"""The inspector: the selected node, its schema and source, and its values.
+
+Tensors show shape, dtype, device, statistics, NaN/Inf counts, a numpy
+preview and a histogram; containers list their items (``x`` expands large
+ones).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from rich.console import Group
+from rich.text import Text
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from engine.ir import Node
+from engine.timeline import StepRecord
+from engine.values import Dropped, histogram, preview, short_text, summarize
+
+SPARK = "▁▂▃▄▅▆▇█"
+COLLAPSED_ITEMS = 8
+EXPANDED_ITEMS = 256
+
+
+def sparkline(counts: list[int]) -> str:
+    top = max(counts) or 1
+    return "".join(SPARK[min(len(SPARK) - 1, int(c / top * (len(SPARK) - 1) + (0.999 if c else 0)))] for c in counts)
+
+
+def value_lines(name: str, value: Any, expanded: bool, indent: str = "  ") -> list[Text]:
+    """Lines describing one value: a header, then items or statistics."""
+    lines: list[Text] = []
+    head = Text(indent)
+    head.append(f"{name} ", style="#87afd7")
+    if isinstance(value, Dropped):
+        summary = summarize(value.summary)
+        head.append(summary.short(), style="#5fd787")
+        head.append(f"  (summary only: {value.reason})", style="italic #8a8a8a")
+        lines.append(head)
+        if summary.tensor is not None and summary.tensor.stats_line():
+            lines.append(Text(indent + "  " + summary.tensor.stats_line(), style="#d0d0d0", no_wrap=True))
+        return lines
+    if isinstance(value, torch.Tensor):
+        ts = summarize(value).tensor
+        head.append(ts.short(), style="#5fd787")
+        if ts.device != "cpu":
+            head.append(f" on {ts.device}")
+        if ts.requires_grad:
+            head.append(" requires_grad", style="#8a8a8a")
+        lines.append(head)
+        stats = ts.stats_line()
+        if stats:
+            style = "bold red" if (ts.nan or ts.inf) else "#d0d0d0"
+            lines.append(Text(indent + "  " + stats, style=style))
+        return lines
+    if isinstance(value, (list, tuple, dict)):
+        items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+        kind = type(value).__name__
+        head.append(f"{kind} of {len(items)}", style="#5fd787")
+        lines.append(head)
+        limit = EXPANDED_ITEMS if expanded else COLLAPSED_ITEMS
+        for key, item in items[:limit]:
+            label = f"[{key!r}]" if isinstance(value, dict) else f"[{key}]"
+            if isinstance(item, (torch.Tensor, Dropped)):
+                lines.extend(value_lines(label, item, expanded, indent + "  "))
+            else:
+                t = Text(indent + "  ", no_wrap=True)
+                t.append(label + " ", style="#87afd7")
+                t.append(short_text(item, 60))
+                lines.append(t)
+        if len(items) > limit:
+            lines.append(Text(f"{indent}  … {len(items) - limit} more (x expands)", style="italic #8a8a8a"))
+        return lines
+    head.append(short_text(value, 80))
+    lines.append(head)
+    return lines
+
+
+class Inspector(VerticalScroll, can_focus=True):
+    """Details of one node and the values it read and wrote."""
+
+    BINDINGS = [Binding("x", "toggle_expand", "expand values", show=False)]
+
+    expanded: reactive[bool] = reactive(False)
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._text = Static("", markup=False, expand=True)
+        self._shown: tuple = (None, None, None, "")
+        self.plain = ""  # what the pane shows, as plain text
+
+    def compose(self):
+        yield self._text
+
+    def show(self, node: Node | None, record: StepRecord | None, live: list | None = None,
+             note: str = "", reference: Any = None) -> None:
+        """``record``: the node's step (or None if not run); ``live``: current output values."""
+        self._shown = (node, record, live, note)
+        self._redraw()
+
+    def watch_expanded(self) -> None:
+        self._redraw()
+
+    def action_toggle_expand(self) -> None:
+        self.expanded = not self.expanded
+
+    def _redraw(self) -> None:
+        node, record, live, note = self._shown
+        if node is None:
+            self.plain = "No node selected."
+            self._text.update(Text(self.plain, style="italic"))
+            return
+        parts: list[Any] = []
+        title = Text(no_wrap=False)
+        title.append(node.kind, style="bold")
+        title.append(f"   {node.id}", style="#8a8a8a")
+        parts.append(title)
+        path = (record.module_path if record is not None else "") or node.module_path
+        if path:
+            parts.append(Text(f"module  {path}", style="#af87d7"))
+        if node.source is not None and node.source.file:
+            src = Text("source  ", style="")
+            src.append(f"{node.source.file}:{node.source.line}", style="#87afd7")
+            src.append(f"  ({node.source.origin})", style="#8a8a8a")
+            parts.append(src)
+        if node.schema:
+            parts.append(Text(f"schema  {node.schema}", style="#8a8a8a"))
+        if node.callee:
+            parts.append(Text(f"calls   {node.callee}", style="#d7af5f"))
+        shown_attrs = {k: v for k, v in node.attrs.items() if k not in ("value",) or node.kind == "prim::Constant"}
+        for k, v in shown_attrs.items():
+            parts.append(Text(f"attr    {k} = {short_text(v, 60)}", no_wrap=True))
+        if note:
+            parts.append(Text(note, style="bold red" if record is None or record.status != "next" else "#d7af5f"))
+        if record is not None and record.status == "next":
+            parts.append(Text(f"\nnext to run, in {' › '.join(record.path)}", style="#8a8a8a"))
+        elif record is not None:
+            ms = record.time_ns / 1e6
+            status = {"done": "", "entered": " (running inside)", "error": " (raised)"}.get(record.status, "")
+            parts.append(Text(f"\nstep #{record.index}  {ms:.3f} ms{status}  in {' › '.join(record.path)}",
+                              style="#8a8a8a"))
+            if record.error:
+                parts.append(Text(record.error, style="bold red"))
+        parts.append(Text("inputs", style="bold underline"))
+        inputs = record.inputs if record is not None else None
+        focus: Any = None
+        for i, v in enumerate(node.inputs):
+            if inputs is None:
+                parts.append(Text(f"  %{v.name}  : {v.type}", style="#8a8a8a", no_wrap=True))
+                continue
+            val = inputs[i] if i < len(inputs) else None
+            parts.extend(value_lines(f"%{v.name}", val, self.expanded))
+        parts.append(Text("outputs", style="bold underline"))
+        outputs = record.outputs if record is not None else None
+        if outputs is None and live is not None:
+            outputs = live
+        for i, v in enumerate(node.outputs):
+            if outputs is None:
+                parts.append(Text(f"  %{v.name}  : {v.type}  (not run yet)", style="#8a8a8a", no_wrap=True))
+                continue
+            val = outputs[i] if i < len(outputs) else None
+            parts.extend(value_lines(f"%{v.name}", val, self.expanded))
+            if focus is None and isinstance(val, torch.Tensor):
+                focus = (f"%{v.name}", val)
+        if focus is None and inputs is not None:
+            for v, val in zip(node.inputs, inputs):
+                if isinstance(val, torch.Tensor) and val.numel() > 1:
+                    focus = (f"%{v.name}", val)
+                    break
+        if focus is not None:
+            name, t = focus
+            parts.extend(self._tensor_detail(name, t))
+        self.plain = "\n".join(p.plain for p in parts if isinstance(p, Text))
+        self._text.update(Group(*parts))
+
+    def _tensor_detail(self, name: str, t: torch.Tensor) -> list[Any]:
+        out: list[Any] = [Text(f"\n{name} preview", style="bold underline")]
+        try:
+            width = max(self.size.width - 4, 30)
+            out.append(Text(preview(t, linewidth=width), no_wrap=True))
+        except Exception as exc:  # an exotic layout numpy cannot show
+            out.append(Text(f"(no preview: {exc})", style="#8a8a8a"))
+        hist = histogram(t, bins=max(min(self.size.width - 6, 48), 10))
+        if hist is not None:
+            counts, lo, hi = hist
+            out.append(Text(f"histogram of finite values", style="bold underline"))
+            out.append(Text(sparkline(counts), style="#5fafd7", no_wrap=True))
+            out.append(Text(f"{lo:.4g}".ljust(len(counts) // 2) + f"{hi:.4g}".rjust(len(counts) - len(counts) // 2),
+                            style="#8a8a8a", no_wrap=True))
+        return out

@@ -1,0 +1,284 @@
+"""The program pane: the nodes of one graph in execution order.
+
+A Line API widget: only the rows on screen are rendered, so a graph of tens
+of thousands of nodes opens and scrolls at once.  ``If``/``Loop`` blocks are
+nested and can be folded; each row shows what the node produced once run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+from textual.binding import Binding
+from textual.geometry import Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from engine.ir import Graph, Node
+from engine.values import short_text
+
+BLOCK_NAMES = {"prim::If": ("then", "else"), "prim::Loop": ("body",)}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line: a node, or the header of a block inside an If/Loop."""
+
+    node: Node | None
+    depth: int
+    header: str | None = None
+    owner: Node | None = None  # for headers: the If/Loop they belong to
+
+
+@dataclass(frozen=True)
+class RowState:
+    """What the machine knows about a node, as the row shows it."""
+
+    executed: int = 0
+    output: str = ""
+    breakpoint: bool = False
+    current: bool = False
+    error: bool = False
+    path: str = ""
+
+
+def build_rows(graph: Graph, folded: set[str]) -> list[Row]:
+    rows: list[Row] = []
+
+    def walk(nodes, depth):
+        for node in nodes:
+            if node.kind == "prim::Constant":
+                continue  # constants run on the way; they are not stops
+            rows.append(Row(node, depth))
+            if node.blocks and node.id not in folded:
+                names = BLOCK_NAMES.get(node.kind, ())
+                for j, block in enumerate(node.blocks):
+                    name = names[j] if j < len(names) else f"block {j}"
+                    rows.append(Row(None, depth + 1, header=f"{name}:", owner=node))
+                    walk(block.nodes, depth + 2)
+
+    walk(graph.body.nodes, 0)
+    return rows
+
+
+class ProgramView(ScrollView, can_focus=True):
+    """Nodes of a graph; the machine's next node is marked with ▶."""
+
+    BINDINGS = [
+        Binding("up,k", "move(-1)", "up", show=False),
+        Binding("down,j", "move(1)", "down", show=False),
+        Binding("pageup", "move(-20)", "page up", show=False),
+        Binding("pagedown", "move(20)", "page down", show=False),
+        Binding("home", "jump(0)", "first", show=False),
+        Binding("end", "jump(-1)", "last", show=False),
+        Binding("enter", "activate", "show value", show=False),
+        Binding("f", "fold", "fold block"),
+        Binding("M", "toggle_paths", "module paths", show=False),
+    ]
+
+    selected: reactive[int] = reactive(0)
+    show_paths: reactive[bool] = reactive(True)
+
+    class NodeSelected(Message):
+        """The cursor row moved to a node."""
+
+        def __init__(self, node: Node | None, activated: bool = False) -> None:
+            super().__init__()
+            self.node = node
+            self.activated = activated
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.graph: Graph | None = None
+        self.rows: list[Row] = []
+        self.folded: set[str] = set()
+        self._row_of: dict[str, int] = {}
+        # Supplied by the app: the machine's knowledge of a node.
+        self.state_of: Callable[[Node], RowState] = lambda node: RowState()
+
+    # ----------------------------------------------------------------- data
+
+    def show_graph(self, graph: Graph | None, select: str | None = None) -> None:
+        if graph is not self.graph:
+            self.graph = graph
+            self.folded = set()
+        self._rebuild()
+        if select is not None:
+            self.select_node(select)
+        self.refresh()
+
+    def _rebuild(self) -> None:
+        self.rows = build_rows(self.graph, self.folded) if self.graph is not None else []
+        self._row_of = {r.node.id: i for i, r in enumerate(self.rows) if r.node is not None}
+        self.virtual_size = Size(self.size.width or 80, len(self.rows))
+        self.selected = min(self.selected, max(len(self.rows) - 1, 0))
+
+    def select_node(self, node_id: str) -> bool:
+        i = self._row_of.get(node_id)
+        if i is None and self.graph is not None:
+            # inside a folded block: unfold its owners
+            node = self.graph.find(node_id)
+            if node is None:
+                return False
+            self.folded = {f for f in self.folded if not node_id.startswith(f + "/")}
+            self._rebuild()
+            i = self._row_of.get(node_id)
+            if i is None:
+                return False
+        self.selected = i
+        self.scroll_to_selected()
+        return True
+
+    @property
+    def selected_node(self) -> Node | None:
+        if 0 <= self.selected < len(self.rows):
+            row = self.rows[self.selected]
+            return row.node or row.owner
+        return None
+
+    def scroll_to_selected(self) -> None:
+        height = max(self.size.height, 1)
+        top = int(self.scroll_y)
+        if self.selected < top + 1 or self.selected >= top + height - 1:
+            self.scroll_to(y=max(self.selected - height // 3, 0), animate=False)
+
+    def refresh_rows(self) -> None:
+        self.refresh()
+
+    # -------------------------------------------------------------- actions
+
+    def action_move(self, delta: int) -> None:
+        if self.rows:
+            self.selected = max(0, min(len(self.rows) - 1, self.selected + delta))
+            self.scroll_to_selected()
+
+    def action_jump(self, where: int) -> None:
+        if self.rows:
+            self.selected = where if where >= 0 else len(self.rows) - 1
+            self.scroll_to_selected()
+
+    def action_activate(self) -> None:
+        self.post_message(self.NodeSelected(self.selected_node, activated=True))
+
+    def action_fold(self) -> None:
+        node = self.selected_node
+        if node is None:
+            return
+        # fold the nearest If/Loop: the selected one or the one around it
+        target = node if node.blocks else None
+        if target is None and self.graph is not None:
+            parts = node.id.split("/")
+            for k in range(len(parts) - 2, 0, -1):
+                if parts[k].startswith("b"):
+                    target = self.graph.find("/".join(parts[:k]))
+                    break
+        if target is None:
+            self.app.bell()
+            return
+        if target.id in self.folded:
+            self.folded.discard(target.id)
+        else:
+            self.folded.add(target.id)
+        self._rebuild()
+        self.select_node(target.id)
+        self.refresh()
+
+    def action_toggle_paths(self) -> None:
+        self.show_paths = not self.show_paths
+
+    def watch_selected(self, old: int, new: int) -> None:
+        self.refresh()
+        self.post_message(self.NodeSelected(self.selected_node))
+
+    def watch_show_paths(self) -> None:
+        self.refresh()
+
+    def on_resize(self) -> None:
+        self.virtual_size = Size(self.size.width, len(self.rows))
+
+    def on_click(self, event) -> None:
+        y = int(self.scroll_y) + event.y
+        if 0 <= y < len(self.rows):
+            self.selected = y
+            if event.chain >= 2:
+                self.action_activate()
+
+    # ------------------------------------------------------------ rendering
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        index = scroll_y + y
+        width = self.scrollable_content_region.width
+        base = self.rich_style
+        if index >= len(self.rows):
+            return Strip.blank(width, base)
+        text = self.render_row(self.rows[index], width, index == self.selected)
+        segments = list(text.render(self.app.console))
+        strip = Strip(segments).crop_extend(scroll_x, scroll_x + width, base)
+        return strip
+
+    def render_row(self, row: Row, width: int, selected: bool) -> Text:
+        if row.node is None:
+            text = Text("   " + "  " * row.depth + (row.header or ""), style="italic #8a8a8a", no_wrap=True)
+        else:
+            state = self.state_of(row.node)
+            text = self._node_text(row, state, width)
+        if selected:
+            text.stylize(Style(reverse=True) if self.has_focus else Style(bgcolor="#3a3a3a"))
+        return text
+
+    def _node_text(self, row: Row, state: RowState, width: int) -> Text:
+        node = row.node
+        gutter = Text()
+        gutter.append("●" if state.breakpoint else " ", style="bold red")
+        if state.current:
+            gutter.append("▶", style="bold yellow")
+        elif state.error:
+            gutter.append("✗", style="bold red")
+        elif state.executed:
+            gutter.append("·", style="green")
+        else:
+            gutter.append(" ")
+        gutter.append(" ")
+        body = Text(no_wrap=True, overflow="ellipsis")
+        body.append("  " * row.depth)
+        outs = ", ".join(f"%{v.name}" for v in node.outputs)
+        if outs:
+            body.append(outs, style="#87afd7")
+            body.append(" = ")
+        kind_style = "bold yellow" if state.current else ("bold" if node.blocks or node.callee else "")
+        body.append(node.kind, style=kind_style)
+        if node.kind == "prim::GetAttr" or node.kind == "prim::SetAttr" or node.kind == "prim::CallMethod":
+            body.append(f"[{node.attrs.get('name', '')}]", style="#d7af5f")
+        elif node.kind == "prim::CallFunction":
+            body.append(f"[{(node.callee or '').rsplit('.', 1)[-1]}]", style="#d7af5f")
+        args = ", ".join(f"%{v.name}" for v in node.inputs)
+        body.append(f"({args})", style="#8a8a8a")
+        if state.executed > 1:
+            body.append(f" ×{state.executed}", style="#8a8a8a")
+        right = Text(no_wrap=True)
+        out = state.output
+        path = state.path or node.module_path
+        show_path = self.show_paths and path and width >= 90
+        if out:
+            right.append(out[:28], style="#5fd787" if not state.error else "red")
+        if show_path:
+            right.append("  " + (path if len(path) <= 26 else "…" + path[-25:]), style="#af87d7")
+        avail = width - gutter.cell_len - right.cell_len - 1
+        if avail < 12:
+            right = Text()
+            avail = width - gutter.cell_len
+        body.truncate(max(avail, 1), overflow="ellipsis", pad=True)
+        line = Text(no_wrap=True)
+        line.append_text(gutter)
+        line.append_text(body)
+        if right.cell_len:
+            line.append(" ")
+            line.append_text(right)
+        return line

@@ -1,0 +1,73 @@
+"""The source pane: the Python line that produced the node, with its neighbours.
+
+Read from the file on disk when it exists; otherwise from what the archive
+holds (scripted archives keep the lines around each statement, traced ones
+the Python stack of each op).  The title says which.
+"""
+
+from __future__ import annotations
+
+import linecache
+import os
+
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from engine.ir import SourceLoc
+
+CONTEXT = 6
+
+
+class SourcePane(VerticalScroll):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._text = Static("", markup=False, expand=True)
+        self._text.styles.text_wrap = "nowrap"
+        self._text.styles.text_overflow = "ellipsis"
+
+    def compose(self):
+        yield self._text
+
+    def show(self, loc: SourceLoc | None, caller: SourceLoc | None = None) -> None:
+        """``caller``: the user's call site, shown when ``loc`` is inside torch itself."""
+        from engine.convert import is_torch_frame
+
+        own = loc is not None and loc.file and loc.origin in ("scripted", "traced") and not is_torch_frame(loc.file)
+        if own or caller is None or caller is loc or not caller.file:
+            shown, extra = loc, ""
+        else:
+            shown = caller
+            extra = f"  (the call site; the op is at {os.path.basename(loc.file)}:{loc.line})" if loc and loc.file else "  (the call site)"
+        if shown is None or not shown.file:
+            self.border_title = "source"
+            self._text.update(Text("This node has no source location in the archive.", style="italic #8a8a8a"))
+            return
+        text = Text(no_wrap=True, overflow="ellipsis")
+        if os.path.exists(shown.file):
+            self.border_title = f"{shown.file}:{shown.line}  · file on disk{extra}"
+            before = max((self.size.height - 2) // 2, 1) if self.size.height else CONTEXT
+            first = max(1, shown.line - before)
+            for n in range(first, shown.line + CONTEXT * 2 + 1):
+                line = linecache.getline(shown.file, n)
+                if not line and n > shown.line:
+                    break
+                style = "reverse bold" if n == shown.line else ""
+                text.append(f"{n:5d}  ", style="#8a8a8a")
+                text.append(line.rstrip("\n") + "\n", style=style)
+        elif shown.context:
+            self.border_title = f"{shown.file}:{shown.line}  · from the archive (file not on disk){extra}"
+            for ln in shown.context.splitlines():
+                style = "reverse bold" if shown.text and ln.strip() == shown.text else ""
+                text.append(ln + "\n", style=style)
+        else:
+            self.border_title = f"{shown.file}:{shown.line}  · from the archive (file not on disk){extra}"
+            if shown.stack:
+                text.append("Python stack recorded by torch.jit.trace (innermost first):\n", style="italic")
+                for f, ln, fn in shown.stack:
+                    mark = "reverse" if (f, ln) == (shown.file, shown.line) else ""
+                    text.append(f"  {f}:{ln}  {fn}\n", style=mark)
+            else:
+                text.append("(no source text in the archive)", style="italic #8a8a8a")
+        self._text.update(text)
+        linecache.checkcache(shown.file)

@@ -1,0 +1,39 @@
+"""The status bar: step count, current node, run state, recorded memory."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+STATE_STYLE = {"paused": "bold green", "running": "bold yellow", "finished": "bold cyan",
+               "error": "bold red", "history": "bold magenta", "loading": "bold yellow"}
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+class StatusBar(Static):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("", markup=False, **kwargs)
+        self.plain = ""
+
+    def show(self, state: str, steps: int, node: str = "", kept: int = 0, budget: int = 0,
+             dropped: int = 0, message: str = "") -> None:
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append(f" {state} ", style=STATE_STYLE.get(state, "bold") + " reverse")
+        t.append(f"  step {steps}")
+        if node:
+            t.append(f"  {node}", style="bold")
+        if budget:
+            t.append(f"  rec {human_bytes(kept)}/{human_bytes(budget)}", style="#8a8a8a")
+            if dropped:
+                t.append(f" ({dropped} summaries only)", style="#d7af5f")
+        if message:
+            t.append(f"  {message}", style="#d0d0d0")
+        self.plain = t.plain
+        self.update(t)
