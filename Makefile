@@ -4,13 +4,15 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # The CPU build of torch installs in seconds here; an unpinned torch pulls a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
+# Pinned so the SVG snapshot tests see the same rendering everywhere.
+TEXTUAL ?= textual==8.2.8
 
 .PHONY: test demo venv bench screenshots clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q "$(TORCH)" "$(TEXTUAL)"
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 

@@ -291,7 +291,8 @@ class TsdebugApp(App):
         if m.error is not None and m.error.node is node:
             note = m.error.message
         inspector.show(node, rec, live, note)
-        source.show(node.source, m.user_location(node) if m.view is None else None)
+        loc = program.nearest_source(node)
+        source.show(loc, m.user_location(node) if m.view is None and loc is node.source else None)
 
     def on_program_view_node_selected(self, event: ProgramView.NodeSelected) -> None:
         if self.state in ("running", "loading"):

@@ -33,8 +33,6 @@ class CallStack(OptionList):
                 t.append(f"  {f.module_path}", style="#af87d7")
             if f.loops:
                 t.append("  " + " ".join(f"iter {n}" for n in f.loops), style="#d7af5f")
-            if f.node is not None:
-                t.append(f"  @{f.node.kind}", style="#8a8a8a")
             self.add_option(Option(t, id=str(len(frames) - 1 - i)))
         if frames:
             self.highlighted = 0

@@ -86,6 +86,8 @@ class Inspector(VerticalScroll, can_focus=True):
     BINDINGS = [Binding("x", "toggle_expand", "expand values", show=False)]
 
     expanded: reactive[bool] = reactive(False)
+    #: Step times vary run to run; snapshot tests turn them off.
+    show_times = True
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -139,9 +141,9 @@ class Inspector(VerticalScroll, can_focus=True):
         if record is not None and record.status == "next":
             parts.append(Text(f"\nnext to run, in {' › '.join(record.path)}", style="#8a8a8a"))
         elif record is not None:
-            ms = record.time_ns / 1e6
+            ms = f"  {record.time_ns / 1e6:.3f} ms" if self.show_times else ""
             status = {"done": "", "entered": " (running inside)", "error": " (raised)"}.get(record.status, "")
-            parts.append(Text(f"\nstep #{record.index}  {ms:.3f} ms{status}  in {' › '.join(record.path)}",
+            parts.append(Text(f"\nstep #{record.index}{ms}{status}  in {' › '.join(record.path)}",
                               style="#8a8a8a"))
             if record.error:
                 parts.append(Text(record.error, style="bold red"))
@@ -181,7 +183,7 @@ class Inspector(VerticalScroll, can_focus=True):
         out: list[Any] = [Text(f"\n{name} preview", style="bold underline")]
         try:
             width = max(self.size.width - 4, 30)
-            out.append(Text(preview(t, linewidth=width), no_wrap=True))
+            out.append(Text(preview(t, edgeitems=3 if width >= 70 else 2, linewidth=width), no_wrap=True))
         except Exception as exc:  # an exotic layout numpy cannot show
             out.append(Text(f"(no preview: {exc})", style="#8a8a8a"))
         hist = histogram(t, bins=max(min(self.size.width - 6, 48), 10))

@@ -78,7 +78,7 @@ class ProgramView(ScrollView, can_focus=True):
         Binding("home", "jump(0)", "first", show=False),
         Binding("end", "jump(-1)", "last", show=False),
         Binding("enter", "activate", "show value", show=False),
-        Binding("f", "fold", "fold block"),
+        Binding("f", "fold", "fold block", show=False),
         Binding("M", "toggle_paths", "module paths", show=False),
     ]
 
@@ -116,7 +116,7 @@ class ProgramView(ScrollView, can_focus=True):
     def _rebuild(self) -> None:
         self.rows = build_rows(self.graph, self.folded) if self.graph is not None else []
         self._row_of = {r.node.id: i for i, r in enumerate(self.rows) if r.node is not None}
-        self.virtual_size = Size(self.size.width or 80, len(self.rows))
+        self.virtual_size = Size(self.scrollable_content_region.width or 80, len(self.rows))
         self.selected = min(self.selected, max(len(self.rows) - 1, 0))
 
     def select_node(self, node_id: str) -> bool:
@@ -200,7 +200,20 @@ class ProgramView(ScrollView, can_focus=True):
         self.refresh()
 
     def on_resize(self) -> None:
-        self.virtual_size = Size(self.size.width, len(self.rows))
+        self.virtual_size = Size(self.scrollable_content_region.width, len(self.rows))
+
+    def nearest_source(self, node: Node):
+        """The source line of ``node``, or of the first node after it that has one
+        (attribute reads and list plumbing carry none)."""
+        if node.source is not None and node.source.file:
+            return node.source
+        start = self._row_of.get(node.id)
+        if start is None:
+            return None
+        for row in self.rows[start + 1 : start + 40]:
+            if row.node is not None and row.node.source is not None and row.node.source.file:
+                return row.node.source
+        return None
 
     def on_click(self, event) -> None:
         y = int(self.scroll_y) + event.y
@@ -220,8 +233,9 @@ class ProgramView(ScrollView, can_focus=True):
             return Strip.blank(width, base)
         text = self.render_row(self.rows[index], width, index == self.selected)
         segments = list(text.render(self.app.console))
-        strip = Strip(segments).crop_extend(scroll_x, scroll_x + width, base)
-        return strip
+        # the widget's own colours under the row's
+        segments = list(Segment.apply_style(segments, base))
+        return Strip(segments).crop_extend(scroll_x, scroll_x + width, base)
 
     def render_row(self, row: Row, width: int, selected: bool) -> Text:
         if row.node is None:
@@ -265,7 +279,7 @@ class ProgramView(ScrollView, can_focus=True):
         right = Text(no_wrap=True)
         out = state.output
         path = state.path or node.module_path
-        show_path = self.show_paths and path and width >= 90
+        show_path = self.show_paths and path and width >= 72
         if out:
             right.append(out[:28], style="#5fd787" if not state.error else "red")
         if show_path:
