@@ -109,12 +109,26 @@ def _attr_value(n: torch._C.Node, name: str) -> Any:
         return f"<{kind}>"
 
 
+_ORIGIN_SAMPLE = 64
+_BLOCK_KINDS = frozenset({"prim::If", "prim::Loop", "prim::With", "prim::Closure"})
+_UNREAD = object()
+
+
+def read_source(node: "Node") -> SourceLoc | None:
+    """``Node.source``: parsed from torch's source range on first use."""
+    cell = node.source_cell
+    if cell[0] is _UNREAD:
+        cell[0] = parse_source_range(node.handle.sourceRange()) if node.handle is not None else None
+    return cell[0]
+
+
 class _Converter:
     def __init__(self, graph_name: str, inlined: bool):
         self.graph_name = graph_name
         self.inlined = inlined
         self.values: dict[int, Value] = {}
         self.origins = {"traced": 0, "scripted": 0}
+        self.sampled = 0
 
     def value(self, v: torch._C.Value) -> Value:
         key = v.unique()
@@ -137,8 +151,9 @@ class _Converter:
         outputs = tuple(self.value(v) for v in n.outputs())
         attrs: dict[str, Any] = {}
         callee = None
-        for name in n.attributeNames():
-            attrs[name] = _attr_value(n, name)
+        if n.hasAttributes():
+            for name in n.attributeNames():
+                attrs[name] = _attr_value(n, name)
         if kind == "prim::Constant":
             out_type = n.output().type()
             if "value" in attrs:
@@ -157,13 +172,22 @@ class _Converter:
         schema = n.schema()
         if schema == "(no schema)":
             schema = None
-        source = parse_source_range(n.sourceRange())
-        if source is not None and source.origin in self.origins:
-            self.origins[source.origin] += 1
+        # Source text is formatted by torch on request (slow): read it lazily,
+        # but sample enough nodes to tell a traced graph from a scripted one.
+        if self.sampled < _ORIGIN_SAMPLE and kind != "prim::Constant":
+            source = parse_source_range(n.sourceRange())
+            if source is not None and source.origin in self.origins:
+                self.origins[source.origin] += 1
+                self.sampled += 1
+            src_cell = [source]
+        else:
+            src_cell = [_UNREAD]
         module_path = module_path_from_hierarchy(n.getModuleHierarchy()) if self.inlined else ""
-        blocks = tuple(
-            self.block(b, f"{node_id}/b{j}", f"{node_id}/b{j}/") for j, b in enumerate(n.blocks())
-        )
+        blocks = ()
+        if kind in _BLOCK_KINDS:
+            blocks = tuple(
+                self.block(b, f"{node_id}/b{j}", f"{node_id}/b{j}/") for j, b in enumerate(n.blocks())
+            )
         return Node(
             id=node_id,
             kind=kind,
@@ -172,7 +196,7 @@ class _Converter:
             attrs=attrs,
             blocks=blocks,
             schema=schema,
-            source=source,
+            source_cell=src_cell,
             module_path=module_path,
             callee=callee,
             in_idx=tuple(v.index for v in inputs),

@@ -88,12 +88,19 @@ class Node:
     attrs: dict[str, Any]
     blocks: tuple[Block, ...]
     schema: str | None
-    source: SourceLoc | None
+    source_cell: list  # [SourceLoc | None], read lazily: see ``source``
     module_path: str
     callee: str | None
     in_idx: tuple[int, ...]
     out_idx: tuple[int, ...]
     handle: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def source(self) -> SourceLoc | None:
+        """Where the node came from in the user's Python (read on first use)."""
+        from engine.convert import read_source
+
+        return read_source(self)
 
     @property
     def is_control(self) -> bool:

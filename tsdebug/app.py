@@ -77,6 +77,7 @@ class TsdebugApp(App):
         self.last_search = ""
         self._move_started = 0.0
         self._last_note = ""
+        self._shown_key: tuple | None = None
 
     # ---------------------------------------------------------------- layout
 
@@ -139,7 +140,7 @@ class TsdebugApp(App):
         self.state = "error"
         self.query_one(ProgramView).border_title = "program (nothing loaded)"
         self.query_one(Inspector).show(None, None)
-        self.query_one(SourcePane)._text.update(message)
+        self.query_one(SourcePane).update(message)
         self.status("error", message=message)
         self.notify(message, title="cannot open the model", severity="error", timeout=30)
 
@@ -273,6 +274,10 @@ class TsdebugApp(App):
             source.show(None)
             return
         tl = m.timeline
+        key = (node.id, len(tl), m.view, m.error is not None, self.display_frame, self.browsing)
+        if key == self._shown_key:
+            return  # already on screen (a move and its selection message both ask)
+        self._shown_key = key
         start = self.frame_start() if self.browsing is None else -1
         rec = tl.last_of(node.id, m.view)
         if rec is not None and rec.index <= start:
@@ -330,18 +335,26 @@ class TsdebugApp(App):
             self.notify(f"{m.error.message}\nR restarts, i sets new inputs.", title="the model raised",
                         severity="error", timeout=8)
             return
-        self.state = "running"
         self._move_started = time.perf_counter()
+        node = m.current_node
+        if name in ("step", "next") and m.view is None and node is not None and not node.is_control:
+            # One leaf op: run it here, without a thread hop (keys stay snappy).
+            self._move_worker(name, fn, sync=True)
+            return
+        self.state = "running"
         self.run_worker(partial(self._move_worker, name, fn), thread=True, exclusive=True, group="move")
 
-    def _move_worker(self, name: str, fn: Callable[[], str]) -> None:
+    def _move_worker(self, name: str, fn: Callable[[], str], sync: bool = False) -> None:
         try:
             stop: Any = fn()
         except TsdebugError as exc:
             stop = exc
         except Exception as exc:  # never a traceback in front of the user
             stop = TsdebugError(f"internal error in {name}: {type(exc).__name__}: {exc}")
-        self.call_from_thread(self.after_move, stop, name)
+        if sync:
+            self.after_move(stop, name)
+        else:
+            self.call_from_thread(self.after_move, stop, name)
 
     def action_step_over(self) -> None:
         self._move("next", lambda: self.machine.step_over())

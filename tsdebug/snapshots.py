@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import sys
-import warnings
 from typing import Sequence
 
 #: Archives and the Python they came from are built here, so paths shown on
@@ -20,24 +19,21 @@ FIXED_DIR = "/tmp/tsdebug-screens"
 
 
 def build_demo_in(directory: str = FIXED_DIR) -> str:
-    """The demo archive, traced from a copy of tsdebug/demo.py placed in ``directory``."""
-    import importlib.util
+    """The demo archive, traced from a copy of tsdebug/demo.py placed in ``directory``.
 
-    import torch
+    Traced in a fresh process: TorchScript mangles type names
+    (``___torch_mangle_7.Conv2d``) by what the process compiled before, and
+    those names show on screen.
+    """
+    import subprocess
 
     os.makedirs(directory, exist_ok=True)
     src = os.path.join(os.path.dirname(__file__), "demo.py")
     dst = os.path.join(directory, "demo_model.py")
     shutil.copyfile(src, dst)
-    spec = importlib.util.spec_from_file_location("demo_model", dst)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["demo_model"] = mod
-    spec.loader.exec_module(mod)
     path = os.path.join(directory, "demo.pt")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mod.build_demo(path)
-    del torch
+    code = f"import sys; sys.path.insert(0, {directory!r}); import demo_model; demo_model.build_demo({path!r})"
+    subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
     return path
 
 

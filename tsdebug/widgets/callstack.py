@@ -21,6 +21,10 @@ class CallStack(OptionList):
         self.frames: list[FrameInfo] = []
 
     def show(self, frames: list[FrameInfo], history_path: tuple | None = None) -> None:
+        key = (history_path, tuple((f.graph.name, f.module_path, tuple(f.loops)) for f in frames))
+        if key == getattr(self, "_key", None):
+            return  # same stack: skip the re-layout
+        self._key = key
         self.frames = frames
         self.clear_options()
         if history_path is not None:

@@ -105,10 +105,11 @@ class ProgramView(ScrollView, can_focus=True):
     # ----------------------------------------------------------------- data
 
     def show_graph(self, graph: Graph | None, select: str | None = None) -> None:
-        if graph is not self.graph:
+        if graph is not self.graph or not self.rows:
+            # rows are built once per graph (and per fold): O(nodes)
             self.graph = graph
             self.folded = set()
-        self._rebuild()
+            self._rebuild()
         if select is not None:
             self.select_node(select)
         self.refresh()

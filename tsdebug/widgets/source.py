@@ -11,23 +11,30 @@ import linecache
 import os
 
 from rich.text import Text
-from textual.containers import VerticalScroll
-from textual.widgets import Static
+from textual.widget import Widget
 
 from engine.ir import SourceLoc
 
 CONTEXT = 6
 
 
-class SourcePane(VerticalScroll):
+class SourcePane(Widget):
+    """A fixed window on the source: redrawn in place, no scrolling or layout pass."""
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self._text = Static("", markup=False, expand=True)
-        self._text.styles.text_wrap = "nowrap"
-        self._text.styles.text_overflow = "ellipsis"
+        self._content = Text()
+        self.plain = ""
 
-    def compose(self):
-        yield self._text
+    def render(self) -> Text:
+        return self._content
+
+    def update(self, content) -> None:
+        self._content = content if isinstance(content, Text) else Text(str(content))
+        self._content.no_wrap = True
+        self._content.overflow = "ellipsis"
+        self.plain = self._content.plain
+        self.refresh()
 
     def show(self, loc: SourceLoc | None, caller: SourceLoc | None = None) -> None:
         """``caller``: the user's call site, shown when ``loc`` is inside torch itself."""
@@ -41,7 +48,7 @@ class SourcePane(VerticalScroll):
             extra = f"  (the call site; the op is at {os.path.basename(loc.file)}:{loc.line})" if loc and loc.file else "  (the call site)"
         if shown is None or not shown.file:
             self.border_title = "source"
-            self._text.update(Text("This node has no source location in the archive.", style="italic #8a8a8a"))
+            self.update(Text("This node has no source location in the archive.", style="italic #8a8a8a"))
             return
         text = Text(no_wrap=True, overflow="ellipsis")
         if os.path.exists(shown.file):
@@ -69,5 +76,5 @@ class SourcePane(VerticalScroll):
                     text.append(f"  {f}:{ln}  {fn}\n", style=mark)
             else:
                 text.append("(no source text in the archive)", style="italic #8a8a8a")
-        self._text.update(text)
+        self.update(text)
         linecache.checkcache(shown.file)

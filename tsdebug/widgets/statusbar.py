@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
+from textual.widget import Widget
 
 STATE_STYLE = {"paused": "bold green", "running": "bold yellow", "finished": "bold cyan",
                "error": "bold red", "history": "bold magenta", "loading": "bold yellow"}
@@ -17,10 +17,16 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
-class StatusBar(Static):
+class StatusBar(Widget):
+    """One line; redrawn in place (no layout pass) as the machine moves."""
+
     def __init__(self, **kwargs) -> None:
-        super().__init__("", markup=False, **kwargs)
+        super().__init__(**kwargs)
+        self._line = Text()
         self.plain = ""
+
+    def render(self) -> Text:
+        return self._line
 
     def show(self, state: str, steps: int, node: str = "", kept: int = 0, budget: int = 0,
              dropped: int = 0, message: str = "") -> None:
@@ -35,5 +41,7 @@ class StatusBar(Static):
                 t.append(f" ({dropped} summaries only)", style="#d7af5f")
         if message:
             t.append(f"  {message}", style="#d0d0d0")
-        self.plain = t.plain
-        self.update(t)
+        if t.plain != self.plain:
+            self.plain = t.plain
+            self._line = t
+            self.refresh()
