@@ -26,7 +26,7 @@ from engine.errors import ModelError, TsdebugError, first_error_line
 from engine.convert import is_torch_frame
 from engine.ir import Block, Graph, Node, SourceLoc, Value
 from engine.ops import ModelRaised, schema_info
-from engine.program import Program
+from engine.program import ClassInstance, ObjectRef, Program, store_instance, is_script_class_copy, read_object_attr, write_object_attr
 from engine.timeline import DEFAULT_BUDGET, StepRecord, Timeline
 from engine.values import iter_tensors, summarize
 
@@ -181,6 +181,7 @@ class Machine:
         self.view: int | None = None
         self.stop_reason_detail = ""
         self._attr_overlay: dict[tuple, Any] = {}
+        self._object_nodes: set[str] = set()  # GetAttr nodes that yield class objects
         n_params = len(self.graph.inputs) - 1
         if len(self.inputs) != n_params:
             names = ", ".join(v.name.split(".")[0] for v in self.graph.inputs[1:])
@@ -415,16 +416,39 @@ class Machine:
         self.timeline.add(record)
         self._advance(act)
 
-    def _get_attr(self, obj: Any, name: str) -> Any:
+    def _get_attr(self, obj: Any, name: str, node: Node) -> Any:
+        if isinstance(obj, ObjectRef):
+            return read_object_attr(self.program.attr_chains, obj, name, node.handle.output().type())
         key = (obj, name)
         value = self._attr_overlay.get(key)
         if value is None:
-            value = obj.getattr(name)
+            declared = node.outputs[0].type
+            is_class = "__torch__." in declared
+            if node.id in self._object_nodes:
+                return self._object_ref(obj, name, node)
+            try:
+                value = obj.getattr(name)
+            except RuntimeError:
+                if not is_class:
+                    raise
+                self._object_nodes.add(node.id)  # a class object torch cannot hand over
+                return self._object_ref(obj, name, node)
+            if is_script_class_copy(value):
+                # a copy, not the object: refer to the object by its path instead
+                self._object_nodes.add(node.id)
+                return self._object_ref(obj, name, node)
             if isinstance(value, (list, dict)):
                 # getattr hands out copies of containers; keep one, so that
                 # mutations through it are seen by later reads.
                 self._attr_overlay[key] = value
         return value
+
+    @staticmethod
+    def _object_ref(obj: Any, name: str, node: Node) -> ObjectRef:
+        declared = node.outputs[0].type
+        if declared.startswith("Optional[") and declared.endswith("]"):
+            declared = declared[len("Optional["):-1]
+        return ObjectRef(obj, ((name, node.handle.output().type()),), declared)
 
     def _flush_attrs(self) -> None:
         """Write mutated container attributes back into the module objects."""
@@ -441,7 +465,7 @@ class Machine:
         record = self._record(act, node, [obj])
         t0 = _perf_ns()
         try:
-            value = self._get_attr(obj, name)
+            value = self._get_attr(obj, name, node)
         except Exception as exc:
             self.timeline.add(record)
             self._fail(node, exc, record)
@@ -464,12 +488,19 @@ class Machine:
         name = node.attrs["name"]
         record = self._record(act, node, [obj, value])
         try:
-            obj.setattr(name, value)
+            if isinstance(obj, ObjectRef):
+                write_object_attr(self.program.attr_chains, obj, name, value, node.handle.inputsAt(1).type())
+            elif isinstance(value, ClassInstance) and not isinstance(obj, ClassInstance):
+                store_instance(obj, name, value)
+            else:
+                obj.setattr(name, value)
         except Exception as exc:
             self.timeline.add(record)
             self._fail(node, exc, record)
             return
-        if isinstance(value, (list, dict)):
+        if isinstance(obj, ObjectRef):
+            pass
+        elif isinstance(value, (list, dict)):
             self._attr_overlay[(obj, name)] = value
         else:
             self._attr_overlay.pop((obj, name), None)

@@ -283,20 +283,26 @@ class Messages:
 
 
 def _is_object(x: Any) -> bool:
-    from engine.program import ClassInstance
+    from engine.program import ClassInstance, ObjectRef
 
-    return isinstance(x, (list, dict, torch._C.ScriptObject, ClassInstance))
+    return isinstance(x, (list, dict, torch._C.ScriptObject, ClassInstance, ObjectRef))
+
+
+def _ObjectRefType():
+    from engine.program import ObjectRef
+
+    return ObjectRef
 
 
 def _isinstance_runner(node: Node, compiled_run: Runner) -> Runner:
     """``prim::isinstance`` on the interpreter's own class objects is answered here."""
-    from engine.program import ClassInstance
+    from engine.program import ClassInstance, ObjectRef
 
     names = {str(t) for t in node.attrs.get("types", [])}
 
     def run(args: list) -> tuple:
         obj = args[0]
-        if isinstance(obj, ClassInstance):
+        if isinstance(obj, (ClassInstance, ObjectRef)):
             return (obj.qualname in names,)
         return compiled_run(args)
 
@@ -345,7 +351,8 @@ def runner_for(node: Node, messages: Messages | None = None) -> Runner:
         from engine.program import ClassInstance
 
         qualname = node.outputs[0].type
-        return lambda args: (ClassInstance(qualname),)
+        ty = node.handle.output().type()
+        return lambda args: (ClassInstance(qualname, ty),)
     if kind == "prim::isinstance":
         return _isinstance_runner(node, compiled_run)
     if kind in ("aten::__is__", "aten::__isnot__"):
@@ -354,7 +361,8 @@ def runner_for(node: Node, messages: Messages | None = None) -> Runner:
         def run_is(args: list) -> tuple:
             a, b = args
             if _is_object(a) or _is_object(b):
-                return ((a is not b) if negate else (a is b),)
+                same = (a == b) if isinstance(a, _ObjectRefType()) else (a is b)
+                return ((not same) if negate else same,)
             return compiled_run(args)
 
         return run_is

@@ -20,10 +20,11 @@ class ClassInstance:
     imported), and the program must see its own object mutate.
     """
 
-    __slots__ = ("qualname", "attrs")
+    __slots__ = ("qualname", "attrs", "type")
 
-    def __init__(self, qualname: str):
+    def __init__(self, qualname: str, ty: Any = None):
         self.qualname = qualname
+        self.type = ty  # the torch ClassType, to build a real object when one is needed
         self.attrs: dict[str, Any] = {}
 
     def getattr(self, name: str) -> Any:
@@ -43,8 +44,160 @@ class ClassInstance:
         return f"<{self.short_name} object>"
 
 
+def is_script_class_copy(value: Any) -> bool:
+    """A Python object torch built as a *copy* of a TorchScript class object."""
+    try:
+        import torch.jit._state as state
+
+        return state._get_script_class(type(value)) is not None
+    except Exception:
+        return False
+
+
+class ObjectRef:
+    """A TorchScript class object held by a module (``self.box_coder``).
+
+    torch cannot hand such objects to Python (it asserts, or builds a copy
+    when the class's package is imported), so the interpreter refers to them
+    by their attribute path from a module it can hold, and reads and writes
+    their attributes with small compiled functions along that path.
+    """
+
+    __slots__ = ("root", "steps", "qualname")
+
+    def __init__(self, root: Any, steps: tuple, qualname: str):
+        self.root = root  # a torch._C.ScriptModule
+        self.steps = steps  # ((attribute name, torch type), ...)
+        self.qualname = qualname
+
+    @property
+    def short_name(self) -> str:
+        return self.qualname.rsplit(".", 1)[-1]
+
+    def extend(self, name: str, ty: Any) -> "ObjectRef":
+        qualname = str(ty)
+        if qualname.startswith("Optional[") and qualname.endswith("]"):
+            qualname = qualname[len("Optional["):-1]
+        return ObjectRef(self.root, self.steps + ((name, ty),), qualname)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other.root == self.root and \
+            [n for n, _ in other.steps] == [n for n, _ in self.steps]
+
+    def __hash__(self) -> int:
+        return hash((hash(self.root), tuple(n for n, _ in self.steps)))
+
+    def __repr__(self) -> str:
+        return f"<{self.short_name} object at self.{'.'.join(n for n, _ in self.steps)}>"
+
+
+def _chain_function(cache: dict, root: Any, steps: tuple, final: tuple, write_type: Any = None):
+    """Compile ``root.a.b.final`` (read), or ``root.a.b.final = v`` (write when ``write_type``).
+
+    ``cache`` belongs to one program: types of the same name from two
+    archives are different types.
+    """
+    key = (root._type().qualified_name(), tuple(n for n, _ in steps), final[0], write_type is not None)
+    fn = cache.get(key)
+    if fn is not None:
+        return fn
+    g = torch._C.Graph()
+    v = g.addInput()
+    v.setType(root._type())
+    value_in = None
+    if write_type is not None:
+        value_in = g.addInput()
+        value_in.setType(write_type)
+    for name, ty in steps:
+        n = g.create("prim::GetAttr", [v], 1)
+        n.s_("name", name)
+        g.insertNode(n)
+        # the path only goes through objects that exist: no Optional on the way
+        n.output().setType(ty.getElementType() if ty.kind() == "OptionalType" else ty)
+        v = n.output()
+    name, ty = final
+    if write_type is not None:
+        n = g.create("prim::SetAttr", [v, value_in], 0)
+        n.s_("name", name)
+        g.insertNode(n)
+        none = g.create("prim::Constant", [], 1)
+        g.insertNode(none)
+        none.output().setType(torch._C.NoneType.get())
+        g.registerOutput(none.output())
+    else:
+        n = g.create("prim::GetAttr", [v], 1)
+        n.s_("name", name)
+        g.insertNode(n)
+        n.output().setType(ty)
+        g.registerOutput(n.output())
+    fn = torch._C._create_function_from_graph("tsdebug_attr", g)
+    cache[key] = fn
+    return fn
+
+
+def read_object_attr(cache: dict, ref: ObjectRef, name: str, ty: Any) -> Any:
+    fn = _chain_function(cache, ref.root, ref.steps, (name, ty))
+    try:
+        value = fn(ref.root)
+    except RuntimeError:
+        if "__torch__." not in str(ty):
+            raise
+        return ref.extend(name, ty)  # another class object: keep the path
+    if is_script_class_copy(value):
+        return ref.extend(name, ty)
+    return value
+
+
+def write_object_attr(cache: dict, ref: ObjectRef, name: str, value: Any, ty: Any) -> None:
+    fn = _chain_function(cache, ref.root, ref.steps, (name, None), write_type=ty)
+    fn(ref.root, value)
+
+
+def store_instance(module: Any, name: str, instance: ClassInstance) -> None:
+    """``module.name = instance``: build the real TorchScript object inside torch.
+
+    A module can only hold real objects; one compiled function creates the
+    object (and any it holds), sets its attributes and stores it.
+    """
+    g = torch._C.Graph()
+    target = g.addInput()
+    target.setType(module._type())
+    leaves: list[Any] = []
+
+    def build(inst: ClassInstance):
+        if inst.type is None:
+            raise TypeError(f"cannot store a {inst.short_name} object into a module")
+        n = g.create("prim::CreateObject", [], 1)
+        g.insertNode(n)
+        n.output().setType(inst.type)
+        for attr, val in inst.attrs.items():
+            if isinstance(val, ClassInstance):
+                v = build(val)
+            else:
+                inferred = torch._C._jit_try_infer_type(val)
+                if not inferred.success():
+                    raise TypeError(f"cannot store attribute {attr!r} of a {inst.short_name} object into a module")
+                v = g.addInput()
+                v.setType(inferred.type())
+                leaves.append(val)
+            setter = g.create("prim::SetAttr", [n.output(), v], 0)
+            setter.s_("name", attr)
+            g.insertNode(setter)
+        return n.output()
+
+    obj = build(instance)
+    store = g.create("prim::SetAttr", [target, obj], 0)
+    store.s_("name", name)
+    g.insertNode(store)
+    none = g.create("prim::Constant", [], 1)
+    g.insertNode(none)
+    none.output().setType(torch._C.NoneType.get())
+    g.registerOutput(none.output())
+    torch._C._create_function_from_graph("tsdebug_store", g)(module, *leaves)
+
+
 def type_name(obj: Any) -> str:
-    if isinstance(obj, ClassInstance):
+    if isinstance(obj, (ClassInstance, ObjectRef)):
         return obj.qualname
     return obj._type().qualified_name()
 
@@ -68,6 +221,7 @@ class Program:
         self._graphs: dict[tuple, Graph] = {}
         self._runners: dict[Node, Runner] = {}
         self.messages = Messages()
+        self.attr_chains: dict[tuple, Any] = {}  # compiled reads/writes of class-object attributes
         self.root_type = type_name(module)
 
     # -- graphs -------------------------------------------------------------
@@ -80,7 +234,7 @@ class Program:
 
     def method_graph(self, obj: Any, method: str, *, inlined: bool = False, root: bool = False) -> Graph:
         tname = type_name(obj)
-        if isinstance(obj, ClassInstance):
+        if isinstance(obj, (ClassInstance, ObjectRef)):
             return self.function_graph(f"{tname}.{method}")
         key = ("method", tname, method, inlined)
         graph = self._graphs.get(key)

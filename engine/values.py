@@ -251,9 +251,9 @@ def summarize(value: Any, depth: int = 0) -> ValueSummary:
         return ValueSummary(kind="device", text=str(value))
     if isinstance(value, torch.dtype):
         return ValueSummary(kind="dtype", text=str(value).replace("torch.", ""))
-    from engine.program import ClassInstance
+    from engine.program import ClassInstance, ObjectRef
 
-    if isinstance(value, ClassInstance):
+    if isinstance(value, (ClassInstance, ObjectRef)):
         return ValueSummary(kind="object", text=f"<{value.short_name}>")
     if isinstance(value, torch._C.ScriptObject):
         try:

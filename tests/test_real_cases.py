@@ -2,7 +2,7 @@
 
 import os
 import warnings
-from typing import List
+from typing import List, Optional
 
 import pytest
 import torch
@@ -132,3 +132,79 @@ def test_origin_of_traced_method_with_only_calls(archive):
 
     path = archive(OnlyCalls(), "trace", example=(torch.randn(1, 3),))
     assert Session(path).method_kinds() == {"forward": "traced"}
+
+
+@torch.jit.script
+class Coder:
+    """Like torchvision's BoxCoder: a class object kept as a module attribute."""
+
+    def __init__(self, w: float):
+        self.w = w
+        self.calls = 0
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x * self.w
+
+
+class HoldsObject(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.coder = Coder(2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.coder.decode(x)
+        if isinstance(self.coder, Coder):
+            y = y + 1
+        return y + self.coder.calls
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_class_object_attribute(archive, inline):
+    path = archive(HoldsObject(), "script")
+    x = torch.randn(3)
+    s = Session(path, inline=inline)
+    m = s.start(values=(x,))
+    m.run()
+    assert m.error is None
+    assert torch.equal(m.outputs, x * 2 + 2)  # calls == 1 after decode: the object itself was mutated
+    m = s.restart()
+    m.run()
+    assert torch.equal(m.outputs, x * 2 + 3)  # and it stays mutated, as in torch
+
+
+@torch.jit.script
+class Mapper:
+    def __init__(self, k: int, scales: List[float]):
+        self.k = k
+        self.scales = scales
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.k + self.scales[0]
+
+
+class SetsObject(nn.Module):
+    """Like torchvision's MultiScaleRoIAlign: builds an object on first call and keeps it."""
+
+    map_levels: Optional[Mapper]
+
+    def __init__(self):
+        super().__init__()
+        self.map_levels = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.map_levels is None:
+            self.map_levels = Mapper(3, [0.5, 1.0])
+        mapper = self.map_levels
+        assert mapper is not None
+        return mapper(x)
+
+
+def test_class_object_stored_in_module(archive):
+    path = archive(SetsObject(), "script")
+    x = torch.randn(4)
+    s = Session(path)
+    s.start(values=(x,))
+    r = s.run_and_compare()
+    assert r.error is None and r.identical
+    assert torch.equal(r.outputs, x * 3 + 0.5)
