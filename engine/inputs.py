@@ -7,6 +7,8 @@ Specs, one per model input (``--input``):
   distribution, integers to ``0..10``);
 * ``1x3x224x224`` (float32);
 * ``int:3``, ``float:0.5``, ``bool:true``, ``str:hello``, ``none``;
+* ``[SPEC,SPEC]`` a list and ``(SPEC,SPEC)`` a tuple of specs (detection
+  models take ``[float32[3,320,320]]``);
 * a file: ``.pt``/``.pth`` (one value, ``torch.load(weights_only=True)``),
   ``.npy``, ``.npz`` (one array).
 
@@ -124,9 +126,29 @@ def _load_file(path: str) -> Any:
         raise InputError(f"input file {path}: cannot load ({first})") from None
 
 
+def split_top_level(text: str) -> list[str]:
+    """Split at commas outside brackets: ``float32[2,3],int:1`` -> two specs."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    tail = text[start:]
+    if tail.strip():
+        parts.append(tail)
+    return [p.strip() for p in parts]
+
+
 def parse_spec(spec: str, seed: int = 0, index: int = 0) -> Any:
-    """One ``--input`` value."""
+    """One ``--input`` value; ``[A,B]`` and ``(A,B)`` make a list or tuple of specs."""
     s = spec.strip()
+    if len(s) >= 2 and ((s[0], s[-1]) in (("[", "]"), ("(", ")"))):
+        items = [parse_spec(p, seed, index * 1000 + k + 1) for k, p in enumerate(split_top_level(s[1:-1]))]
+        return items if s[0] == "[" else tuple(items)
     low = s.lower()
     if low in ("none", "null"):
         return None

@@ -24,6 +24,10 @@ def test_specs():
     assert parse_spec("int:3") == 3 and parse_spec("bool:true") is True
     assert parse_spec("float:0.5") == 0.5 and parse_spec("none") is None
     assert parse_spec("str:hi") == "hi"
+    lst = parse_spec("[float32[3,8,8],float32[3,4,4]]")
+    assert isinstance(lst, list) and [t.shape for t in lst] == [(3, 8, 8), (3, 4, 4)]
+    tup = parse_spec("(int:1,[float32[2]],none)")
+    assert isinstance(tup, tuple) and tup[0] == 1 and tup[1][0].shape == (2,) and tup[2] is None
     b = parse_spec("bool[4]")
     assert b.dtype == torch.bool
     with pytest.raises(InputError):
