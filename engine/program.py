@@ -9,7 +9,7 @@ import torch
 from engine.convert import convert_graph, short_graph_name
 from engine.errors import ModelError
 from engine.ir import Graph, Node
-from engine.ops import Messages, Runner, runner_for
+from engine.ops import Messages, Runner, runner_for, schema_info
 
 
 class ClassInstance:
@@ -44,8 +44,13 @@ class ClassInstance:
         return f"<{self.short_name} object>"
 
 
+_PLAIN_TYPES = (torch.Tensor, int, float, bool, str, list, tuple, dict, type(None), torch._C.ScriptObject)
+
+
 def is_script_class_copy(value: Any) -> bool:
     """A Python object torch built as a *copy* of a TorchScript class object."""
+    if isinstance(value, _PLAIN_TYPES):
+        return False
     try:
         import torch.jit._state as state
 
@@ -219,7 +224,7 @@ class Program:
         # when their own nodes carry no source to tell (only calls).
         self.traced_methods = traced_methods
         self._graphs: dict[tuple, Graph] = {}
-        self._runners: dict[Node, Runner] = {}
+        self._runners: dict[Node, tuple] = {}
         self.messages = Messages()
         self.attr_chains: dict[tuple, Any] = {}  # compiled reads/writes of class-object attributes
         self.root_type = type_name(module)
@@ -285,8 +290,12 @@ class Program:
     # -- leaf ops -----------------------------------------------------------
 
     def runner(self, node: Node) -> Runner:
-        run = self._runners.get(node)
-        if run is None:
-            run = runner_for(node, self.messages)
-            self._runners[node] = run
-        return run
+        return self.leaf(node)[0]
+
+    def leaf(self, node: Node) -> tuple[Runner, tuple[int, ...]]:
+        """The runner of a leaf node and the inputs whose tensors it overwrites."""
+        got = self._runners.get(node)
+        if got is None:
+            got = (runner_for(node, self.messages), schema_info(node.schema).tensor_writes)
+            self._runners[node] = got
+        return got

@@ -41,7 +41,8 @@ class StepRecord:
     __slots__ = ("index", "node", "path", "module_path", "depth", "inputs", "outputs", "time_ns", "status", "error",
                  "frame")
 
-    def __init__(self, index: int, node: Node, path: tuple, module_path: str, depth: int, inputs: list):
+    def __init__(self, index: int, node: Node, path: tuple, module_path: str, depth: int, inputs: list,
+                 frame: int = -1):
         self.index = index
         self.node = node
         self.path = path
@@ -52,7 +53,7 @@ class StepRecord:
         self.time_ns = 0
         self.status = "done"  # "done", "entered" (a block or call in progress), "error"
         self.error: str | None = None
-        self.frame = -1  # index of the record that entered this step's frame (-1: the top frame)
+        self.frame = frame  # index of the record that entered this step's frame (-1: the top frame)
 
     @property
     def node_id(self) -> str:
@@ -124,16 +125,17 @@ class Timeline:
         self._keep(record, outputs, "o")
 
     def _keep(self, record: StepRecord, values: list, where: str) -> None:
+        Tensor = torch.Tensor
         for slot, value in enumerate(values):
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, Tensor):
                 kept = self._keep_tensor(record, where, slot, None, value)
                 if kept is not value:
                     values[slot] = kept
-            elif isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+            elif type(value) in (list, tuple) and value and isinstance(value[0], Tensor):
                 changed = False
                 items = list(value)
                 for j, item in enumerate(items):
-                    if isinstance(item, torch.Tensor):
+                    if isinstance(item, Tensor):
                         kept = self._keep_tensor(record, where, slot, j, item)
                         if kept is not item:
                             items[j] = kept
@@ -142,9 +144,10 @@ class Timeline:
                     values[slot] = items if isinstance(value, list) else tuple(items)
 
     def _keep_tensor(self, record, where, slot, sub, t: torch.Tensor):
-        ptr = _storage_ptr(t)
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
         if ptr not in self._counted and ptr not in self._free:
-            nbytes = t.untyped_storage().nbytes()
+            nbytes = storage.nbytes()
             if self.kept_bytes + nbytes > self.budget:
                 return self._drop(t)
             self._counted.add(ptr)
