@@ -247,6 +247,42 @@ class Session:
             out = fn(*clone_value(args))
             return out, time.perf_counter() - t0
 
+    def diff(self, eager_spec: str, eager_args: dict | None = None, eager_weights: str | None = None,
+             rtol: float = 1e-5, atol: float = 1e-5) -> DiffResult:
+        """Run the engine and the eager Python model on the same inputs; align and compare."""
+        from engine import diff as diff_mod
+        from engine import eager as eager_mod
+
+        if self.machine is None:
+            self.start()
+        model = eager_mod.build_eager(eager_spec, eager_args)
+        if eager_weights:
+            from engine.inputs import _load_file
+
+            state = _load_file(eager_weights)
+            if not isinstance(state, dict):
+                raise InputError(f"--eager-weights {eager_weights}: not a state dict")
+            eager_mod.load_weights(model, state, eager_weights)
+        else:
+            eager_mod.load_weights(model, dict(self.archive.module.state_dict()), self.path)
+        if self.device != "cpu":
+            model = model.to(self.device)
+        machine = self.restart()
+        machine.run()
+        if machine.error is not None:
+            raise machine.error
+        # A trace records the path its grad mode took: without grad, attention and
+        # encoder layers take fused fast paths the traced graph does not have.
+        graph = self.program.root_graph(self.method)
+        eager_grad = self.grad
+        if graph.origin == "traced" and not _has_fast_paths(self.program.root_graph(self.method, inlined=True)):
+            eager_grad = True
+        run = eager_mod.run_eager(model, clone_value(self.inputs), eager_grad)
+        report = diff_mod.align(machine.timeline.records, run, rtol, atol)
+        report.outputs_close, report.outputs_metrics = diff_mod.compare_outputs(
+            machine.outputs, run.outputs, rtol, atol)
+        return DiffResult(report, eager_spec, machine, eager_grad, rtol, atol)
+
     def run_and_compare(self) -> RunReport:
         """Run the engine to the end and torch natively on the same inputs."""
         if self.machine is None:
@@ -281,4 +317,44 @@ class Session:
         return report
 
 
-__all__ = ["Session", "RunReport", "ModelError", "clone_value"]
+@dataclass
+class DiffResult:
+    """``tsdebug diff``: the engine's run against the eager Python model."""
+
+    report: Any  # engine.diff.DiffReport
+    eager_spec: str
+    machine: Machine
+    eager_grad: bool
+    rtol: float
+    atol: float
+
+    def to_json(self) -> dict:
+        r = self.report
+        return {
+            "command": "diff",
+            "eager": self.eager_spec,
+            "eager_grad": self.eager_grad,
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "comparable_nodes": r.comparable,
+            "aligned_nodes": len(r.aligned),
+            "grouped_nodes": r.grouped,
+            "coverage": round(r.coverage, 4),
+            "outputs_close": r.outputs_close,
+            "outputs": r.outputs_metrics.to_json() if r.outputs_metrics else None,
+            "first_divergence": r.first.to_json() if r.first else None,
+            "eager_only_before_first": [{"op": o.name, "source": o.where, "module_path": o.module_path}
+                                        for o in r.unaligned_eager_before_first],
+            "graph_only_before_first": [{"node": x.node.id, "kind": x.node.kind,
+                                         "source": str(x.node.source) if x.node.source else None}
+                                        for x in r.unaligned_graph_before_first],
+            "worst": [d.to_json() for d in r.worst()],
+        }
+
+
+def _has_fast_paths(graph) -> bool:
+    fused = ("aten::_transformer_encoder_layer_fwd", "aten::_native_multi_head_attention")
+    return any(n.kind in fused for n in graph.walk())
+
+
+__all__ = ["Session", "RunReport", "DiffResult", "ModelError", "clone_value"]

@@ -289,3 +289,47 @@ def test_fuzzy_score():
     assert fuzzy_score("conv", "aten::conv2d") == 6
     assert fuzzy_score("acd", "aten::conv2d") >= 1000
     assert fuzzy_score("zz", "aten::conv2d") is None
+
+
+def test_eager_comparison_keys(archive):
+    import os
+
+    import diff_models as D
+
+    torch.manual_seed(0)
+    path = archive(D.FrozenBranch(), "trace", example=(torch.rand(2, 6) + 0.5,))
+    eager = os.path.join(os.path.dirname(__file__), "diff_models.py") + ":FrozenBranch"
+
+    async def run():
+        # without --eager: it says what it needs, nothing runs
+        app = TsdebugApp(args_for(path, "--input", "float32[2,6]:-1..-0.5"))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            await pilot.press("e")
+            await settle(pilot, app)
+            assert app.diff_result is None and app.state == "paused"
+        app = TsdebugApp(args_for(path, "--input", "float32[2,6]:-1..-0.5", "--eager", eager))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            await pilot.press("e")
+            await settle(pilot, app)
+            assert app.diff_result is not None and app.compare_on
+            await pilot.press("D")
+            await settle(pilot, app)
+            program = app.query_one(ProgramView)
+            node = program.selected_node
+            assert node.kind == "aten::tanh"
+            assert program.state_of(node).diverged
+            assert "eager reference (DIFFERS)" in app.query_one(Inspector).plain
+            await pilot.press("right_square_bracket")
+            await settle(pilot, app)
+            later = app.machine.view
+            assert later is not None and later > app.diff_result.report.first.record.index
+            await pilot.press("left_square_bracket")
+            await settle(pilot, app)
+            assert app.machine.view == app.diff_result.report.first.record.index
+            await pilot.press("e")  # off again: no marks
+            await settle(pilot, app)
+            assert not program.state_of(node).diverged
+
+    asyncio.run(run())

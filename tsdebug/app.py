@@ -57,7 +57,10 @@ class TsdebugApp(App):
         Binding("slash", "search", "search", show=False),
         Binding("i", "set_inputs", "inputs", show=False),
         Binding("R", "restart", "restart", show=False),
-        Binding("e", "eager", "eager comparison", show=False),
+        Binding("e", "eager", "eager comparison on/off (needs --eager)", show=False),
+        Binding("D", "first_divergence", "jump to the first divergence", show=False),
+        Binding("right_square_bracket", "next_divergence", "next divergence", show=False),
+        Binding("left_square_bracket", "prev_divergence", "previous divergence", show=False),
         Binding("full_stop", "show_current", "select the current node", show=False),
         Binding("question_mark", "help", "help"),
         Binding("q", "quit", "quit"),
@@ -78,6 +81,9 @@ class TsdebugApp(App):
         self._move_started = 0.0
         self._last_note = ""
         self._shown_key: tuple | None = None
+        self.diff_result = None  # engine.session.DiffResult, once ``e`` ran the comparison
+        self.compare_on = False
+        self._diffs_by_record: dict = {}
 
     # ---------------------------------------------------------------- layout
 
@@ -194,8 +200,12 @@ class TsdebugApp(App):
         error = m.error is not None and m.error.node is node
         if error:
             output = "raised"
+        diverged = False
+        if self.compare_on and self.diff_result is not None and rec is not None:
+            d = self._diffs_by_record.get(rec.index)
+            diverged = d is not None and not d.metrics.close
         return RowState(executed=count, output=output, breakpoint=bp, current=current, error=error,
-                        path=rec.module_path if rec is not None else "")
+                        path=rec.module_path if rec is not None else "", diverged=diverged)
 
     def status(self, state: str | None = None, message: str = "") -> None:
         m = self.machine
@@ -274,7 +284,7 @@ class TsdebugApp(App):
             source.show(None)
             return
         tl = m.timeline
-        key = (node.id, len(tl), m.view, m.error is not None, self.display_frame, self.browsing)
+        key = (node.id, len(tl), m.view, m.error is not None, self.display_frame, self.browsing, self.compare_on)
         if key == self._shown_key:
             return  # already on screen (a move and its selection message both ask)
         self._shown_key = key
@@ -295,7 +305,10 @@ class TsdebugApp(App):
             note = ""
         if m.error is not None and m.error.node is node:
             note = m.error.message
-        inspector.show(node, rec, live, note)
+        reference = None
+        if self.compare_on and self.diff_result is not None and rec is not None:
+            reference = self._diffs_by_record.get(rec.index)
+        inspector.show(node, rec, live, note, reference)
         loc = program.nearest_source(node)
         source.show(loc, m.user_location(node) if m.view is None and loc is node.source else None)
 
@@ -522,13 +535,102 @@ class TsdebugApp(App):
         self.after_move(None)
 
     def action_eager(self) -> None:
-        self.notify("The eager comparison needs the Python model (--eager package.module:Class); "
-                    "it is not built into this version yet.", title="eager comparison", timeout=8)
+        """Run the eager Python model beside the archive; mark where they disagree."""
+        if self.session is None or self.state in ("running", "loading"):
+            return
+        if self.diff_result is not None:
+            self.compare_on = not self.compare_on
+            self._shown_key = None
+            self.notify(f"eager comparison {'on' if self.compare_on else 'off'}", timeout=2)
+            self.after_move(None)
+            return
+        if not getattr(self.args, "eager", None):
+            self.notify("The eager comparison needs the Python model: start tsdebug with "
+                        "--eager package.module:Name or --eager path/to/file.py:Name "
+                        "(a class or a function returning the nn.Module).", title="eager comparison", timeout=10)
+            return
+        from engine.eager import parse_eager_args
+
+        args = self.args
+        self.state = "running"
+        self._move_started = time.perf_counter()
+
+        def work() -> None:
+            try:
+                result = self.session.diff(args.eager, parse_eager_args(args.eager_arg), args.eager_weights,
+                                           args.rtol, args.atol)
+            except TsdebugError as exc:
+                self.call_from_thread(self._eager_done, None, exc.message)
+                return
+            except Exception as exc:
+                self.call_from_thread(self._eager_done, None, f"internal error: {type(exc).__name__}: {exc}")
+                return
+            self.call_from_thread(self._eager_done, result, "")
+
+        self.run_worker(work, thread=True, exclusive=True, group="move")
+
+    def _eager_done(self, result, error: str) -> None:
+        if result is None:
+            self.state = self.machine.state if self.machine else "error"
+            self.notify(error, title="eager comparison", severity="error", timeout=15)
+            self.status(message=error)
+            return
+        self.diff_result = result
+        self._diffs_by_record = {d.record.index: d for d in result.report.aligned}
+        self.compare_on = True
+        r = result.report
+        if r.first is None:
+            msg = f"no divergence; {r.coverage:.0%} of comparable nodes aligned"
+        else:
+            n = r.first.record.node
+            msg = f"first divergence: {n.kind} {n.id} ({len(r.divergent)} diverging); D jumps there, ] and [ walk them"
+        self.notify(msg, title="eager comparison", timeout=10)
+        self.after_move(None)
+
+    def _divergent_steps(self) -> list[int]:
+        if self.diff_result is None:
+            return []
+        return [d.record.index for d in self.diff_result.report.divergent]
+
+    def _view_step(self, index: int) -> None:
+        m = self.machine
+        if m is None or not 0 <= index < len(m.timeline):
+            return
+        m.view = index
+        self.after_move(None, "divergence")
+
+    def action_first_divergence(self) -> None:
+        steps = self._divergent_steps()
+        if not steps:
+            self.notify("no divergence to go to" if self.diff_result else "press e first (needs --eager)", timeout=3)
+            return
+        self.compare_on = True
+        self._view_step(steps[0])
+
+    def _walk(self, forward: bool) -> None:
+        steps = self._divergent_steps()
+        m = self.machine
+        if not steps or m is None:
+            self.action_first_divergence()
+            return
+        here = m.view if m.view is not None else -1
+        later = [i for i in steps if (i > here if forward else i < here)]
+        if not later:
+            self.notify("no more divergences that way", timeout=2)
+            return
+        self._view_step(later[0] if forward else later[-1])
+
+    def action_next_divergence(self) -> None:
+        self._walk(True)
+
+    def action_prev_divergence(self) -> None:
+        self._walk(False)
 
     def action_help(self) -> None:
         app_keys = []
         for b in self.BINDINGS:
-            keys = b.key.replace("question_mark", "?").replace("slash", "/").replace("full_stop", ".")
+            keys = (b.key.replace("question_mark", "?").replace("slash", "/").replace("full_stop", ".")
+                    .replace("right_square_bracket", "]").replace("left_square_bracket", "["))
             app_keys.append((keys, b.description))
         self.push_screen(HelpScreen([("debugger", app_keys), ("panes", PANE_KEYS)]))
 

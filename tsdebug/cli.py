@@ -14,7 +14,7 @@ import sys
 import warnings
 from typing import Any, Sequence
 
-COMMANDS = ("run", "demo")
+COMMANDS = ("run", "diff", "demo")
 
 _SIZE = re.compile(r"^\s*([\d.]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1024, "m": 1e6, "mb": 1e6, "mib": 1024**2,
@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tsdebug",
         description="A terminal debugger for TorchScript programs.",
         epilog="tsdebug MODEL [options] opens the debugger on MODEL. "
-               "Commands: run (engine vs native, for CI), demo (the debugger on a bundled model). "
+               "Commands: run (engine vs native, for CI), diff (engine vs the eager Python model), "
+               "demo (the debugger on a bundled model). "
                "See 'tsdebug run --help'.",
     )
     sub = parser.add_subparsers(dest="command")
@@ -84,10 +85,30 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(run)
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.add_argument("--save-outputs", metavar="FILE", help="write the engine's outputs with torch.save")
+    diff = sub.add_parser("diff", help="rerun the Python model eagerly; find the first node where they disagree",
+                          description="Run MODEL through tsdebug's interpreter and the original Python model "
+                                      "(--eager) on the same inputs, align their ops and name the first node "
+                                      "where they disagree. Exit 0 when the outputs agree within tolerance, "
+                                      "1 when not, 2 on error.")
+    _model_options(diff)
+    _eager_options(diff, required=True)
+    diff.add_argument("--json", action="store_true", help="print one JSON object")
     demo = sub.add_parser("demo", help="open the debugger on a bundled example model",
                           description="Open the debugger on a bundled example model (built on first use).")
     demo.add_argument("--print-path", action="store_true", help="only build the demo archive and print its path")
     return parser
+
+
+def _eager_options(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--eager", required=required, metavar="SPEC",
+                   help="the Python model: package.module:Name or path/to/file.py:Name "
+                        "(an nn.Module class or a function returning one)")
+    p.add_argument("--eager-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a constructor argument for --eager (Python literal), repeated")
+    p.add_argument("--eager-weights", metavar="FILE",
+                   help="a state dict for the eager model (default: the archive's own weights)")
+    p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
+    p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default 1e-5)")
 
 
 def build_open_parser() -> argparse.ArgumentParser:
@@ -96,6 +117,7 @@ def build_open_parser() -> argparse.ArgumentParser:
         description="Open the TorchScript debugger on MODEL. Other commands: tsdebug run|demo (tsdebug run --help).",
     )
     _model_options(parser)
+    _eager_options(parser)
     return parser
 
 
@@ -167,6 +189,72 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if report.identical else 1
 
 
+def _fmt(x) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.3g}"
+    return str(x)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from engine.eager import parse_eager_args
+    from engine.values import summarize
+
+    session = _session(args)
+    session.start(specs=args.input or None, inputs_file=args.inputs)
+    result = session.diff(args.eager, parse_eager_args(args.eager_arg), args.eager_weights, args.rtol, args.atol)
+    r = result.report
+    if args.json:
+        out = result.to_json()
+        out.update(model=session.path, method=session.method, input_source=session.input_source,
+                   inputs=[summarize(x).to_json() for x in session.inputs])
+        print(json.dumps(out, indent=2))
+        return 0 if r.outputs_close else 1
+    kinds = ", ".join(f"{m}: {k}" for m, k in session.method_kinds().items())
+    print(f"model      {session.path}  ({kinds})")
+    print(f"eager      {args.eager}  (grad {'on' if result.eager_grad else 'off'})")
+    print(f"inputs     {', '.join(summarize(x).short() for x in session.inputs)}  ({session.input_source})")
+    grouped = f" + {r.grouped} inside fused or composite ops" if r.grouped else ""
+    print(f"aligned    {len(r.aligned)}{grouped} of {r.comparable} comparable nodes ({r.coverage:.1%})")
+    if r.outputs_close:
+        print(f"outputs    agree within rtol {args.rtol:g}, atol {args.atol:g}"
+              + (f"  (max abs diff {_fmt(r.outputs_metrics.max_abs)})" if r.outputs_metrics else ""))
+    else:
+        m = r.outputs_metrics
+        print("outputs    DIFFER" + (f"  (max abs {_fmt(m.max_abs)}, max rel {_fmt(m.max_rel)})" if m else
+                                     "  (different number of tensors)"))
+    if r.first is None:
+        print("first divergence: none" + ("" if r.outputs_close else " among the aligned nodes"))
+    else:
+        d = r.first
+        node = d.record.node
+        src = f" at {node.source}" if node.source and node.source.file else ""
+        print("first divergence")
+        print(f"  node     {node.kind}  {node.id}  (step {d.record.index}, module '{d.record.module_path}'){src}")
+        print(f"  eager    {d.eager.name} at {d.eager.where}")
+        mt = d.metrics
+        shape = "" if mt.shape_ok else "  SHAPES DIFFER"
+        print(f"  metrics  max abs {_fmt(mt.max_abs)}  max rel {_fmt(mt.max_rel)}  mean abs {_fmt(mt.mean_abs)}  "
+              f"cosine {_fmt(mt.cosine)}  NaN mismatches {mt.nan_mismatch}{shape}")
+        if r.unaligned_eager_before_first:
+            print("  before it, the Python ran what the graph does not have:")
+            for op in r.unaligned_eager_before_first[:8]:
+                print(f"           {op.name:20} at {op.where}")
+        if r.unaligned_graph_before_first:
+            print("  and the graph ran what the Python did not:")
+            for rec in r.unaligned_graph_before_first[:8]:
+                s = rec.node.source
+                print(f"           {rec.node.kind:20} at {s if s and s.file else '?'}")
+        worst = r.worst()
+        if len(worst) > 1:
+            print("worst nodes")
+            for w in worst:
+                print(f"  {w.record.node.kind:24} {w.record.node.id:32} max rel {_fmt(w.metrics.max_rel):>8}  "
+                      f"{w.record.module_path}")
+    return 0 if r.outputs_close else 1
+
+
 def cmd_open(args: argparse.Namespace) -> int:
     from tsdebug.app import open_debugger
 
@@ -182,7 +270,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     from tsdebug.app import open_debugger
 
-    ns = build_open_parser().parse_args([path])
+    # The demo's Python is in the package, so `e` (the eager comparison) works too.
+    ns = build_open_parser().parse_args([path, "--eager", "tsdebug.demo:DemoNet"])
     return open_debugger(ns)
 
 
@@ -192,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] in COMMANDS:
             args = build_parser().parse_args(argv)
-            handler = {"run": cmd_run, "demo": cmd_demo}[args.command]
+            handler = {"run": cmd_run, "diff": cmd_diff, "demo": cmd_demo}[args.command]
         elif not argv or argv[0] in ("-h", "--help"):
             build_parser().print_help()
             return 0 if argv else 2

@@ -100,8 +100,10 @@ class Inspector(VerticalScroll, can_focus=True):
 
     def show(self, node: Node | None, record: StepRecord | None, live: list | None = None,
              note: str = "", reference: Any = None) -> None:
-        """``record``: the node's step (or None if not run); ``live``: current output values."""
+        """``record``: the node's step (or None if not run); ``live``: current output values;
+        ``reference``: the eager comparison of this node (an ``engine.diff.NodeDiff``)."""
         self._shown = (node, record, live, note)
+        self._reference = reference
         self._redraw()
 
     def watch_expanded(self) -> None:
@@ -168,6 +170,18 @@ class Inspector(VerticalScroll, can_focus=True):
             parts.extend(value_lines(f"%{v.name}", val, self.expanded))
             if focus is None and isinstance(val, torch.Tensor):
                 focus = (f"%{v.name}", val)
+        ref = getattr(self, "_reference", None)
+        if ref is not None:
+            mt = ref.metrics
+            verdict = "agrees" if mt.close else "DIFFERS"
+            parts.append(Text(f"eager reference ({verdict})", style="bold underline" + ("" if mt.close else " red")))
+            parts.append(Text(f"  {ref.eager.name} at {ref.eager.where}  (module {ref.eager.module_path or 'root'})",
+                              style="#87afd7"))
+            parts.append(Text(f"  max abs {mt.max_abs:.3g}  max rel {mt.max_rel:.3g}  mean abs {mt.mean_abs:.3g}  "
+                              f"cosine {'-' if mt.cosine is None else f'{mt.cosine:.6f}'}  NaN mismatches {mt.nan_mismatch}"
+                              + ("" if mt.shape_ok else "  SHAPES DIFFER"), style="#d0d0d0" if mt.close else "red"))
+            if ref.eager.outputs:
+                parts.extend(value_lines("eager", ref.eager.outputs[0], self.expanded))
         if focus is None and inputs is not None:
             for v, val in zip(node.inputs, inputs):
                 if isinstance(val, torch.Tensor) and val.numel() > 1:

@@ -46,6 +46,7 @@ class RowState:
     current: bool = False
     error: bool = False
     path: str = ""
+    diverged: bool = False  # differs from the eager reference (``e``)
 
 
 def build_rows(graph: Graph, folded: set[str]) -> list[Row]:
@@ -254,6 +255,8 @@ class ProgramView(ScrollView, can_focus=True):
         gutter.append("●" if state.breakpoint else " ", style="bold red")
         if state.current:
             gutter.append("▶", style="bold yellow")
+        elif state.diverged:
+            gutter.append("≠", style="bold red")
         elif state.error:
             gutter.append("✗", style="bold red")
         elif state.executed:

@@ -1,0 +1,305 @@
+"""Align an eager run to the engine's run and find the first divergence.
+
+Ops are aligned per module path (both runs know the module each op ran in),
+in order, by a canonical op name, so that ``aten::_convolution`` meets
+``conv2d`` and ``aten::add_`` meets ``__iadd__``; ops that exist on one side
+only (a branch tracing froze, dropout in eval, shape plumbing) stay
+unaligned instead of shifting everything after them.
+
+The first divergence is the root cause, not the cascade: the earliest
+aligned node, in execution order, whose output is not close while every
+aligned node before it was.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+from typing import Any
+
+import torch
+
+from engine.eager import EagerOp, EagerRun
+from engine.timeline import StepRecord
+from engine.values import Dropped
+
+#: Graph ops that move shapes and Python values around rather than compute.
+PLUMBING = frozenset({
+    "aten::size", "aten::Int", "aten::Float", "aten::ScalarImplicit", "aten::dim", "aten::len", "aten::format",
+    "aten::__getitem__", "aten::append", "aten::list", "aten::warn", "aten::detach", "aten::contiguous",
+    "aten::numel", "aten::Bool", "aten::eq", "aten::ne", "aten::__is__", "aten::__isnot__", "aten::__not__",
+})
+
+_SYNONYMS = {
+    "convolution": "conv", "conv1d": "conv", "conv2d": "conv", "conv3d": "conv", "conv_transpose2d": "conv",
+    "addmm": "linear", "linear": "linear",
+    "native_batch_norm": "batch_norm", "batch_norm": "batch_norm",
+    "view": "reshape", "reshape": "reshape", "flatten": "reshape", "unsafe_view": "reshape", "reshape_alias": "reshape",
+    "max_pool2d_with_indices": "max_pool2d",
+    "t": "transpose", "permute": "transpose", "transpose": "transpose",
+    "select": "index", "slice": "index", "getitem": "index", "index": "index",
+    "iadd": "add", "radd": "add", "isub": "sub", "rsub": "sub", "imul": "mul", "rmul": "mul",
+    "truediv": "div", "itruediv": "div", "rtruediv": "div", "div": "div",
+    "matmul": "matmul", "mm": "matmul", "bmm": "matmul",
+    "lt": "lt", "gt": "gt",
+}
+
+
+def canon(name: str) -> str:
+    """A name both sides share: ``aten::add_.Tensor`` and ``__iadd__`` -> ``add``."""
+    name = name.split("::", 1)[-1].split(".", 1)[0]
+    m = re.fullmatch(r"__(\w+?)__", name)
+    if m:
+        name = m.group(1)
+    name = name.strip("_")
+    if name.endswith("_") and name[:-1]:
+        name = name[:-1]
+    return _SYNONYMS.get(name, name)
+
+
+@dataclass
+class Metrics:
+    shape_ok: bool
+    dtype_ok: bool
+    max_abs: float
+    max_rel: float
+    mean_abs: float
+    cosine: float | None
+    nan_mismatch: int
+    close: bool
+
+    def to_json(self) -> dict:
+        d = self.__dict__.copy()
+        for k in ("max_abs", "max_rel", "mean_abs", "cosine"):
+            if d[k] is not None and not math.isfinite(d[k]):
+                d[k] = str(d[k])
+        return d
+
+
+def compare(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> Metrics:
+    """``a``: the TorchScript value, ``b``: the reference."""
+    if tuple(a.shape) != tuple(b.shape):
+        return Metrics(False, a.dtype == b.dtype, math.inf, math.inf, math.inf, None, 0, False)
+    if a.numel() == 0:
+        return Metrics(True, a.dtype == b.dtype, 0.0, 0.0, 0.0, None, 0, True)
+    x, y = a.detach().double().cpu(), b.detach().double().cpu()
+    if a.is_complex() or b.is_complex():
+        x, y = x.abs(), y.abs()
+    nx, ny = torch.isnan(x), torch.isnan(y)
+    nan_mismatch = int((nx ^ ny).sum())
+    both = (nx & ny) | (x == y)  # equal values, equal infinities, NaN against NaN
+    diff = (x - y).abs()
+    diff = torch.where(both, torch.zeros_like(diff), diff)
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, math.inf), diff)
+    finite = torch.isfinite(diff)
+    max_abs = float(diff.max()) if bool(finite.all()) else math.inf
+    rel = diff / y.abs().clamp_min(1e-12)
+    rel = torch.where(diff == 0, torch.zeros_like(rel), rel)
+    rel = torch.nan_to_num(rel, nan=math.inf)
+    max_rel = float(rel.max())
+    mean_abs = float(diff[finite].mean()) if bool(finite.any()) else math.inf
+    fx, fy = torch.nan_to_num(x).flatten(), torch.nan_to_num(y).flatten()
+    denom = float(fx.norm() * fy.norm())
+    cosine = float(fx @ fy) / denom if denom > 0 else None
+    close = nan_mismatch == 0 and bool(torch.isclose(x, y, rtol=rtol, atol=atol, equal_nan=True).all())
+    return Metrics(True, a.dtype == b.dtype, max_abs, max_rel, mean_abs, cosine, nan_mismatch, close)
+
+
+@dataclass
+class NodeDiff:
+    record: StepRecord
+    eager: EagerOp
+    metrics: Metrics
+
+    def to_json(self) -> dict:
+        node = self.record.node
+        return {
+            "node": node.id,
+            "kind": node.kind,
+            "step": self.record.index,
+            "module_path": self.record.module_path,
+            "source": str(node.source) if node.source and node.source.file else None,
+            "eager_op": self.eager.name,
+            "eager_source": self.eager.where,
+            **self.metrics.to_json(),
+        }
+
+
+@dataclass
+class DiffReport:
+    comparable: int = 0
+    aligned: list[NodeDiff] = field(default_factory=list)
+    grouped: int = 0  # graph nodes inside a composite the eager run made as one call
+    first: NodeDiff | None = None
+    unaligned_eager_before_first: list[EagerOp] = field(default_factory=list)
+    unaligned_graph_before_first: list[StepRecord] = field(default_factory=list)
+    outputs_close: bool | None = None
+    outputs_metrics: Metrics | None = None
+
+    @property
+    def coverage(self) -> float:
+        """Comparable graph nodes aligned to an eager op, or inside an aligned composite."""
+        return min(1.0, (len(self.aligned) + self.grouped) / self.comparable) if self.comparable else 1.0
+
+    @property
+    def divergent(self) -> list[NodeDiff]:
+        return [d for d in self.aligned if not d.metrics.close]
+
+    def worst(self, n: int = 5) -> list[NodeDiff]:
+        bad = self.divergent
+        return sorted(bad, key=lambda d: -(d.metrics.max_rel if math.isfinite(d.metrics.max_rel) else 1e300))[:n]
+
+    def by_node(self) -> dict[str, NodeDiff]:
+        """The latest comparison per node id (for the UI's marks)."""
+        return {d.record.node.id: d for d in self.aligned}
+
+
+def flat_tensors(value: Any) -> list:
+    """Every tensor in a nested output, in order (tuples, lists, dict values)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in flat_tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in flat_tensors(v)]
+    return []
+
+
+def compare_outputs(ours: Any, reference: Any, rtol: float, atol: float) -> tuple[bool, Metrics | None]:
+    a, b = flat_tensors(ours), flat_tensors(reference)
+    if len(a) != len(b):
+        return False, None
+    worst = None
+    ok = True
+    for x, y in zip(a, b):
+        m = compare(x, y, rtol, atol)
+        ok = ok and m.close
+        if worst is None or (m.max_abs > worst.max_abs):
+            worst = m
+    return ok, worst
+
+
+def _first_tensor(values: list | None):
+    if not values:
+        return None
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return v
+        if isinstance(v, (list, tuple)) and v and isinstance(v[0], torch.Tensor):
+            return v[0]
+    return None
+
+
+def _shape(t: Any) -> tuple | None:
+    if isinstance(t, torch.Tensor):
+        return tuple(t.shape)
+    if isinstance(t, Dropped):
+        ts = getattr(t.summary, "tensor", None) or t.summary
+        return tuple(getattr(ts, "shape", ()) or ())
+    return None
+
+
+def _same_shape(rec: StepRecord, op: EagerOp) -> bool:
+    a = _first_tensor(rec.outputs)
+    return isinstance(a, torch.Tensor) and bool(op.outputs) and tuple(a.shape) == tuple(op.outputs[0].shape)
+
+
+def comparable_records(records: list[StepRecord]) -> list[StepRecord]:
+    out = []
+    for r in records:
+        kind = r.node.kind
+        if kind.startswith("prim::") or kind in PLUMBING or r.status != "done":
+            continue
+        t = _first_tensor(r.outputs)
+        if t is None:
+            continue
+        out.append(r)
+    return out
+
+
+def align(records: list[StepRecord], eager: EagerRun, rtol: float, atol: float) -> DiffReport:
+    report = DiffReport()
+    graph_ops = comparable_records(records)
+    report.comparable = len(graph_ops)
+    by_path_g: dict[str, list[StepRecord]] = {}
+    for r in graph_ops:
+        by_path_g.setdefault(r.module_path, []).append(r)
+    # Each eager op joins the closest module path the graph has ops in: a fused
+    # graph op (a whole encoder layer) meets the ops of the layer's submodules.
+    by_path_e: dict[str, list[EagerOp]] = {}
+    for op in eager.ops:
+        p = op.module_path
+        while p not in by_path_g and p:
+            p = p.rsplit(".", 1)[0] if "." in p else ""
+        by_path_e.setdefault(p, []).append(op)
+    pairs: list[tuple[StepRecord, EagerOp]] = []
+    for path, g_ops in by_path_g.items():
+        e_ops = by_path_e.get(path, [])
+        if not e_ops:
+            continue
+        # name and shape: a transpose of another shape is another transpose
+        g_tok = [f"{canon(r.node.kind)}:{_shape(_first_tensor(r.outputs))}" for r in g_ops]
+        e_tok = [f"{canon(o.name)}:{_shape(o.outputs[0] if o.outputs else None)}" for o in e_ops]
+        sm = SequenceMatcher(None, g_tok, e_tok, autojunk=False)
+        for tag, i1, i2, j1, j2 in sm.get_opcodes():
+            if tag == "equal":
+                pairs.extend(zip(g_ops[i1:i2], e_ops[j1:j2]))
+            elif tag == "replace" and i2 - i1 == j2 - j1 and all(
+                _same_shape(g, e) for g, e in zip(g_ops[i1:i2], e_ops[j1:j2])
+            ):
+                # one op swapped for another (relu for gelu): compare them, it may be the cause
+                pairs.extend(zip(g_ops[i1:i2], e_ops[j1:j2]))
+            elif tag == "replace" and i2 - i1 > j2 - j1:
+                # Python-level composites (F.multi_head_attention_forward) are one call
+                # eagerly and many nodes in the graph: each eager call meets the last
+                # node of the run producing its shape; the nodes before it are covered.
+                start = i1
+                for e in e_ops[j1:j2]:
+                    hit = None
+                    for k in range(start, i2):
+                        if _same_shape(g_ops[k], e):
+                            hit = k
+                    if hit is None:
+                        continue
+                    pairs.append((g_ops[hit], e))
+                    report.grouped += hit - start
+                    start = hit + 1
+            elif tag == "replace" and all(g.node.kind.startswith("aten::_") for g in g_ops[i1:i2]):
+                # the other way: one fused graph op (aten::_transformer_encoder_layer_fwd)
+                # for many eager calls; a plain op here is a substitution, not a fusion
+                start = j1
+                for n, g in enumerate(g_ops[i1:i2]):
+                    hits = [k for k in range(start, j2) if _same_shape(g, e_ops[k])]
+                    if not hits:
+                        continue
+                    hit = hits[-1] if n == i2 - i1 - 1 else hits[0]
+                    pairs.append((g, e_ops[hit]))
+                    start = hit + 1
+    pairs.sort(key=lambda p: p[0].index)
+    for rec, op in pairs:
+        a = _first_tensor(rec.outputs)
+        if isinstance(a, Dropped) or a is None or not op.outputs:
+            continue
+        report.aligned.append(NodeDiff(rec, op, compare(a, op.outputs[0], rtol, atol)))
+    for d in report.aligned:
+        if not d.metrics.close:
+            report.first = d
+            break
+    if report.first is not None:
+        # eager ops the graph does not have, just before the divergence: often a branch tracing froze
+        first_op = report.first.eager
+        prev_aligned = [d.eager.index for d in report.aligned if d.eager.index < first_op.index]
+        start = max(prev_aligned) + 1 if prev_aligned else 0
+        aligned_eager = {d.eager.index for d in report.aligned}
+        report.unaligned_eager_before_first = [
+            op for op in eager.ops[start:first_op.index] if op.index not in aligned_eager
+        ]
+        prev_graph = [d.record.index for d in report.aligned if d.record.index < report.first.record.index]
+        g_start = max(prev_graph) if prev_graph else -1
+        aligned_graph = {d.record.index for d in report.aligned}
+        report.unaligned_graph_before_first = [
+            r for r in graph_ops if g_start < r.index < report.first.record.index and r.index not in aligned_graph
+        ]
+    return report

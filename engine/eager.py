@@ -1,0 +1,231 @@
+"""The eager reference: rebuild the Python model, run it, record every op.
+
+``--eager SPEC`` names ``package.module:name`` or ``path/to/file.py:name``,
+where ``name`` is an ``nn.Module`` class or a function returning one.  The
+code is imported with TorchScript disabled (what ``PYTORCH_JIT=0`` does), so
+``@torch.jit.script`` helpers run as plain Python.  The run records each
+top-level torch call (a ``TorchFunctionMode``) with its outputs, the module
+it ran in (forward hooks) and the user's file and line.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from engine.convert import is_torch_frame
+from engine.errors import EagerError, first_error_line
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class EagerOp:
+    """One torch call of the eager run."""
+
+    index: int
+    name: str  # the torch function's name: conv2d, linear, relu, __add__ …
+    module_path: str
+    file: str | None
+    line: int | None
+    outputs: list  # tensors, cloned when the call returned
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}" if self.file else "?"
+
+
+@dataclass
+class EagerRun:
+    ops: list[EagerOp] = field(default_factory=list)
+    outputs: Any = None
+    module_outputs: dict[str, list] = field(default_factory=dict)
+
+
+def parse_eager_args(items: list[str]) -> dict[str, Any]:
+    """``--eager-arg key=value``: Python literals where they parse, strings otherwise."""
+    kwargs: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise EagerError(f"--eager-arg {item!r}: write key=value")
+        key, _, text = item.partition("=")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            kwargs[key.strip()] = text
+    return kwargs
+
+
+class _JitOff:
+    """TorchScript off while the user's code is imported and built (like PYTORCH_JIT=0)."""
+
+    def __enter__(self):
+        import torch.jit._state as state
+
+        self._was = state._enabled.enabled if hasattr(state._enabled, "enabled") else bool(state._enabled)
+        state.disable()
+        return self
+
+    def __exit__(self, *exc):
+        import torch.jit._state as state
+
+        if self._was:
+            state.enable()
+        return False
+
+
+def _import_target(spec: str) -> Any:
+    if ":" not in spec:
+        raise EagerError(f"--eager {spec!r}: write package.module:Name or path/to/file.py:Name")
+    where, _, name = spec.rpartition(":")
+    try:
+        if where.endswith(".py") or os.path.sep in where:
+            path = os.path.abspath(where)
+            if not os.path.exists(path):
+                raise EagerError(f"--eager {spec!r}: {where}: no such file")
+            mod_name = f"tsdebug_eager_{abs(hash(path))}"
+            spec_obj = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(spec_obj)
+            sys.modules[mod_name] = module
+            sys.path.insert(0, os.path.dirname(path))
+            try:
+                spec_obj.loader.exec_module(module)
+            finally:
+                sys.path.remove(os.path.dirname(path))
+        else:
+            module = importlib.import_module(where)
+    except EagerError:
+        raise
+    except Exception as exc:
+        raise EagerError(f"--eager {spec!r}: importing {where} failed: {type(exc).__name__}: {first_error_line(exc)}") from None
+    target = getattr(module, name, None)
+    if target is None:
+        raise EagerError(f"--eager {spec!r}: {where} has no {name!r}")
+    return target
+
+
+def build_eager(spec: str, kwargs: dict[str, Any] | None = None) -> torch.nn.Module:
+    """Import and construct the eager model (class or factory), TorchScript off."""
+    kwargs = kwargs or {}
+    with _JitOff():
+        target = _import_target(spec)
+        try:
+            model = target(**kwargs)
+        except Exception as exc:
+            raise EagerError(f"--eager {spec!r}: {getattr(target, '__name__', spec)}(…) raised "
+                             f"{type(exc).__name__}: {first_error_line(exc)}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise EagerError(f"--eager {spec!r} gave a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
+    """Load weights strictly; a key mismatch is one clear line."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing in {source}: {', '.join(missing[:4])}" + (f" (+{len(missing) - 4})" if len(missing) > 4 else ""))
+        if unexpected:
+            parts.append(f"not in the eager model: {', '.join(unexpected[:4])}" + (f" (+{len(unexpected) - 4})" if len(unexpected) > 4 else ""))
+        raise EagerError("weights do not fit the eager model: " + "; ".join(parts))
+    shapes = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
+    if shapes:
+        k = shapes[0]
+        raise EagerError(f"weights do not fit the eager model: {k} is {tuple(state[k].shape)} in {source}, "
+                         f"{tuple(own[k].shape)} in the eager model")
+    model.load_state_dict(state, strict=True)
+
+
+def _user_frame() -> tuple[str | None, int | None]:
+    f = sys._getframe(2)
+    while f is not None:
+        path = f.f_code.co_filename
+        if not is_torch_frame(path) and not path.startswith(_HERE) and "/torch/" not in path:
+            return path, f.f_lineno
+        f = f.f_back
+    return None, None
+
+
+def _tensors(value: Any) -> list:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, torch.Tensor)]
+    return []
+
+
+_SKIP = frozenset({"size", "dim", "numel", "__bool__", "item", "tolist", "__len__", "__index__", "__int__",
+                   "__float__", "__format__", "__repr__", "__get__", "__set__", "data_ptr", "stride", "is_contiguous",
+                   "__hash__", "requires_grad_", "__iter__", "element_size"})
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, run: EagerRun, stack: list[str]):
+        super().__init__()
+        self.run = run
+        self.stack = stack
+
+    paused = False  # set while tsdebug's own hooks copy values
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", str(func))
+        if self.paused or name in _SKIP:
+            return out
+        tensors = _tensors(out)
+        if not tensors:
+            return out
+        file, line = _user_frame()
+        self.paused = True
+        try:
+            copies = [t.detach().clone() for t in tensors]
+        finally:
+            self.paused = False
+        self.run.ops.append(EagerOp(len(self.run.ops), name, self.stack[-1], file, line, copies))
+        return out
+
+
+def run_eager(model: torch.nn.Module, args: tuple, grad: bool) -> EagerRun:
+    """Run the model once, recording every top-level torch call."""
+    run = EagerRun()
+    stack = [""]
+    names = {m: n for n, m in model.named_modules()}
+    handles = []
+    recorder = _Recorder(run, stack)
+
+    def pre(mod, _inp):
+        stack.append(names.get(mod, "?"))
+
+    def post(mod, _inp, out):
+        path = stack.pop()
+        recorder.paused = True
+        try:
+            run.module_outputs.setdefault(path, []).append([t.detach().clone() for t in _tensors(out)])
+        finally:
+            recorder.paused = False
+
+    for m in names:
+        if m is not model:
+            handles.append(m.register_forward_pre_hook(pre))
+            handles.append(m.register_forward_hook(post))
+    model.eval()
+    try:
+        with torch.set_grad_enabled(grad), recorder:
+            run.outputs = model(*args)
+    except Exception as exc:
+        raise EagerError(f"the eager model raised {type(exc).__name__}: {first_error_line(exc)}") from None
+    finally:
+        for h in handles:
+            h.remove()
+    return run

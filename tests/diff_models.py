@@ -1,0 +1,62 @@
+"""Python models the diff tests rebuild with --eager (kept in a file: --eager takes a path)."""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class FrozenBranch(nn.Module):
+    """``if`` on tensor data: tracing keeps only the branch the example took."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        y = self.lin(x)
+        if x.mean() > 0:  # the line the diff must name
+            y = y * 2.0
+        else:
+            y = y - 1.0
+        z = torch.tanh(y)
+        return self.out(z)
+
+
+class Block(nn.Module):
+    def __init__(self, eps: float = 1e-5, act: str = "relu"):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.norm = nn.LayerNorm(16, eps=eps)
+        self.fc2 = nn.Linear(16, 8)
+        self.act = act
+
+    def forward(self, x):
+        h = self.norm(self.fc1(x))
+        h = F.gelu(h) if self.act == "gelu" else F.relu(h)
+        return self.fc2(h) + x
+
+
+class Stack(nn.Module):
+    def __init__(self, eps: float = 1e-5, act: str = "relu"):
+        super().__init__()
+        self.blocks = nn.Sequential(Block(), Block(eps=eps, act=act), Block())
+
+    def forward(self, x):
+        return self.blocks(x)
+
+
+class Extra(nn.Module):
+    """Has a layer the archive's weights do not."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(Block(), Block(), Block())
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.blocks(x))
+
+
+def broken_factory():
+    raise ValueError("config file missing")

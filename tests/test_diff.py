@@ -1,0 +1,123 @@
+"""tsdebug diff: the engine's run against the eager Python model."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from engine import Session
+from tsdebug.cli import main
+import diff_models as D
+import models as M
+
+HERE = os.path.dirname(__file__)
+DIFF_MODELS = os.path.join(HERE, "diff_models.py")
+MODELS = os.path.join(HERE, "models.py")
+
+
+def diff_json(capsys, *argv):
+    code = main(["diff", *argv, "--json"])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if out.strip() else None), err
+
+
+def test_frozen_branch(archive, capsys):
+    torch.manual_seed(0)
+    path = archive(D.FrozenBranch(), "trace", example=(torch.rand(2, 6) + 0.5,))
+    # the example's branch: no divergence
+    code, rep, _ = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:FrozenBranch", "--input", "float32[2,6]:0.5..1")
+    assert code == 0 and rep["first_divergence"] is None and rep["coverage"] >= 0.95
+    # the other branch: the first divergence is the node right after the frozen branch
+    code, rep, _ = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:FrozenBranch", "--input", "float32[2,6]:-1..-0.5")
+    assert code == 1
+    first = rep["first_divergence"]
+    assert first["kind"] == "aten::tanh" and first["eager_op"] == "tanh"
+    assert first["source"].endswith("diff_models.py:22")
+    # and the Python that ran instead names the line of the `if`
+    lines = {e["source"].rsplit(":", 1)[1] for e in rep["eager_only_before_first"]}
+    assert "18" in lines and "21" in lines  # `if x.mean() > 0` and `y = y - 1.0`
+    graph_only = rep["graph_only_before_first"]
+    assert [g["kind"] for g in graph_only] == ["aten::mul"] and graph_only[0]["source"].endswith(":19")
+
+
+@pytest.mark.parametrize("mode", ["trace", "script"])
+def test_changed_eps_names_the_layer(archive, capsys, mode):
+    torch.manual_seed(0)
+    path = archive(D.Stack(), mode, example=(torch.randn(4, 8),))
+    code, rep, _ = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:Stack", "--eager-arg", "eps=0.5",
+                             "--input", "float32[4,8]")
+    assert code == 1
+    first = rep["first_divergence"]
+    assert first["kind"] == "aten::layer_norm" and first["module_path"] == "blocks.1.norm"
+    assert first["step"] < min(w["step"] for w in rep["worst"] if w["node"] != first["node"]) or len(rep["worst"]) == 1
+
+
+@pytest.mark.parametrize("mode", ["trace", "script"])
+def test_swapped_activation_names_the_activation(archive, capsys, mode):
+    torch.manual_seed(0)
+    path = archive(D.Stack(), mode, example=(torch.randn(4, 8),))
+    code, rep, _ = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:Stack", "--eager-arg", "act='gelu'",
+                             "--input", "float32[4,8]")
+    assert code == 1
+    first = rep["first_divergence"]
+    assert first["kind"] == "aten::relu" and first["eager_op"] == "gelu"
+    assert first["module_path"] == "blocks.1"
+
+
+CLEAN = {
+    "ConvNet": ((1, 3, 16, 16), lambda: M.randomize_bn(M.ConvNet())),
+    "TransformerNet": ((2, 5, 16), M.TransformerNet),
+    "LSTMNet": ((2, 5, 6), M.LSTMNet),
+}
+
+
+@pytest.mark.parametrize("mode", ["trace", "script"])
+@pytest.mark.parametrize("name", list(CLEAN))
+def test_clean_models_agree(archive, capsys, name, mode):
+    shape, make = CLEAN[name]
+    torch.manual_seed(0)
+    path = archive(make(), mode, example=(torch.randn(*shape),))
+    code, rep, err = diff_json(capsys, path, "--eager", f"{MODELS}:{name}",
+                               "--input", f"float32[{','.join(map(str, shape))}]")
+    assert code == 0, err
+    assert rep["first_divergence"] is None and rep["outputs_close"]
+    assert rep["coverage"] >= 0.95, rep
+
+
+def test_text_report(archive, capsys):
+    torch.manual_seed(0)
+    path = archive(D.FrozenBranch(), "trace", example=(torch.rand(2, 6) + 0.5,))
+    code = main(["diff", path, "--eager", f"{DIFF_MODELS}:FrozenBranch", "--input", "float32[2,6]:-1..-0.5"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "first divergence" in out and "aten::tanh" in out and "diff_models.py:18" in out
+
+
+@pytest.mark.parametrize(
+    "spec,needle",
+    [
+        (f"{DIFF_MODELS}:Extra", "weights do not fit"),
+        (f"{DIFF_MODELS}:broken_factory", "config file missing"),
+        (f"{DIFF_MODELS}:Nope", "has no 'Nope'"),
+        ("no_such_package_xyz.mod:Net", "importing no_such_package_xyz.mod failed"),
+        ("missing.py:Net", "no such file"),
+    ],
+)
+def test_eager_errors(archive, capsys, spec, needle):
+    path = archive(D.Stack(), "script")
+    code = main(["diff", path, "--eager", spec, "--input", "float32[4,8]"])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
+
+
+def test_scripted_helpers_run_as_python(archive):
+    """--eager imports with TorchScript off: @torch.jit.script functions stay Python."""
+    path = archive(M.ControlFlow(), "script")
+    s = Session(path)
+    s.start(values=(torch.randn(2, 4), 2, "sum"))
+    result = s.diff(f"{MODELS}:ControlFlow")
+    assert result.report.outputs_close
+    assert result.report.coverage >= 0.9
