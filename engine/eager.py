@@ -196,6 +196,21 @@ class _Recorder(TorchFunctionMode):
         return out
 
 
+def run_from_records(records: list) -> EagerRun:
+    """Another archive's engine run, seen as a reference run (``--against``)."""
+    from engine.diff import comparable_records
+
+    run = EagerRun()
+    for rec in comparable_records(records):
+        src = rec.node.source
+        tensors = [v for v in rec.outputs if isinstance(v, torch.Tensor)]
+        if not tensors:
+            continue
+        run.ops.append(EagerOp(len(run.ops), rec.node.kind, rec.module_path,
+                               src.file if src else None, src.line if src else None, tensors[:1]))
+    return run
+
+
 def run_eager(model: torch.nn.Module, args: tuple, grad: bool) -> EagerRun:
     """Run the model once, recording every top-level torch call."""
     run = EagerRun()

@@ -283,6 +283,31 @@ class Session:
             machine.outputs, run.outputs, rtol, atol)
         return DiffResult(report, eager_spec, machine, eager_grad, rtol, atol)
 
+    def diff_against(self, other_path: str, rtol: float = 1e-5, atol: float = 1e-5) -> DiffResult:
+        """Compare with a second archive (a scripted vs a traced export, two versions of one)."""
+        from engine import diff as diff_mod
+        from engine import eager as eager_mod
+
+        if self.machine is None:
+            self.start()
+        other = Session(other_path, device=self.device, method=self.method, inline=self.inline,
+                        grad=self.grad, budget=self.budget, seed=self.seed)
+        other.start(values=self.inputs)
+        theirs = other.restart()
+        theirs.run()
+        if theirs.error is not None:
+            raise TsdebugError(f"--against {other_path}: {theirs.error.message}")
+        machine = self.restart()
+        machine.run()
+        if machine.error is not None:
+            raise machine.error
+        run = eager_mod.run_from_records(theirs.timeline.records)
+        run.outputs = theirs.outputs
+        report = diff_mod.align(machine.timeline.records, run, rtol, atol)
+        report.outputs_close, report.outputs_metrics = diff_mod.compare_outputs(
+            machine.outputs, run.outputs, rtol, atol)
+        return DiffResult(report, other_path, machine, self.grad, rtol, atol)
+
     def run_and_compare(self) -> RunReport:
         """Run the engine to the end and torch natively on the same inputs."""
         if self.machine is None:

@@ -121,3 +121,29 @@ def test_scripted_helpers_run_as_python(archive):
     result = s.diff(f"{MODELS}:ControlFlow")
     assert result.report.outputs_close
     assert result.report.coverage >= 0.9
+
+
+def test_against_another_archive(archive, capsys):
+    torch.manual_seed(0)
+    model = D.Stack()
+    traced = archive(model, "trace", example=(torch.randn(4, 8),), name="traced.pt")
+    scripted = archive(model, "script", name="scripted.pt")
+    code, rep, err = diff_json(capsys, traced, "--against", scripted, "--input", "float32[4,8]")
+    assert code == 0, err
+    assert rep["first_divergence"] is None and rep["coverage"] >= 0.95
+    # a second version of the export with one LayerNorm changed
+    changed = D.Stack()
+    changed.load_state_dict(model.state_dict())
+    changed.blocks[1].norm.eps = 0.5
+    v2 = archive(changed, "script", name="v2.pt")
+    code, rep, err = diff_json(capsys, traced, "--against", v2, "--input", "float32[4,8]")
+    assert code == 1
+    assert rep["first_divergence"]["kind"] == "aten::layer_norm"
+    assert rep["first_divergence"]["module_path"] == "blocks.1.norm"
+
+
+def test_diff_needs_a_reference(archive, capsys):
+    path = archive(D.Stack(), "script")
+    code = main(["diff", path])
+    err = capsys.readouterr().err
+    assert code == 2 and "--eager" in err and "--against" in err

@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "where they disagree. Exit 0 when the outputs agree within tolerance, "
                                       "1 when not, 2 on error.")
     _model_options(diff)
-    _eager_options(diff, required=True)
+    _eager_options(diff)
+    diff.add_argument("--against", metavar="OTHER.pt",
+                      help="compare with a second archive instead of the Python model "
+                           "(a scripted vs a traced export, or two versions of one)")
     diff.add_argument("--json", action="store_true", help="print one JSON object")
     demo = sub.add_parser("demo", help="open the debugger on a bundled example model",
                           description="Open the debugger on a bundled example model (built on first use).")
@@ -201,9 +204,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from engine.eager import parse_eager_args
     from engine.values import summarize
 
+    if bool(args.eager) == bool(args.against):
+        return _fail("give the reference: --eager package.module:Name (the Python model) or --against OTHER.pt",
+                     args.json)
     session = _session(args)
     session.start(specs=args.input or None, inputs_file=args.inputs)
-    result = session.diff(args.eager, parse_eager_args(args.eager_arg), args.eager_weights, args.rtol, args.atol)
+    if args.against:
+        result = session.diff_against(args.against, args.rtol, args.atol)
+    else:
+        result = session.diff(args.eager, parse_eager_args(args.eager_arg), args.eager_weights, args.rtol, args.atol)
     r = result.report
     if args.json:
         out = result.to_json()
@@ -213,7 +222,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
         return 0 if r.outputs_close else 1
     kinds = ", ".join(f"{m}: {k}" for m, k in session.method_kinds().items())
     print(f"model      {session.path}  ({kinds})")
-    print(f"eager      {args.eager}  (grad {'on' if result.eager_grad else 'off'})")
+    if args.against:
+        print(f"against    {args.against}")
+    else:
+        print(f"eager      {args.eager}  (grad {'on' if result.eager_grad else 'off'})")
     print(f"inputs     {', '.join(summarize(x).short() for x in session.inputs)}  ({session.input_source})")
     grouped = f" + {r.grouped} inside fused or composite ops" if r.grouped else ""
     print(f"aligned    {len(r.aligned)}{grouped} of {r.comparable} comparable nodes ({r.coverage:.1%})")
@@ -232,7 +244,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         src = f" at {node.source}" if node.source and node.source.file else ""
         print("first divergence")
         print(f"  node     {node.kind}  {node.id}  (step {d.record.index}, module '{d.record.module_path}'){src}")
-        print(f"  eager    {d.eager.name} at {d.eager.where}")
+        print(f"  {'other' if args.against else 'eager'}    {d.eager.name} at {d.eager.where}")
         mt = d.metrics
         shape = "" if mt.shape_ok else "  SHAPES DIFFER"
         print(f"  metrics  max abs {_fmt(mt.max_abs)}  max rel {_fmt(mt.max_rel)}  mean abs {_fmt(mt.mean_abs)}  "
