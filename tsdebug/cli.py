@@ -14,7 +14,7 @@ import sys
 import warnings
 from typing import Any, Sequence
 
-COMMANDS = ("run", "diff", "demo")
+COMMANDS = ("run", "diff", "lint", "demo")
 
 _SIZE = re.compile(r"^\s*([\d.]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1024, "m": 1e6, "mb": 1e6, "mib": 1024**2,
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A terminal debugger for TorchScript programs.",
         epilog="tsdebug MODEL [options] opens the debugger on MODEL. "
                "Commands: run (engine vs native, for CI), diff (engine vs the eager Python model), "
+               "lint (what tracing froze), "
                "demo (the debugger on a bundled model). "
                "See 'tsdebug run --help'.",
     )
@@ -96,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="compare with a second archive instead of the Python model "
                            "(a scripted vs a traced export, or two versions of one)")
     diff.add_argument("--json", action="store_true", help="print one JSON object")
+    lint = sub.add_parser("lint", help="name the lines of Python whose control flow tracing froze",
+                          description="Find what torch.jit.trace froze in MODEL: branches on tensor data or "
+                                      "shapes, unrolled loops, baked shapes, scalars and devices, self.training. "
+                                      "With --eager, look for an input on which the archive and the Python "
+                                      "disagree. Exit 0 with no findings, 1 with findings, 2 on error.")
+    _model_options(lint)
+    _eager_options(lint)
+    lint.add_argument("--json", action="store_true", help="print one JSON object")
     demo = sub.add_parser("demo", help="open the debugger on a bundled example model",
                           description="Open the debugger on a bundled example model (built on first use).")
     demo.add_argument("--print-path", action="store_true", help="only build the demo archive and print its path")
@@ -267,6 +276,47 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0 if r.outputs_close else 1
 
 
+def cmd_lint(args: argparse.Namespace) -> int:
+    from engine.eager import parse_eager_args
+    from engine.lint import lint_session
+
+    session = _session(args)
+    report = lint_session(session)
+    if args.eager:
+        from engine.lint import counterexamples
+
+        counterexamples(session, report, args.eager, parse_eager_args(args.eager_arg), args.eager_weights,
+                        args.input or None, args.rtol, args.atol)
+    if args.json:
+        out = report.to_json()
+        out["model"] = session.path
+        print(json.dumps(out, indent=2, default=str))
+        return 1 if report.findings else 0
+    kinds = ", ".join(f"{m}: {k}" for m, k in report.methods.items())
+    print(f"model      {session.path}  ({kinds})")
+    for note in report.notes:
+        print(f"note       {note}")
+    if not report.findings:
+        print("findings   none")
+        return 0
+    print(f"findings   {len(report.findings)}")
+    for f in report.findings:
+        where = f.where if f.file else "(no source line)"
+        inst = f"  [{f.module_path}]" if f.module_path else ""
+        print(f"\n{f.kind} ({f.confidence})  {where}{inst}")
+        if f.text:
+            print(f"    {f.text}")
+        print(f"    frozen:   {f.frozen}")
+        print(f"    evidence: {f.evidence}")
+        if f.nodes:
+            print(f"    nodes:    {', '.join(f.nodes[:4])}" + (f" (+{len(f.nodes) - 4})" if len(f.nodes) > 4 else ""))
+        if f.counterexample:
+            print(f"    disagrees on: {f.counterexample}")
+    if report.reproduce:
+        print(f"\nreproduce  {report.reproduce}")
+    return 1
+
+
 def cmd_open(args: argparse.Namespace) -> int:
     from tsdebug.app import open_debugger
 
@@ -293,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] in COMMANDS:
             args = build_parser().parse_args(argv)
-            handler = {"run": cmd_run, "diff": cmd_diff, "demo": cmd_demo}[args.command]
+            handler = {"run": cmd_run, "diff": cmd_diff, "lint": cmd_lint, "demo": cmd_demo}[args.command]
         elif not argv or argv[0] in ("-h", "--help"):
             build_parser().print_help()
             return 0 if argv else 2

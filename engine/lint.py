@@ -1,0 +1,616 @@
+"""Findings: what ``torch.jit.trace`` froze in a saved archive.
+
+Tracing records one path through the Python and keeps, for every op, the
+Python stack that produced it.  Put that beside the source (parsed with
+``ast`` when the file is on disk) and the frozen constructs show:
+
+* an ``if`` on tensor data, on a shape or on ``self.training`` with ops from
+  one side only (``frozen-branch``, ``python-state``);
+* a loop whose body produced ops N times and whose trip count comes from
+  data or shapes (``unrolled-loop``);
+* ``.item()``/``int()``/``float()`` of a tensor, whose value became a
+  constant (``baked-scalar``);
+* constants equal to a dimension of the example inputs feeding shape
+  arguments, ``len()`` of a tensor (``baked-shape``);
+* a ``cuda`` device constant (``baked-device``).
+
+Scripted code keeps its control flow and is not checked.  Everything is per
+module instance: a submodule used twice is two instances.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from engine.convert import is_torch_frame
+from engine.errors import ModelError
+from engine.ir import Graph, Node
+
+KINDS = ("frozen-branch", "unrolled-loop", "baked-shape", "baked-scalar", "baked-device", "python-state",
+         "trace-warning")
+
+SHAPE_CONSUMERS = frozenset({
+    "aten::view", "aten::reshape", "aten::expand", "aten::zeros", "aten::ones", "aten::empty", "aten::full",
+    "aten::arange", "aten::new_zeros", "aten::new_ones", "aten::new_empty", "aten::new_full", "aten::repeat",
+    "aten::narrow", "aten::split", "aten::chunk", "aten::slice", "aten::select", "aten::randn", "aten::rand",
+    "aten::zeros_like", "aten::unflatten", "aten::broadcast_to", "aten::tile",
+})
+
+_SHAPE_TEXT = re.compile(r"\.(size|shape|dim|ndim|numel|nelement)\b|\blen\(")
+_SCALAR_TEXT = re.compile(r"\.item\(\)|\.tolist\(\)|\b(int|float|bool)\(")
+
+
+@dataclass
+class Finding:
+    kind: str
+    file: str | None
+    line: int | None
+    text: str | None
+    frozen: str  # what was frozen: the branch taken, the trip count, the constant
+    evidence: str
+    confidence: str  # high, medium, low
+    nodes: list[str] = field(default_factory=list)
+    module_path: str = ""
+    method: str = "forward"
+    counterexample: str | None = None  # input specs on which archive and Python disagree (--eager)
+    first_divergence: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}" if self.file else "?"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LintReport:
+    findings: list[Finding] = field(default_factory=list)
+    methods: dict[str, str] = field(default_factory=dict)  # method -> traced/scripted/unknown
+    notes: list[str] = field(default_factory=list)
+    counterexample_file: str | None = None
+    reproduce: str | None = None  # the tsdebug diff command that shows the disagreement
+
+    def to_json(self) -> dict:
+        return {
+            "command": "lint",
+            "methods": self.methods,
+            "findings": [f.to_json() for f in self.findings],
+            "notes": self.notes,
+            "counterexample_file": self.counterexample_file,
+            "reproduce": self.reproduce,
+        }
+
+
+# ------------------------------------------------------------------ sources
+
+
+@lru_cache(maxsize=256)
+def _parse(path: str) -> tuple[ast.Module | None, list[str]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        return ast.parse(text), text.splitlines()
+    except Exception:
+        return None, []
+
+
+def _functions(tree: ast.Module) -> list[ast.FunctionDef]:
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def _span(nodes: list[ast.stmt]) -> tuple[int, int] | None:
+    if not nodes:
+        return None
+    return nodes[0].lineno, max(getattr(n, "end_lineno", n.lineno) for n in nodes)
+
+
+def _in(span: tuple[int, int] | None, line: int) -> bool:
+    return span is not None and span[0] <= line <= span[1]
+
+
+def _src(expr: ast.AST, lines: list[str]) -> str:
+    try:
+        return ast.unparse(expr)
+    except Exception:
+        return ""
+
+
+_NOT_DATA = frozenset({"self", "len", "int", "float", "bool", "isinstance", "None", "True", "False", "torch",
+                       "range", "abs", "min", "max", "any", "all", "str", "hasattr", "getattr"})
+
+
+def _depends_on_data(test_expr: ast.AST, test: str, local_names: set[str]) -> str | None:
+    """Why an ``if``/``while`` test depends on what tracing cannot keep, or None.
+
+    ``self.flag`` and ``self.sub is not None`` are configuration: the same on
+    every run, tracing keeps them right.  A test that reads the function's
+    arguments or locals (tensors, shapes, lists) is not.
+    """
+    if "self.training" in test:
+        return "python-state"
+    if _SCALAR_TEXT.search(test):
+        return "scalar"
+    if _SHAPE_TEXT.search(test):
+        return "shape"
+    names = {n.id for n in ast.walk(test_expr) if isinstance(n, ast.Name)} - _NOT_DATA
+    if names & local_names:
+        return "tensor data"
+    return None
+
+
+def _local_names(fn: ast.FunctionDef) -> set[str]:
+    names = {a.arg for a in fn.args.args + fn.args.kwonlyargs} - {"self"}
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names
+
+
+# --------------------------------------------------------------- the events
+
+
+@dataclass
+class _Op:
+    """One traced op, as seen from one user frame on its stack."""
+
+    seq: int  # position in the graph
+    node: Node
+    line: int
+    module_path: str
+
+
+def _model_frames(node: Node) -> list[tuple[str, int, str]]:
+    """The op's stack inside the model: frames from the op out to the trace call, not beyond."""
+    src = node.source
+    if src is None or src.origin != "traced":
+        return []
+    frames = []
+    for f in src.stack:
+        if f[0].replace("\\", "/").endswith("torch/jit/_trace.py"):
+            break  # the caller of torch.jit.trace is not the model
+        frames.append(f)
+    return frames
+
+
+def _parent(path: str) -> str:
+    return path.rsplit(".", 1)[0] if "." in path else ""
+
+
+_PLUMBING_KINDS = frozenset({"prim::Constant", "prim::GetAttr", "prim::ListConstruct", "prim::TupleConstruct",
+                             "prim::NumToTensor", "aten::Int", "prim::TupleUnpack", "prim::ListUnpack"})
+
+
+def _collect(graph: Graph) -> dict[tuple[str, str, str], list[_Op]]:
+    """(file, function, module path) -> ops produced on lines of that function, in order.
+
+    Walking an op's stack outwards, every ``Module._call_impl`` frame is a
+    module boundary: the frames beyond it run in the parent module.
+    """
+    events: dict[tuple[str, str, str], list[_Op]] = defaultdict(list)
+    for seq, node in enumerate(graph.walk()):
+        if node.kind in _PLUMBING_KINDS:
+            continue
+        path = node.module_path
+        for file, line, func in _model_frames(node):
+            if is_torch_frame(file):
+                if func == "_call_impl":
+                    path = _parent(path)
+                continue
+            events[(file, func, path)].append(_Op(seq, node, line, path))
+    return events
+
+
+# ---------------------------------------------------------------- detectors
+
+
+def _branch_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: str, path: str,
+                     method: str) -> list[Finding]:
+    out = []
+    local = _local_names(fn)
+    for stmt in ast.walk(fn):
+        if not isinstance(stmt, (ast.If, ast.IfExp)):
+            continue
+        test = _src(stmt.test, lines)
+        why = _depends_on_data(stmt.test, test, local)
+        test_line = stmt.test.lineno
+        test_ops = [o for o in ops if o.line == test_line and test_line != getattr(stmt.body, "lineno", -1)]
+        if isinstance(stmt, ast.If):
+            body, orelse = _span(stmt.body), _span(stmt.orelse)
+        else:
+            body, orelse = (stmt.body.lineno, stmt.body.lineno), (stmt.orelse.lineno, stmt.orelse.lineno)
+        in_body = [o for o in ops if _in(body, o.line) and o.line != test_line]
+        in_else = [o for o in ops if _in(orelse, o.line) and o.line != test_line]
+        if why is None and not (test_ops and any(o.node.kind.startswith("aten::") for o in test_ops)):
+            continue  # a configuration branch: tracing keeps it right
+        if in_body and in_else:
+            continue  # both sides ran (a loop around it): nothing frozen
+        end = getattr(stmt, "end_lineno", stmt.lineno)
+        if not in_body and not in_else and not test_ops and not any(o.line > end for o in ops):
+            continue  # nothing after it ran either: no sign the `if` was reached
+        taken = "the if branch" if in_body else ("the else branch" if in_else else
+                                                   "neither: the branch was skipped")
+        kind = "python-state" if why == "python-state" else "frozen-branch"
+        if why == "python-state":
+            evidence = "the test reads self.training, a Python attribute: the trace keeps the mode it was made in"
+            confidence = "high"
+        elif test_ops:
+            kinds = ", ".join(sorted({o.node.kind for o in test_ops}))
+            evidence = f"the test computed tensors ({kinds}) and became a Python bool; ops came from one side only"
+            confidence = "high"
+        else:
+            what = "tensor data" if why == "tensor data" else f"a {why}"
+            evidence = f"the test reads {what} ({test}); ops came from one side only"
+            confidence = "medium"
+        nodes = [o.node.id for o in (in_body or in_else or test_ops)][:20]
+        out.append(Finding(kind, file, test_line, lines[test_line - 1].strip() if test_line <= len(lines) else None,
+                           f"took {taken}", evidence, confidence, nodes, path, method))
+    return out
+
+
+def _loop_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: str, path: str,
+                   method: str) -> list[Finding]:
+    out = []
+    for stmt in ast.walk(fn):
+        if not isinstance(stmt, (ast.For, ast.While)):
+            continue
+        body = _span(stmt.body)
+        in_body = [o for o in ops if _in(body, o.line)]
+        if not in_body:
+            continue
+        if isinstance(stmt, ast.For):
+            head = _src(stmt.iter, lines)
+            static = re.fullmatch(r"(self\.[\w.]+|range\(\s*(\d+|self\.[\w.]+)\s*\)|enumerate\(self\.[\w.]+\))", head)
+            if static:
+                continue  # a module list or a fixed count: the same every run
+            why = "the trip count comes from " + ("a shape" if _SHAPE_TEXT.search(head) else
+                                                  "tensor data" if _SCALAR_TEXT.search(head) else
+                                                  f"the Python value {head}")
+            confidence = "high" if _SHAPE_TEXT.search(head) or _SCALAR_TEXT.search(head) else "medium"
+        else:
+            head = _src(stmt.test, lines)
+            why = f"a while loop on {head}"
+            confidence = "high"
+        # iterations: how often the body's first op (its line and kind) recurs
+        first = (in_body[0].line, in_body[0].node.kind)
+        trips = sum(1 for o in in_body if (o.line, o.node.kind) == first)
+        out.append(Finding("unrolled-loop", file, stmt.lineno,
+                           lines[stmt.lineno - 1].strip() if stmt.lineno <= len(lines) else None,
+                           f"unrolled {trips} time{'s' if trips != 1 else ''}",
+                           f"{why}; the body's ops repeat {trips}× in the graph", confidence,
+                           [o.node.id for o in in_body][:20], path, method))
+    return out
+
+
+def _scalar_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: str, path: str,
+                     method: str, graph: Graph) -> list[Finding]:
+    out = []
+    ran = {o.line for o in ops}
+    first, last = fn.lineno, getattr(fn, "end_lineno", fn.lineno)
+    for stmt in ast.walk(fn):
+        if not isinstance(stmt, ast.Call):
+            continue
+        name = stmt.func.attr if isinstance(stmt.func, ast.Attribute) else (
+            stmt.func.id if isinstance(stmt.func, ast.Name) else "")
+        if name not in ("item", "tolist", "int", "float", "bool", "len"):
+            continue
+        if name in ("int", "float", "bool", "len") and not stmt.args:
+            continue
+        line = stmt.lineno
+        text = lines[line - 1].strip() if line <= len(lines) else ""
+        # the frozen value: a constant on this or a later line of this function,
+        # on the line itself or where the name it was assigned to is used
+        target = re.match(r"\s*(\w+)\s*=", text)
+        var = target.group(1) if target else None
+        consts = []
+        for n in graph.walk():
+            if n.kind != "prim::Constant":
+                continue
+            v = n.attrs.get("value")
+            if isinstance(v, torch.Tensor) and v.numel() == 1:
+                v = v.item()
+            elif not isinstance(v, (int, float)) or isinstance(v, bool) or v in (-1, 0, 1):
+                continue
+            src = n.source
+            if src is None or src.file != file or not (line <= (src.line or 0) <= last):
+                continue
+            use = lines[src.line - 1] if src.line <= len(lines) else ""
+            if src.line == line or (var and re.search(rf"\b{var}\b", use)):
+                consts.append((n, v))
+        if name == "len":
+            arg = _src(stmt.args[0], lines)
+            if not (line in ran or consts):
+                continue
+            value = f" = {consts[0][1]!r}" if consts else ""
+            out.append(Finding("baked-shape", file, line, text, f"len({arg}){value} became a constant",
+                               "len() of a tensor is a Python int to the tracer", "medium",
+                               [c[0].id for c in consts][:5], path, method))
+            continue
+        if not consts and line not in ran:
+            continue
+        value = f" = {consts[0][1]!r}" if consts else ""
+        out.append(Finding("baked-scalar", file, line, text, f"{_src(stmt, lines)}{value} became a constant",
+                           "a tensor converted to a Python number is a constant in the trace"
+                           + (f" (tensor constant at line {consts[0][0].source.line})" if consts else ""),
+                           "high" if consts else "medium", [c[0].id for c in consts][:5], path, method))
+    return out
+
+
+def _device_findings(graph: Graph, method: str) -> list[Finding]:
+    out = []
+    for n in graph.walk():
+        if n.kind != "prim::Constant":
+            continue
+        v = n.attrs.get("value")
+        dev = None
+        if isinstance(v, torch.device) and v.type == "cuda":
+            dev = str(v)
+        elif isinstance(v, torch.Tensor) and v.device.type == "cuda":
+            dev = f"a tensor on {v.device}"
+        if dev is None:
+            continue
+        src = n.source
+        if src is None or not src.file:
+            # the constant itself carries no line: its first consumer's line
+            for m in graph.walk():
+                if any(v in n.outputs for v in m.inputs) and m.source is not None and m.source.file:
+                    src = m.source
+                    break
+        out.append(Finding("baked-device", src.file if src else None, src.line if src else None,
+                           _line_text(src), f"device {dev}",
+                           "device=x.device (or .to(x.device), .cuda()) was recorded as a constant: the archive "
+                           "needs that GPU on every machine, map_location does not change it",
+                           "high", [n.id], n.module_path, method))
+    return out
+
+
+def _line_text(src) -> str | None:
+    if src is None or not src.file or not os.path.exists(src.file):
+        return None
+    _, lines = _parse(src.file)
+    return lines[src.line - 1].strip() if src.line and src.line <= len(lines) else None
+
+
+def _shape_findings(graph: Graph, method: str, example_dims: set[int]) -> list[Finding]:
+    out = []
+    producers = {o.index: n for n in graph.walk() for o in n.outputs}
+    seen = set()
+    for n in graph.walk():
+        if n.kind not in SHAPE_CONSUMERS:
+            continue
+        frames = _model_frames(n)
+        if not frames or is_torch_frame(frames[0][0]):
+            continue  # torch's own shape logic
+        for v in n.inputs:
+            p = producers.get(v.index)
+            vals = []
+            if p is not None and p.kind == "prim::Constant" and isinstance(p.attrs.get("value"), int):
+                vals = [p.attrs["value"]]
+            elif p is not None and p.kind == "prim::ListConstruct":
+                for i in p.inputs:
+                    q = producers.get(i.index)
+                    if q is not None and q.kind == "prim::Constant" and isinstance(q.attrs.get("value"), int):
+                        vals.append(q.attrs["value"])
+            hits = [x for x in vals if x not in (-1, 0, 1) and x in example_dims]
+            if not hits:
+                continue
+            src = n.source
+            key = (src.file, src.line, tuple(hits))
+            if key in seen:
+                continue
+            seen.add(key)
+            text = _line_text(src)
+            confidence = "high" if text and _SHAPE_TEXT.search(text) else "low"
+            out.append(Finding("baked-shape", src.file, src.line, text,
+                               f"{', '.join(map(str, hits))} in {n.kind}",
+                               f"a constant equal to a dimension of the example inputs feeds a shape argument "
+                               f"of {n.kind}; another input size would not change it", confidence,
+                               [n.id], n.module_path, method))
+    return out
+
+
+# ------------------------------------------------------------------ driver
+
+
+def lint_session(session: Any) -> LintReport:
+    """Findings for every traced method of the session's archive."""
+    report = LintReport(methods=session.method_kinds())
+    program = session.program
+    for method, origin in report.methods.items():
+        if origin == "scripted":
+            report.notes.append(f"{method} is scripted: its control flow is kept, nothing is frozen")
+            continue
+        graph = program.root_graph(method, inlined=True)
+        findings: list[Finding] = []
+        dims: set[int] = set()
+        for spec in session.archive.traced_inputs.get(method, []) or []:
+            dims.update(getattr(spec, "shape", ()) or ())
+        findings += _device_findings(graph, method)
+        findings += _shape_findings(graph, method, dims)
+        events = _collect(graph)
+        missing_files = set()
+        for (file, func, path), ops in events.items():
+            tree, lines = _parse(file) if os.path.exists(file) else (None, [])
+            if tree is None:
+                missing_files.add(file)
+                findings += _stack_only_loops(file, func, path, ops, method)
+                continue
+            used = {o.line for o in ops}
+            for fn in _functions(tree):
+                if fn.name != func:
+                    continue
+                end = getattr(fn, "end_lineno", fn.lineno)
+                if not any(fn.lineno <= l <= end for l in used):
+                    continue
+                findings += _branch_findings(fn, ops, lines, file, path, method)
+                findings += _loop_findings(fn, ops, lines, file, path, method)
+                findings += _scalar_findings(fn, ops, lines, file, path, method, graph)
+        for f in sorted(missing_files):
+            report.notes.append(f"{f} is not on disk: branches cannot be seen there, loops only from repeats")
+        report.findings += _dedupe(findings)
+    report.findings.sort(key=lambda f: (f.method, f.file or "", f.line or 0, f.module_path, f.kind))
+    return report
+
+
+def _stack_only_loops(file: str, func: str, path: str, ops: list[_Op], method: str) -> list[Finding]:
+    """Without the source: a line whose ops are one pattern repeated is an unrolled loop body."""
+    by_line: dict[int, list[_Op]] = defaultdict(list)
+    for o in ops:
+        by_line[o.line].append(o)
+    out = []
+    for line in sorted(by_line):
+        seq = [o.node.kind for o in by_line[line]]
+        k = seq.count(seq[0])
+        if k < 2 or len(seq) % k or seq != seq[: len(seq) // k] * k:
+            continue
+        out.append(Finding("unrolled-loop", file, line, None, f"unrolled {k} times",
+                           f"line {line} of {func} produced the same {len(seq) // k} op(s) {k}× "
+                           "(the source file is not on disk: the loop's head is not known)", "low",
+                           [o.node.id for o in by_line[line]][:20], path, method))
+        break
+    return out
+
+
+def _dedupe(findings: list[Finding]) -> list[Finding]:
+    seen, out = set(), []
+    for f in findings:
+        key = (f.kind, f.file, f.line, f.module_path)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
+# ----------------------------------------------------------- counterexamples
+
+
+def _perturbations(session: Any) -> list[tuple[str, tuple]]:
+    """Other inputs to try: sign flips, zeros, other sizes, other random draws."""
+    from engine.session import clone_value
+
+    base = session.inputs
+    out: list[tuple[str, tuple]] = []
+
+    def each(fn, label):
+        try:
+            out.append((label, tuple(fn(x) for x in clone_value(base))))
+        except Exception:
+            pass
+
+    def map_tensors(f):
+        def g(x):
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                return f(x)
+            if isinstance(x, list):
+                return [g(v) for v in x]
+            if isinstance(x, tuple):
+                return tuple(g(v) for v in x)
+            return x
+        return g
+
+    each(map_tensors(lambda t: -t), "the inputs with their signs flipped")
+    each(map_tensors(lambda t: t.abs() + 0.5), "positive inputs (|x| + 0.5)")
+    each(map_tensors(lambda t: torch.zeros_like(t)), "zeros")
+    each(map_tensors(lambda t: t * 10), "the inputs × 10")
+    each(map_tensors(lambda t: torch.cat([t, t], 0) if t.dim() else t), "twice the batch (dim 0 doubled)")
+    each(map_tensors(lambda t: t[: max(1, t.shape[0] - 1)] if t.dim() and t.shape[0] > 1 else t),
+         "one fewer along dim 0")
+    each(map_tensors(lambda t: torch.cat([t, t], -1) if t.dim() else t), "the last dim doubled")
+    each(map_tensors(lambda t: t.unsqueeze(0)), "one more leading dim")
+    each(map_tensors(lambda t: t[0] if t.dim() > 1 else t), "one dim fewer")
+    for k in range(3):
+        g = torch.Generator().manual_seed(1234 + k)
+        each(map_tensors(lambda t, g=g: torch.randn(t.shape, generator=g, dtype=t.dtype)), f"random draw {k + 1}")
+    base_lists = [x for x in base if isinstance(x, list)]
+    if base_lists:
+        each(lambda x: x[:-1] if isinstance(x, list) and len(x) > 1 else x, "a list one item shorter")
+        each(lambda x: x + x[-1:] if isinstance(x, list) else x, "a list one item longer")
+    return out
+
+
+def counterexamples(session: Any, report: LintReport, eager_spec: str, eager_args: dict | None,
+                    eager_weights: str | None, specs: list[str] | None, rtol: float, atol: float) -> None:
+    """With the Python model: find inputs on which the archive and the Python disagree.
+
+    Each perturbed input runs through the engine and the eager model (as
+    ``tsdebug diff``); the first one that disagrees is attached to the
+    findings, with the first divergent node.
+    """
+    if not report.findings:
+        return
+    if session.inputs is None:
+        session.start(specs=specs)
+    original = session.inputs
+    found: tuple[str, Any] | None = None
+    try:
+        for label, args in _perturbations(session):
+            try:
+                session.inputs = args
+                session.machine = None
+                session.restart(args)
+                result = session.diff(eager_spec, eager_args, eager_weights, rtol, atol)
+            except ModelError as exc:
+                # the archive fails where the Python may not: that is a disagreement too
+                if _eager_runs(session, eager_spec, eager_args, eager_weights, args):
+                    node = exc.node
+                    found = (label, f"the archive raising at {node.kind} {node.id} while the Python ran"
+                             if node is not None else "the archive raising while the Python ran")
+                    break
+                continue
+            except Exception:
+                continue  # this input does not fit the model (or the trace): try another
+            if not result.report.outputs_close:
+                first = result.report.first
+                where = f"{first.record.node.kind} {first.record.node.id}" if first else "the outputs"
+                found = (label, where)
+                break
+    finally:
+        session.inputs = original
+        session.restart(original)
+    if found is None:
+        report.notes.append("with --eager: no tried input made the archive and the Python disagree")
+        return
+    label, where = found
+    shapes = ", ".join(_describe(x) for x in args)
+    # saved, so that `tsdebug diff --inputs FILE` reproduces it
+    import tempfile
+
+    folder = os.path.join(tempfile.gettempdir(), "tsdebug")
+    os.makedirs(folder, exist_ok=True)
+    base = os.path.splitext(os.path.basename(session.path))[0]
+    saved = os.path.join(folder, f"{base}-counterexample.pt")
+    torch.save(tuple(args), saved)
+    report.counterexample_file = saved
+    report.reproduce = f"tsdebug diff {session.path} --eager {eager_spec} --inputs {saved}"
+    for f in report.findings:
+        f.counterexample = f"{label} ({shapes}), saved to {saved}; first divergence at {where}"
+        f.first_divergence = where
+
+
+def _eager_runs(session: Any, spec: str, kwargs: dict | None, weights: str | None, args: tuple) -> bool:
+    from engine import eager as eager_mod
+    from engine.session import clone_value
+
+    try:
+        model = eager_mod.build_eager(spec, kwargs)
+        state = dict(session.archive.module.state_dict())
+        if weights is None:
+            eager_mod.load_weights(model, state, session.path)
+        eager_mod.run_eager(model, clone_value(args), session.grad)
+        return True
+    except Exception:
+        return False
+
+
+def _describe(x: Any) -> str:
+    from engine.values import short_text
+
+    return short_text(x, 40)

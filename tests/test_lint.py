@@ -1,0 +1,154 @@
+"""tsdebug lint: the trap suite, clean models, scripted models, files absent, counterexamples."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from engine import Session
+from engine.lint import lint_session
+from tsdebug.cli import main
+import models as M
+import trap_models as T
+
+HERE = os.path.dirname(__file__)
+
+
+def line_of(cls) -> int:
+    """The line of ``cls.LINE`` in trap_models.py."""
+    with open(os.path.join(HERE, "trap_models.py")) as f:
+        for i, text in enumerate(f, 1):
+            if text.strip() == cls.LINE:
+                return i
+    raise AssertionError(cls.LINE)
+
+
+EXPECT = {
+    # trap: (kind, what was frozen)
+    "frozen-branch": ("frozen-branch", "took the if branch"),
+    "unrolled-loop": ("unrolled-loop", "unrolled 3 times"),
+    "baked-scalar": ("baked-scalar", "= 2 became a constant"),
+    "python-state": ("python-state", "took neither"),
+    "dim-branch": ("frozen-branch", "took the if branch"),
+    "list-loop": ("unrolled-loop", "unrolled 3 times"),
+    "nonzero-count": ("baked-shape", "len(idx) = 2 became a constant"),
+    "while-loop": ("unrolled-loop", "unrolled 3 times"),
+    "len-list": ("frozen-branch", "took the if branch"),
+    "shape-arith": ("baked-scalar", "int(half) = 3 became a constant"),
+}
+
+
+def trace_to(path, cls, example):
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(cls().eval(), example, check_trace=False), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("trap", list(EXPECT))
+def test_trap_found_with_its_line(tmp_path, trap):
+    cls, example = T.TRAPS[trap]
+    path = trace_to(tmp_path / f"{trap}.pt", cls, example)
+    report = lint_session(Session(path))
+    kind, frozen = EXPECT[trap]
+    hits = [f for f in report.findings if f.kind == kind and f.line == line_of(cls)]
+    assert hits, [(f.kind, f.line, f.frozen) for f in report.findings]
+    assert frozen in hits[0].frozen
+    assert hits[0].file.endswith("trap_models.py") and hits[0].text == cls.LINE
+    assert hits[0].nodes or kind in ("python-state", "baked-shape")
+
+
+def test_submodule_instances_are_separate(tmp_path):
+    path = trace_to(tmp_path / "pads.pt", T.TwoPads, (torch.randn(2, 5), torch.randn(2, 4)))
+    report = lint_session(Session(path))
+    by_instance = {f.module_path: f for f in report.findings if f.line == line_of(T.Pad)}
+    assert by_instance["odd"].frozen == "took the if branch"
+    assert by_instance["even"].frozen.startswith("took neither")
+
+
+def test_baked_device_from_a_cuda_archive():
+    report = lint_session(Session(os.path.join(HERE, "data", "cuda_baked_device.pt")))
+    dev = [f for f in report.findings if f.kind == "baked-device"]
+    assert dev and "cuda:0" in dev[0].frozen and dev[0].file.endswith("fixtures_cuda.py") and dev[0].line == 29
+
+
+@pytest.mark.parametrize("name,example", [
+    ("ConvNet", (torch.randn(1, 3, 16, 16),)),
+    ("TransformerNet", (torch.randn(2, 5, 16),)),
+    ("LSTMNet", (torch.randn(2, 5, 6),)),
+])
+@pytest.mark.parametrize("mode", ["trace", "script"])
+def test_clean_models_have_no_findings(archive, name, example, mode):
+    path = archive(getattr(M, name)(), mode, example=example)
+    report = lint_session(Session(path))
+    assert report.findings == []
+    if mode == "script":
+        assert any("scripted" in n for n in report.notes)
+
+
+def test_cli_exit_codes_and_json(tmp_path, capsys):
+    cls, example = T.TRAPS["frozen-branch"]
+    path = trace_to(tmp_path / "b.pt", cls, example)
+    assert main(["lint", path]) == 1
+    out = capsys.readouterr().out
+    assert "frozen-branch" in out and cls.LINE in out
+    assert main(["lint", path, "--json"]) == 1
+    rep = json.loads(capsys.readouterr().out)
+    f = rep["findings"][0]
+    for key in ("kind", "file", "line", "text", "frozen", "evidence", "confidence", "nodes", "module_path"):
+        assert key in f
+    clean = trace_to(tmp_path / "c.pt", M.LSTMNet, (torch.randn(2, 5, 6),))
+    assert main(["lint", clean]) == 0
+    assert main(["lint", str(tmp_path / "nope.pt")]) == 2
+
+
+def test_source_file_absent_loops_from_repeats(tmp_path):
+    """Without the file, the archive's stacks still show a loop's repeats."""
+    src = tmp_path / "gone_model.py"
+    shutil.copy(os.path.join(HERE, "trap_models.py"), src)
+    script = textwrap.dedent(f"""
+        import sys, torch, warnings
+        warnings.simplefilter("ignore")
+        sys.path.insert(0, {str(tmp_path)!r})
+        import gone_model as T
+        torch.jit.save(torch.jit.trace(T.SizeLoop(), (torch.randn(4, 3),), check_trace=False), {str(tmp_path / 'loop.pt')!r})
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True)
+    os.remove(src)
+    report = lint_session(Session(str(tmp_path / "loop.pt")))
+    loops = [f for f in report.findings if f.kind == "unrolled-loop"]
+    assert loops and loops[0].frozen == "unrolled 4 times"
+    assert loops[0].file.endswith("gone_model.py") and loops[0].confidence == "low"
+    assert any("not on disk" in n for n in report.notes)
+
+
+def spec_of(value) -> str:
+    if isinstance(value, list):
+        return "[" + ",".join(spec_of(v) for v in value) + "]"
+    return "float32[" + ",".join(map(str, value.shape)) + "]"
+
+
+# every trap that can disagree on some input (self.training cannot, in eval)
+@pytest.mark.parametrize("trap", [t for t in EXPECT if t != "python-state"])
+def test_counterexample_reproduces_with_diff(tmp_path, capsys, trap):
+    cls, example = T.TRAPS[trap]
+    path = trace_to(tmp_path / f"{trap}.pt", cls, example)
+    eager = os.path.join(HERE, "trap_models.py") + ":" + cls.__name__
+    assert main(["lint", path, "--eager", eager, "--input", spec_of(example[0]), "--json"]) == 1
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["findings"][0]["counterexample"], rep
+    assert rep["reproduce"].startswith("tsdebug diff")
+    # the saved input makes tsdebug diff disagree: different outputs (1), or the archive fails (2)
+    code = main(["diff", path, "--eager", eager, "--inputs", rep["counterexample_file"]])
+    out, err = capsys.readouterr()
+    if "archive raising" in rep["findings"][0]["counterexample"]:
+        assert code == 2 and "tsdebug: error:" in err
+    else:
+        assert code == 1 and "first divergence" in out

@@ -1,0 +1,140 @@
+"""Patterns torch.jit.trace freezes silently: the lint trap suite.
+
+Each trap's ``LINE`` names the line lint must report (matched by text, so
+edits above do not break the tests).
+"""
+
+from typing import List
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class DataBranch(nn.Module):
+    LINE = "if x.mean() > 0:"
+
+    def forward(self, x):
+        y = x * 3
+        if x.mean() > 0:
+            y = y + 1
+        else:
+            y = y - 1
+        return y.relu()
+
+
+class SizeLoop(nn.Module):
+    LINE = "for i in range(x.size(0)):"
+
+    def forward(self, x):
+        out = torch.zeros_like(x[0])
+        for i in range(x.size(0)):
+            out = out + x[i] * 2
+        return out
+
+
+class ItemScalar(nn.Module):
+    LINE = "k = int(x.abs().max().item())"
+
+    def forward(self, x):
+        k = int(x.abs().max().item())
+        return x * k
+
+
+class TrainingFlag(nn.Module):
+    LINE = "if self.training:"
+
+    def forward(self, x):
+        if self.training:
+            x = F.dropout(x, 0.5)
+        return x + 1
+
+
+class DimBranch(nn.Module):
+    LINE = "if x.dim() == 2:"
+
+    def forward(self, x):
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+        return x.sum(1)
+
+
+class ListLoop(nn.Module):
+    LINE = "for t in xs:"
+
+    def forward(self, xs: List[torch.Tensor]):
+        acc = xs[0] * 0
+        for t in xs:
+            acc = acc + t.tanh()
+        return acc
+
+
+class NonzeroCount(nn.Module):
+    LINE = "n = len(idx)"
+
+    def forward(self, x):
+        idx = (x > 0).nonzero()
+        n = len(idx)
+        return torch.ones(n, 2) * x.sum()
+
+
+class WhileNorm(nn.Module):
+    LINE = "while x.norm() > 1:"
+
+    def forward(self, x):
+        while x.norm() > 1:
+            x = x / 2
+        return x
+
+
+class LenList(nn.Module):
+    LINE = "if len(xs) > 2:"
+
+    def forward(self, xs: List[torch.Tensor]):
+        y = xs[0] + xs[1]
+        if len(xs) > 2:
+            y = y + xs[2]
+        return y
+
+
+class Pad(nn.Module):
+    LINE = "if x.size(-1) % 2 == 1:"
+
+    def forward(self, x):
+        if x.size(-1) % 2 == 1:
+            x = F.pad(x, (0, 1))
+        return x * 2
+
+
+class TwoPads(nn.Module):
+    """One shape-dependent submodule class, two instances seeing different shapes."""
+
+    def __init__(self):
+        super().__init__()
+        self.odd = Pad()
+        self.even = Pad()
+
+    def forward(self, a, b):
+        return self.odd(a).sum() + self.even(b).sum()
+
+
+class ShapeArith(nn.Module):
+    LINE = "return x.reshape(x.shape[0], int(half), 2)"
+
+    def forward(self, x):
+        half = x.shape[1] * 1.0 / 2
+        return x.reshape(x.shape[0], int(half), 2)
+
+
+TRAPS = {
+    "frozen-branch": (DataBranch, (torch.ones(2, 3),)),
+    "unrolled-loop": (SizeLoop, (torch.randn(3, 4),)),
+    "baked-scalar": (ItemScalar, (torch.full((3,), 2.5),)),
+    "python-state": (TrainingFlag, (torch.randn(3),)),
+    "dim-branch": (DimBranch, (torch.randn(3, 4),)),
+    "list-loop": (ListLoop, ([torch.randn(2), torch.randn(2), torch.randn(2)],)),
+    "nonzero-count": (NonzeroCount, (torch.tensor([1.0, -1.0, 2.0]),)),
+    "while-loop": (WhileNorm, (torch.full((4,), 3.0),)),
+    "len-list": (LenList, ([torch.randn(2), torch.randn(2), torch.randn(2)],)),
+    "shape-arith": (ShapeArith, (torch.randn(2, 6),)),
+}
