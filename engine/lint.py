@@ -244,12 +244,15 @@ def _branch_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file
             confidence = "high"
         elif test_ops:
             kinds = ", ".join(sorted({o.node.kind for o in test_ops}))
-            evidence = f"the test computed tensors ({kinds}) and became a Python bool; ops came from one side only"
+            evidence = f"the test computed tensors ({kinds}) and became a Python bool"
             confidence = "high"
         else:
             what = "tensor data" if why == "tensor data" else f"a {why}"
-            evidence = f"the test reads {what} ({test}); ops came from one side only"
+            evidence = f"the test reads {what} ({test})"
             confidence = "medium"
+        if why != "python-state":
+            evidence += ("; ops came from one side only" if (in_body or in_else)
+                         else "; the code after it ran, the branch produced no ops")
         nodes = [o.node.id for o in (in_body or in_else or test_ops)][:20]
         out.append(Finding(kind, file, test_line, lines[test_line - 1].strip() if test_line <= len(lines) else None,
                            f"took {taken}", evidence, confidence, nodes, path, method))

@@ -333,3 +333,34 @@ def test_eager_comparison_keys(archive):
             assert not program.state_of(node).diverged
 
     asyncio.run(run())
+
+
+def test_findings_pane(tmp_path):
+    import warnings
+
+    import trap_models as T
+
+    path = str(tmp_path / "branch.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(T.DataBranch(), (torch.ones(2, 3),), check_trace=False), path)
+
+    async def run():
+        from tsdebug.widgets import SourcePane
+        from tsdebug.widgets.findings import FindingsScreen
+
+        app = TsdebugApp(args_for(path))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            await pilot.press("L")
+            await pilot.pause()
+            assert isinstance(app.screen, FindingsScreen)
+            await pilot.press("enter")
+            await pilot.pause()
+            finding = app._lint.findings[0]
+            assert finding.kind == "frozen-branch"
+            program = app.query_one(ProgramView)
+            assert program.selected_node.id == finding.nodes[0]
+            assert T.DataBranch.LINE in app.query_one(SourcePane).plain
+
+    asyncio.run(run())

@@ -59,6 +59,7 @@ class TsdebugApp(App):
         Binding("R", "restart", "restart", show=False),
         Binding("e", "eager", "eager comparison on/off (needs --eager)", show=False),
         Binding("D", "first_divergence", "jump to the first divergence", show=False),
+        Binding("L", "findings", "findings: what tracing froze (lint)", show=False),
         Binding("right_square_bracket", "next_divergence", "next divergence", show=False),
         Binding("left_square_bracket", "prev_divergence", "previous divergence", show=False),
         Binding("full_stop", "show_current", "select the current node", show=False),
@@ -625,6 +626,51 @@ class TsdebugApp(App):
 
     def action_prev_divergence(self) -> None:
         self._walk(False)
+
+    def action_findings(self) -> None:
+        """What tracing froze; choosing one shows its nodes and line."""
+        if self.session is None or self.state in ("running", "loading"):
+            return
+        from engine.lint import lint_session
+        from tsdebug.widgets.findings import FindingsScreen
+
+        if getattr(self, "_lint", None) is None:
+            try:
+                self._lint = lint_session(self.session)
+            except Exception as exc:  # lint is advice: never take the debugger down
+                self.notify(f"lint failed: {type(exc).__name__}: {exc}", severity="error")
+                return
+        report = self._lint
+        if not report.findings:
+            self.notify("no findings: nothing frozen by tracing" + (f" ({'; '.join(report.notes)})" if report.notes else ""),
+                        title="lint", timeout=6)
+            return
+
+        def chosen(index: int | None) -> None:
+            if index is None:
+                return
+            finding = report.findings[index]
+            self.show_finding(finding)
+
+        self.push_screen(FindingsScreen(report.findings, report.notes), chosen)
+
+    def show_finding(self, finding) -> None:
+        program = self.query_one(ProgramView)
+        node_id = finding.nodes[0] if finding.nodes else None
+        graph = self.session.program.graph_of(node_id) if node_id else None
+        if graph is not None:
+            self.browsing = node_id
+            program.show_graph(graph, select=node_id)
+            program.border_title = f"program · {graph.short_name} · finding: {finding.kind} (. returns)"
+            self._shown_key = None
+            self.show_selected()
+        if finding.file and finding.line:
+            from engine.ir import SourceLoc
+
+            self.query_one(SourcePane).show(SourceLoc(finding.file, finding.line, "traced", text=finding.text))
+        self.notify(f"{finding.kind} at {finding.where}: {finding.frozen}\n{finding.evidence}", title="finding",
+                    timeout=10)
+        program.focus()
 
     def action_help(self) -> None:
         app_keys = []
