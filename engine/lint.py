@@ -617,3 +617,45 @@ def _describe(x: Any) -> str:
     from engine.values import short_text
 
     return short_text(x, 40)
+
+
+def trace_warnings(session: Any, report: LintReport, eager_spec: str, eager_args: dict | None,
+                   eager_weights: str | None) -> None:
+    """Retrace the Python model on the session's inputs and keep torch's TracerWarnings.
+
+    Each warning names the line where a tensor became a Python value; lines
+    not already reported become ``trace-warning`` findings.
+    """
+    import warnings
+
+    from engine import eager as eager_mod
+    from engine.session import clone_value
+
+    try:
+        model = eager_mod.build_eager(eager_spec, eager_args)
+        if eager_weights is None:
+            eager_mod.load_weights(model, dict(session.archive.module.state_dict()), session.path)
+        model.eval()
+        if session.inputs is None:
+            session.start()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.jit.trace(model, clone_value(session.inputs), check_trace=False)
+    except Exception as exc:
+        report.notes.append(f"retracing the Python model failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        return
+    known = {(f.file, f.line) for f in report.findings}
+    added = set()
+    for w in caught:
+        if not issubclass(w.category, torch.jit.TracerWarning):
+            continue
+        key = (w.filename, w.lineno)
+        if key in known or key in added or is_torch_frame(w.filename or ""):
+            continue
+        added.add(key)
+        message = str(w.message).split(".")[0]
+        _, lines = _parse(w.filename) if w.filename and os.path.exists(w.filename) else (None, [])
+        text = lines[w.lineno - 1].strip() if lines and w.lineno <= len(lines) else None
+        report.findings.append(Finding("trace-warning", w.filename, w.lineno, text, message,
+                                       f"torch.jit.trace warned when retracing the Python: {str(w.message)[:200]}",
+                                       "medium", [], "", session.method))

@@ -152,3 +152,17 @@ def test_counterexample_reproduces_with_diff(tmp_path, capsys, trap):
         assert code == 2 and "tsdebug: error:" in err
     else:
         assert code == 1 and "first divergence" in out
+
+
+def test_trace_warnings_with_eager(tmp_path, capsys):
+    """Retracing the Python keeps torch's TracerWarnings as findings where lint saw nothing else."""
+    import trap_models as T2
+
+    path = trace_to(tmp_path / "nz.pt", T2.NonzeroCount, T2.TRAPS["nonzero-count"][1])
+    eager = os.path.join(HERE, "trap_models.py") + ":NonzeroCount"
+    assert main(["lint", path, "--eager", eager, "--input", "float32[3]", "--json"]) == 1
+    rep = json.loads(capsys.readouterr().out)
+    lines = {(f["kind"], f["line"]) for f in rep["findings"]}
+    assert ("baked-shape", line_of(T2.NonzeroCount)) in lines
+    # the warning on the same line is not reported twice
+    assert not any(k == "trace-warning" and ln == line_of(T2.NonzeroCount) for k, ln in lines)

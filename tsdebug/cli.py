@@ -283,9 +283,12 @@ def cmd_lint(args: argparse.Namespace) -> int:
     session = _session(args)
     report = lint_session(session)
     if args.eager:
-        from engine.lint import counterexamples
+        from engine.lint import counterexamples, trace_warnings
 
-        counterexamples(session, report, args.eager, parse_eager_args(args.eager_arg), args.eager_weights,
+        kwargs = parse_eager_args(args.eager_arg)
+        session.start(specs=args.input or None, inputs_file=args.inputs)
+        trace_warnings(session, report, args.eager, kwargs, args.eager_weights)
+        counterexamples(session, report, args.eager, kwargs, args.eager_weights,
                         args.input or None, args.rtol, args.atol)
     if args.json:
         out = report.to_json()
