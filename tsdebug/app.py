@@ -22,6 +22,7 @@ from engine import Session, Stop, TsdebugError
 from engine.ir import Node
 from engine.values import short_text
 from tsdebug.widgets import CallStack, Inspector, ProgramView, RowState, SourcePane, StatusBar
+from tsdebug.widgets.graphview import GraphView
 from tsdebug.widgets.goto import GotoScreen, Target
 from tsdebug.widgets.help import HelpScreen
 from tsdebug.widgets.prompt import PromptScreen
@@ -60,6 +61,7 @@ class TsdebugApp(App):
         Binding("e", "eager", "eager comparison on/off (needs --eager)", show=False),
         Binding("D", "first_divergence", "jump to the first divergence", show=False),
         Binding("L", "findings", "findings: what tracing froze (lint)", show=False),
+        Binding("v", "toggle_graph", "graph view (+/- collapse, arrows pan)", show=False),
         Binding("right_square_bracket", "next_divergence", "next divergence", show=False),
         Binding("left_square_bracket", "prev_divergence", "previous divergence", show=False),
         Binding("full_stop", "show_current", "select the current node", show=False),
@@ -92,6 +94,7 @@ class TsdebugApp(App):
         with Horizontal(id="main"):
             with Vertical(id="left"):
                 yield ProgramView(id="program")
+                yield GraphView(id="graph")
                 yield SourcePane(id="source")
             with Vertical(id="right"):
                 yield Inspector(id="inspector")
@@ -109,6 +112,10 @@ class TsdebugApp(App):
         program = self.query_one(ProgramView)
         program.border_title = "program"
         program.state_of = self.row_state
+        graph_view = self.query_one(GraphView)
+        graph_view.display = False
+        graph_view.border_title = "graph"
+        graph_view.state_of = self.box_state
         self.query_one(Inspector).border_title = "inspector"
         self.query_one(CallStack).border_title = "call stack"
         self.query_one(SourcePane).border_title = "source"
@@ -254,6 +261,10 @@ class TsdebugApp(App):
                 program.border_title = f"program · {self.session.graph.short_name} · finished"
         program.refresh_rows()
         self.show_selected()
+        graph_view = self.query_one(GraphView)
+        if graph_view.display:
+            self._refresh_graph_view()
+            graph_view.refresh()
         message = ""
         if isinstance(stop, TsdebugError):
             message = stop.message
@@ -671,6 +682,94 @@ class TsdebugApp(App):
         self.notify(f"{finding.kind} at {finding.where}: {finding.frozen}\n{finding.evidence}", title="finding",
                     timeout=10)
         program.focus()
+
+    # ------------------------------------------------------------ graph view
+
+    def box_state(self, node_id: str) -> str:
+        program = self.query_one(ProgramView)
+        graph = program.graph
+        node = graph.find(node_id) if graph is not None else None
+        if node is None:
+            return ""
+        st = self.row_state(node)
+        if st.current:
+            return "current"
+        if st.error:
+            return "error"
+        if st.diverged:
+            return "diverged"
+        if st.breakpoint:
+            return "breakpoint"
+        if getattr(self, "_lint", None) is not None and any(node_id in f.nodes for f in self._lint.findings):
+            return "finding"
+        return "executed" if st.executed else ""
+
+    def action_toggle_graph(self) -> None:
+        program = self.query_one(ProgramView)
+        view = self.query_one(GraphView)
+        if view.display:
+            view.display = False
+            program.display = True
+            program.focus()
+            return
+        program.display = False
+        view.display = True
+        view.focus()
+        self._graph_collapse = getattr(self, "_graph_collapse", None)
+        self._refresh_graph_view()
+
+    def _refresh_graph_view(self) -> None:
+        """Lay out the program pane's graph (cached) in a worker; colour it from the machine."""
+        view = self.query_one(GraphView)
+        graph = self.query_one(ProgramView).graph
+        if graph is None or not view.display:
+            return
+        cache = self.__dict__.setdefault("_drawings", {})
+        key = (graph.name, self._graph_collapse)
+        if key in cache:
+            drawing, note = cache[key]
+            view.show_drawing(drawing, note)
+            view.border_title = f"graph · {graph.short_name} · {note}"
+            current = self.machine.current_node if self.machine else None
+            view.follow(current.id if current else None)
+            return
+        view.show_drawing(None, f"laying out {graph.short_name} …")
+        collapse = self._graph_collapse
+
+        def work() -> None:
+            from tsdebug.render import build_dot, draw, layout
+            from tsdebug.render.dot import DotBuilder
+            from tsdebug.render.layout import LayoutError
+
+            depth = collapse
+            if depth is None:
+                # never make the user wait on a huge layout: fold modules until it is small
+                for d in (None, 4, 3, 2, 1, 0):
+                    b = DotBuilder(graph, collapse=d, legend=False)
+                    b._assign(graph.body.nodes, False)
+                    if len(b.drawn) <= 400:
+                        depth = d
+                        break
+            try:
+                lay = layout(build_dot(graph, collapse=depth, legend=False))
+                note = {"dot": "Graphviz dot", "graphviz-pure": "graphviz-pure", "builtin": "built-in layout"}[lay.engine]
+                if depth is not None:
+                    note += f" · modules below depth {depth} collapsed (+/-)"
+                result = (draw(lay), note)
+            except LayoutError as exc:
+                result = (None, str(exc))
+            self.call_from_thread(self._graph_ready, key, result)
+
+        self.run_worker(work, thread=True, exclusive=True, group="graph")
+
+    def _graph_ready(self, key, result) -> None:
+        self.__dict__.setdefault("_drawings", {})[key] = result
+        self._refresh_graph_view()
+
+    def on_graph_view_collapse_changed(self, event: GraphView.CollapseChanged) -> None:
+        current = self._graph_collapse if self._graph_collapse is not None else 3
+        self._graph_collapse = max(0, current + event.delta)
+        self._refresh_graph_view()
 
     def action_help(self) -> None:
         app_keys = []

@@ -14,7 +14,7 @@ import sys
 import warnings
 from typing import Any, Sequence
 
-COMMANDS = ("run", "diff", "lint", "demo")
+COMMANDS = ("run", "diff", "lint", "render", "demo")
 
 _SIZE = re.compile(r"^\s*([\d.]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1024, "m": 1e6, "mb": 1e6, "mib": 1024**2,
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A terminal debugger for TorchScript programs.",
         epilog="tsdebug MODEL [options] opens the debugger on MODEL. "
                "Commands: run (engine vs native, for CI), diff (engine vs the eager Python model), "
-               "lint (what tracing froze), "
+               "lint (what tracing froze), render (export the graph), "
                "demo (the debugger on a bundled model). "
                "See 'tsdebug run --help'.",
     )
@@ -105,6 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(lint)
     _eager_options(lint)
     lint.add_argument("--json", action="store_true", help="print one JSON object")
+    render = sub.add_parser("render", help="export the node graph (SVG, PNG, PDF, DOT) with what a run found",
+                            description="Draw MODEL's graph: clusters for modules and If/Loop blocks, shapes on "
+                                        "edges (--run), executed nodes, divergences (--eager), lint findings "
+                                        "(--lint). Uses Graphviz's dot, else graphviz-pure, else a built-in "
+                                        "layout (SVG only), and says which.")
+    _model_options(render)
+    _eager_options(render)
+    render.add_argument("-o", "--output", required=True, metavar="OUT", help="the file to write")
+    render.add_argument("--format", choices=("svg", "png", "pdf", "dot"), help="default: from OUT's extension")
+    render.add_argument("--collapse", type=int, metavar="DEPTH",
+                        help="fold modules deeper than DEPTH into single boxes with their op counts")
+    render.add_argument("--run", action="store_true", help="run first: shapes on edges, executed nodes, loop counts")
+    render.add_argument("--lint", action="store_true", help="mark what tracing froze")
+    render.add_argument("--call-tree", action="store_true",
+                        help="draw the method's own graph (calls as single nodes) instead of the inlined one")
     demo = sub.add_parser("demo", help="open the debugger on a bundled example model",
                           description="Open the debugger on a bundled example model (built on first use).")
     demo.add_argument("--print-path", action="store_true", help="only build the demo archive and print its path")
@@ -320,6 +335,41 @@ def cmd_lint(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from engine.eager import parse_eager_args
+    from tsdebug.render import engine_note, export, overlay_from_session
+    from tsdebug.render.layout import LayoutError
+
+    if os.path.abspath(args.output) == os.path.abspath(args.model):
+        return _fail("-o would overwrite the model; choose another file")
+    args.inline = not args.call_tree
+    session = _session(args)
+    graph = session.program.root_graph(session.method, inlined=not args.call_tree)
+    diff = findings = None
+    if args.run or args.eager:
+        session.start(specs=args.input or None, inputs_file=args.inputs)
+        if args.eager:
+            diff = session.diff(args.eager, parse_eager_args(args.eager_arg), args.eager_weights,
+                                args.rtol, args.atol)
+        else:
+            session.machine.run()
+    if args.lint:
+        from engine.lint import lint_session
+
+        findings = lint_session(session)
+    overlay = overlay_from_session(session, graph, diff, findings)
+    try:
+        engine, boxes = export(graph, args.output, args.format, overlay, args.collapse)
+    except (LayoutError, ValueError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"-o {args.output}: {exc.strerror}")
+    print(f"wrote {args.output} ({boxes} boxes)")
+    if engine != "none":
+        print(engine_note(engine))
+    return 0
+
+
 def cmd_open(args: argparse.Namespace) -> int:
     from tsdebug.app import open_debugger
 
@@ -346,7 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] in COMMANDS:
             args = build_parser().parse_args(argv)
-            handler = {"run": cmd_run, "diff": cmd_diff, "lint": cmd_lint, "demo": cmd_demo}[args.command]
+            handler = {"run": cmd_run, "diff": cmd_diff, "lint": cmd_lint, "render": cmd_render,
+                       "demo": cmd_demo}[args.command]
         elif not argv or argv[0] in ("-h", "--help"):
             build_parser().print_help()
             return 0 if argv else 2
