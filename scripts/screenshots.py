@@ -37,6 +37,7 @@ def main() -> None:
     save("demo-80x24", capture(demo, ["n"] * 5, (80, 24), title="tsdebug demo at 80x24"))
     save("demo-loop", capture(demo, ["n"] * 13 + ["s"] * 3 + ["n"] * 5, (120, 36), title="tsdebug demo: inside a scripted loop"))
     save("demo-help", capture(demo, ["question_mark"], (100, 36), title="tsdebug: help"))
+    save("demo-graph", capture(demo, ["n"] * 7 + ["v", "sleep:2"], (120, 40), title="tsdebug demo: the graph view (v)"))
 
     import models as B
 
@@ -48,8 +49,19 @@ def main() -> None:
         torch.jit.save(torch.jit.trace(model, (torch.randn(1, 3, 224, 224),), check_trace=False), path)
     save("resnet18-inlined", capture(path, ["c"] if False else ["n"] * 12, (140, 42), extra=["--inline"],
                                      title="tsdebug: ResNet-18, inlined"))
+    # an exported graph of a real architecture, collapsed by module, after a run
+    from engine import Session
+    from tsdebug.render import engine_note, export, overlay_from_session
+
+    session = Session(path, inline=True)
+    session.start()
+    session.machine.run()
+    graph = session.program.root_graph("forward", inlined=True)
+    out = os.path.join(OUT, "resnet18-graph.svg")
+    engine, boxes = export(graph, out, "svg", overlay_from_session(session, graph), collapse=2)
+    print("wrote", os.path.relpath(out, ROOT), f"({boxes} boxes; {engine_note(engine)})")
     if subprocess.run(["which", "rsvg-convert"], capture_output=True).returncode == 0:
-        for name in ("demo-tensor", "resnet18-inlined"):
+        for name in ("demo-tensor", "resnet18-inlined", "demo-graph", "resnet18-graph"):
             subprocess.run(["rsvg-convert", os.path.join(OUT, name + ".svg"), "-o", f"/tmp/{name}.png"], check=False)
 
 
