@@ -86,6 +86,14 @@ def overload_name(schema: str | None) -> str | None:
 # Compiled one-node functions
 
 
+def return_none(g: torch._C.Graph) -> None:
+    """End a graph with ``return None``: a function must return something."""
+    none = g.create("prim::Constant", [], 1)
+    g.insertNode(none)
+    none.output().setType(torch._C.NoneType.get())
+    g.registerOutput(none.output())
+
+
 def compile_node(handle: torch._C.Node, extra_returns: tuple[int, ...] = ()) -> Callable:
     """A TorchScript function running just ``handle``.
 
@@ -105,11 +113,7 @@ def compile_node(handle: torch._C.Node, extra_returns: tuple[int, ...] = ()) -> 
     if len(outs) == 1:
         g.registerOutput(outs[0])
     elif len(outs) == 0:
-        # A function must return something: None.
-        none = g.create("prim::Constant", [], 1)
-        g.insertNode(none)
-        none.output().setType(torch._C.NoneType.get())
-        g.registerOutput(none.output())
+        return_none(g)
     elif all(o.type().kind() == "TensorType" for o in outs):
         # Several tensors come back as a list of optional tensors: a tuple
         # holding an undefined tensor (``need_weights=False`` in attention)

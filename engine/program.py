@@ -9,7 +9,7 @@ import torch
 from engine.convert import convert_graph, short_graph_name
 from engine.errors import ModelError
 from engine.ir import Graph, Node
-from engine.ops import Messages, Runner, runner_for, schema_info
+from engine.ops import Messages, Runner, return_none, runner_for, schema_info
 
 
 class ClassInstance:
@@ -125,10 +125,7 @@ def _chain_function(cache: dict, root: Any, steps: tuple, final: tuple, write_ty
         n = g.create("prim::SetAttr", [v, value_in], 0)
         n.s_("name", name)
         g.insertNode(n)
-        none = g.create("prim::Constant", [], 1)
-        g.insertNode(none)
-        none.output().setType(torch._C.NoneType.get())
-        g.registerOutput(none.output())
+        return_none(g)
     else:
         n = g.create("prim::GetAttr", [v], 1)
         n.s_("name", name)
@@ -194,10 +191,7 @@ def store_instance(module: Any, name: str, instance: ClassInstance) -> None:
     store = g.create("prim::SetAttr", [target, obj], 0)
     store.s_("name", name)
     g.insertNode(store)
-    none = g.create("prim::Constant", [], 1)
-    g.insertNode(none)
-    none.output().setType(torch._C.NoneType.get())
-    g.registerOutput(none.output())
+    return_none(g)
     torch._C._create_function_from_graph("tsdebug_store", g)(module, *leaves)
 
 

@@ -118,6 +118,15 @@ def short_text(value: Any, limit: int = 32) -> str:
     return text
 
 
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
 def fmt_float(x: float | None) -> str:
     if x is None:
         return "-"

@@ -33,14 +33,6 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
 def human_seconds(s: float | None) -> str:
     if s is None:
         return "-"
@@ -173,7 +165,7 @@ def _session(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
-    from engine.values import summarize
+    from engine.values import human_bytes, summarize
 
     if args.save_outputs and os.path.abspath(args.save_outputs) == os.path.abspath(args.model):
         return _fail("--save-outputs would overwrite the model; choose another file", args.json)

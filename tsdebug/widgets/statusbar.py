@@ -5,16 +5,10 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
+from engine.values import human_bytes
+
 STATE_STYLE = {"paused": "bold green", "running": "bold yellow", "finished": "bold cyan",
                "error": "bold red", "history": "bold magenta", "loading": "bold yellow"}
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 class StatusBar(Widget):
