@@ -14,6 +14,7 @@ and its result is copied back into the caller's object.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
@@ -313,6 +314,74 @@ def _isinstance_runner(node: Node, compiled_run: Runner) -> Runner:
     return run
 
 
+def _overload_runner(node: Node, info: SchemaInfo, compiled_run: Runner) -> Runner | None:
+    """Call the dispatcher's ``OpOverload`` directly for plain functional aten ops.
+
+    It skips the interpreter's stack (about half the cost of a one-node
+    function).  Used only where it provably gives the same result: the first
+    call runs both and compares them bit for bit; ops that write to their
+    inputs, draw random numbers or take type variables always run compiled.
+    """
+    kind, schema = node.kind, node.schema
+    if not kind.startswith("aten::") or not schema or info.tensor_writes or info.container_writes:
+        return None
+    handle = node.handle
+    try:
+        if handle is None or handle.isNondeterministic():
+            return None
+        parsed = torch._C.parse_schema(schema)
+    except Exception:
+        return None
+    # views (non-writing aliases) are fine; type variables and containers of
+    # anything but tensors and numbers need the interpreter (and our aliasing)
+    for a in list(parsed.arguments) + list(parsed.returns):
+        ty = str(a.type)
+        if re.search(r"\bt\d*\b|Any|Dict|\(|Tuple", ty):
+            return None
+    name = parsed.name.split("::", 1)[1]
+    overload = parsed.overload_name or "default"
+    try:
+        op = getattr(getattr(torch.ops.aten, name), overload)
+    except Exception:
+        return None
+    kw_names = [a.name for a in parsed.arguments if a.kwarg_only]
+    n_pos = len(parsed.arguments) - len(kw_names)
+    if len(node.inputs) != len(parsed.arguments):
+        return None
+    n_out = len(node.outputs)
+    state = {"mode": "check"}  # check -> fast | compiled
+
+    def call(args: list) -> tuple:
+        out = op(*args[:n_pos], **dict(zip(kw_names, args[n_pos:]))) if kw_names else op(*args)
+        if n_out == 1:
+            return (out,)
+        return tuple(out) if n_out else ()
+
+    def run(args: list) -> tuple:
+        mode = state["mode"]
+        if mode == "fast":
+            return call(args)
+        if mode == "compiled":
+            return compiled_run(args)
+        expected = compiled_run(args)
+        try:
+            got = call(list(args))
+        except Exception:
+            state["mode"] = "compiled"
+            return expected
+        from engine.values import values_equal
+
+        same = len(got) == len(expected) and all(
+            type(a) is type(b) and values_equal(a, b) and (not isinstance(a, torch.Tensor) or
+                                                         (a.dtype == b.dtype and a.stride() == b.stride()))
+            for a, b in zip(got, expected)
+        )
+        state["mode"] = "fast" if same else "compiled"
+        return expected
+
+    return run
+
+
 def runner_for(node: Node, messages: Messages | None = None) -> Runner:
     """A callable taking the node's input values and returning its outputs as a tuple.
 
@@ -370,6 +439,11 @@ def runner_for(node: Node, messages: Messages | None = None) -> Runner:
             return compiled_run(args)
 
         return run_is
+
+    if py_container is None:
+        fast = _overload_runner(node, info, compiled_run)
+        if fast is not None:
+            return fast
 
     if py_container is not None:
 

@@ -186,12 +186,16 @@ class Timeline:
         indices = self.by_node.get(node_id, ())
         return len(indices) if upto is None else bisect.bisect_right(indices, upto)
 
-    def before_write(self, t: torch.Tensor) -> None:
-        """``t``'s memory is about to be overwritten: earlier records get copies."""
+    def before_write(self, t: torch.Tensor) -> Any:
+        """``t``'s memory is about to be overwritten: earlier records get copies.
+
+        Returns the copy made of ``t`` itself, if any, so the in-place op's
+        own record can share it instead of copying again.
+        """
         ptr = _storage_ptr(t)
         refs = self._refs.pop(ptr, None)
         if not refs:
-            return
+            return None
         copies: dict[int, Any] = {}
         for record, where, slot, sub in refs:
             values = record.inputs if where == "i" else record.outputs
@@ -211,6 +215,7 @@ class Timeline:
                 items = list(holder)
                 items[sub] = snap
                 values[slot] = items if isinstance(holder, list) else tuple(items)
+        return copies.get(id(t))
 
     def _snapshot(self, t: torch.Tensor):
         nbytes = t.numel() * t.element_size()
@@ -224,5 +229,7 @@ class Timeline:
 
     def snapshot_input(self, t: torch.Tensor):
         """A copy of an in-place op's own input, taken before the op runs."""
-        self.before_write(t)
+        shared = self.before_write(t)
+        if shared is not None:
+            return shared  # the earlier record's copy of this very tensor: one copy serves both
         return self._snapshot(t)
