@@ -93,7 +93,13 @@ def sweep_item(name, build, example, modes=("trace", "script"), devices=("cpu",)
             results["sweep"].append({"name": name, "mode": mode, "export_failed": f"{type(exc).__name__}: {str(exc)[:300]}"})
             continue
         for dev in devices:
-            inputs = tuple(e.to(dev) if isinstance(e, torch.Tensor) else e for e in example) if isinstance(example, tuple) else example
+            def move(e):
+                if isinstance(e, torch.Tensor):
+                    return e.to(dev)
+                if isinstance(e, list):
+                    return [move(v) for v in e]
+                return e
+            inputs = tuple(move(e) for e in example)
             row = check(f"{name}_{mode}", p, dev, inputs)
             row["size_mb"] = round(os.path.getsize(p) / 1e6, 1)
             results["sweep"].append(row)
@@ -122,7 +128,8 @@ try:
                      ("maskrcnn_resnet50", lambda: det.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)),
                      ("retinanet_resnet50", lambda: det.retinanet_resnet50_fpn(weights=None, weights_backbone=None)),
                      ("ssdlite", lambda: det.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None))]:
-        sweep_item(name, fn, ([torch.rand(3, 320, 320)],), modes=("script",))
+        sweep_item(name, fn, ([torch.rand(3, 320, 320)],), modes=("script",),
+                   devices=("cpu", "cuda:0") if name == "fasterrcnn_mobilenet_320" else ("cpu",))
     from torchvision.models import segmentation as seg
     sweep_item("deeplabv3_mobilenet", lambda: seg.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, aux_loss=False), img)
 except Exception:
@@ -153,4 +160,25 @@ try:
 except Exception:
     results["sweep"].append({"transformers_error": traceback.format_exc()[-1500:]})
 save_results()
+# diff and lint on real architectures: the Python model beside its export
+results["diff_lint"] = []
+for name in ("resnet18", "mobilenet_v3_small", "vit_b_16", "convnext_tiny"):
+    for mode in ("trace", "script"):
+        p = os.path.join(tmp, f"{name}_{mode}.pt")
+        if not os.path.exists(p):
+            continue
+        row = {"name": name, "mode": mode}
+        try:
+            from engine.lint import lint_session
+            s = Session(p)
+            s.start(values=img)
+            res = s.diff(f"torchvision.models:{name}")
+            row.update(coverage=round(res.report.coverage, 4), outputs_close=res.report.outputs_close,
+                       first=res.report.first.record.node.id if res.report.first else None,
+                       findings=[(f.kind, f.line) for f in lint_session(Session(p)).findings])
+        except Exception as exc:
+            row["exception"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        print(json.dumps(row), flush=True)
+        results["diff_lint"].append(row)
+        save_results()
 print("DONE", flush=True)
