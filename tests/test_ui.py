@@ -364,3 +364,28 @@ def test_findings_pane(tmp_path):
             assert T.DataBranch.LINE in app.query_one(SourcePane).plain
 
     asyncio.run(run())
+
+
+def test_module_groups_fold_in_the_inlined_view(convnet):
+    async def run():
+        app = TsdebugApp(args_for(convnet, "--inline"))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            program = app.query_one(ProgramView)
+            headers = [i for i, r in enumerate(program.rows) if r.group]
+            assert any(program.rows[i].header.endswith("layer1.0.conv1") for i in headers)
+            n_rows = len(program.rows)
+            target = next(i for i in headers if program.rows[i].header.endswith("layer1.0.bn1"))
+            program.selected = target + 1  # a node inside the group
+            await pilot.press("f")
+            assert len(program.rows) < n_rows
+            assert program.rows[program.selected].header.startswith("▸")
+            await pilot.press("f")
+            assert len(program.rows) == n_rows
+            # stepping onto a node in a folded group unfolds it
+            program.selected = target
+            await pilot.press("f")
+            await pilot.press("c")
+            await settle(pilot, app)
+
+    asyncio.run(run())

@@ -33,7 +33,7 @@ PANE_KEYS = [
     ("↑ ↓ j k", "move the selection"),
     ("PgUp PgDn Home End", "page, first, last row"),
     ("Enter / double click", "show the selected node's last value"),
-    ("f", "fold or unfold the If/Loop block at the selection"),
+    ("f", "fold or unfold the If/Loop block, or the module group (inlined view), at the selection"),
     ("M", "show or hide module paths"),
     ("x", "expand large lists, tuples and dicts in the inspector"),
     ("Tab / Shift+Tab", "move between panes"),

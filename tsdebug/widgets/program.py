@@ -28,12 +28,13 @@ BLOCK_NAMES = {"prim::If": ("then", "else"), "prim::Loop": ("body",)}
 
 @dataclass(frozen=True)
 class Row:
-    """One line: a node, or the header of a block inside an If/Loop."""
+    """One line: a node, the header of a block inside an If/Loop, or of a module's run of nodes."""
 
     node: Node | None
     depth: int
     header: str | None = None
-    owner: Node | None = None  # for headers: the If/Loop they belong to
+    owner: Node | None = None  # for block headers: the If/Loop they belong to
+    group: str | None = None  # for module headers: the fold key of the group
 
 
 @dataclass(frozen=True)
@@ -50,19 +51,34 @@ class RowState:
 
 
 def build_rows(graph: Graph, folded: set[str]) -> list[Row]:
+    """Rows in execution order.  In an inlined graph each run of nodes from one
+    module gets a header (``▾ layer1.0.conv1``) that folds the run."""
     rows: list[Row] = []
 
     def walk(nodes, depth):
+        group_path = None
+        group_key = None
         for node in nodes:
             if node.kind == "prim::Constant":
                 continue  # constants run on the way; they are not stops
-            rows.append(Row(node, depth))
+            if graph.inlined and node.module_path != group_path:
+                group_path = node.module_path
+                group_key = f"mod:{node.id}"
+                if group_path:
+                    mark = "▸" if group_key in folded else "▾"
+                    rows.append(Row(None, depth, header=f"{mark} {group_path}", group=group_key, owner=node))
+                else:
+                    group_key = None
+            if group_key is not None and group_key in folded:
+                continue
+            rows.append(Row(node, depth + (1 if group_key else 0)))
             if node.blocks and node.id not in folded:
                 names = BLOCK_NAMES.get(node.kind, ())
                 for j, block in enumerate(node.blocks):
                     name = names[j] if j < len(names) else f"block {j}"
-                    rows.append(Row(None, depth + 1, header=f"{name}:", owner=node))
-                    walk(block.nodes, depth + 2)
+                    d = depth + (1 if group_key else 0)
+                    rows.append(Row(None, d + 1, header=f"{name}:", owner=node))
+                    walk(block.nodes, d + 2)
 
     walk(graph.body.nodes, 0)
     return rows
@@ -128,7 +144,7 @@ class ProgramView(ScrollView, can_focus=True):
             node = self.graph.find(node_id)
             if node is None:
                 return False
-            self.folded = {f for f in self.folded if not node_id.startswith(f + "/")}
+            self.folded = {f for f in self.folded if not node_id.startswith(f + "/") and not f.startswith("mod:")}
             self._rebuild()
             i = self._row_of.get(node_id)
             if i is None:
@@ -168,7 +184,36 @@ class ProgramView(ScrollView, can_focus=True):
     def action_activate(self) -> None:
         self.post_message(self.NodeSelected(self.selected_node, activated=True))
 
+    def _group_of(self, index: int) -> str | None:
+        """The module group a row belongs to: the nearest module header above it at a lower depth."""
+        row = self.rows[index]
+        if row.group:
+            return row.group
+        for i in range(index - 1, -1, -1):
+            r = self.rows[i]
+            if r.group and r.depth < row.depth:
+                return r.group
+            if r.group is None and r.node is not None and r.depth < row.depth - 1:
+                break
+        return None
+
     def action_fold(self) -> None:
+        if not self.rows:
+            return
+        group = self._group_of(self.selected) if self.graph is not None and self.graph.inlined else None
+        row = self.rows[self.selected]
+        if group is not None and (row.group or not (row.node and row.node.blocks)):
+            # fold or unfold the module's run of nodes
+            if group in self.folded:
+                self.folded.discard(group)
+            else:
+                self.folded.add(group)
+            self._rebuild()
+            header = next((i for i, r in enumerate(self.rows) if r.group == group), 0)
+            self.selected = header
+            self.scroll_to_selected()
+            self.refresh()
+            return
         node = self.selected_node
         if node is None:
             return
@@ -240,7 +285,9 @@ class ProgramView(ScrollView, can_focus=True):
         return Strip(segments).crop_extend(scroll_x, scroll_x + width, base)
 
     def render_row(self, row: Row, width: int, selected: bool) -> Text:
-        if row.node is None:
+        if row.node is None and row.group is not None:
+            text = Text("   " + "  " * row.depth + (row.header or ""), style="bold #af87d7", no_wrap=True)
+        elif row.node is None:
             text = Text("   " + "  " * row.depth + (row.header or ""), style="italic #8a8a8a", no_wrap=True)
         else:
             state = self.state_of(row.node)
