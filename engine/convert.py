@@ -93,6 +93,8 @@ def module_path_from_hierarchy(hierarchy: str) -> str:
         if name == "UNKNOWN_INSTANCE":
             break
         parts.append(name)
+    if parts and parts[0] == "SELF":  # scripted graphs name the root module SELF
+        parts = parts[1:]
     return ".".join(parts)
 
 

@@ -407,6 +407,11 @@ class TsdebugApp(App):
         node = self.query_one(ProgramView).selected_node
         if node is None:
             return
+        graph = self.session.program.graph_of(node.id)
+        if graph is not None and graph.inlined != self.session.inline:
+            self.notify("that node belongs to the other view (--inline): the machine never reaches it",
+                        severity="warning", timeout=5)
+            return
         self._move("until", lambda: self.machine.run_to(node.id))
 
     def action_cancel(self) -> None:
@@ -457,6 +462,8 @@ class TsdebugApp(App):
     def _targets(self) -> list[Target]:
         out = []
         for g in self.session.program.cached_graphs():
+            if g.inlined != self.session.inline:
+                continue  # the other view's graphs: the machine never runs them
             for n in g.walk():
                 if n.kind == "prim::Constant":
                     continue
