@@ -211,6 +211,42 @@ def run_from_records(records: list) -> EagerRun:
     return run
 
 
+CONVERSIONS = frozenset({"__bool__", "__index__", "__len__", "__int__", "__float__", "item", "tolist", "size",
+                         "dim", "numel", "__get__"})
+
+
+class _ConversionRecorder(TorchFunctionMode):
+    """Every place the Python turns a tensor into a Python value (what tracing freezes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[str, str | None, int | None]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", "")
+        if name in CONVERSIONS:
+            if name == "__get__":
+                name = getattr(getattr(func, "__self__", None), "__name__", "") or "shape"
+                if name not in ("shape", "ndim", "is_cuda", "device"):
+                    return out
+            file, line = _user_frame()
+            self.seen.append((name, file, line))
+        return out
+
+
+def record_conversions(model: torch.nn.Module, args: tuple, grad: bool) -> list[tuple[str, str | None, int | None]]:
+    """Run once and list (conversion, file, line) for each tensor-to-Python conversion."""
+    rec = _ConversionRecorder()
+    model.eval()
+    try:
+        with torch.set_grad_enabled(grad), rec:
+            model(*args)
+    except Exception as exc:
+        raise EagerError(f"the eager model raised {type(exc).__name__}: {first_error_line(exc)}") from None
+    return rec.seen
+
+
 def run_eager(model: torch.nn.Module, args: tuple, grad: bool) -> EagerRun:
     """Run the model once, recording every top-level torch call."""
     run = EagerRun()

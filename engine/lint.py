@@ -78,6 +78,7 @@ class LintReport:
     notes: list[str] = field(default_factory=list)
     counterexample_file: str | None = None
     reproduce: str | None = None  # the tsdebug diff command that shows the disagreement
+    conversions: list[dict] = field(default_factory=list)  # --eager: tensor-to-Python conversions seen
 
     def to_json(self) -> dict:
         return {
@@ -87,6 +88,7 @@ class LintReport:
             "notes": self.notes,
             "counterexample_file": self.counterexample_file,
             "reproduce": self.reproduce,
+            "conversions": self.conversions,
         }
 
 
@@ -617,6 +619,39 @@ def _describe(x: Any) -> str:
     from engine.values import short_text
 
     return short_text(x, 40)
+
+
+def conversion_evidence(session: Any, report: LintReport, eager_spec: str, eager_args: dict | None,
+                        eager_weights: str | None) -> None:
+    """Rerun the Python, recording every tensor-to-Python conversion with its line.
+
+    A finding on a line where the Python converts a tensor (``__bool__``,
+    ``item``, ``__len__``, ``size``/``shape``…) is confirmed: its evidence
+    says so and its confidence rises to high.
+    """
+    from engine import eager as eager_mod
+    from engine.session import clone_value
+
+    try:
+        model = eager_mod.build_eager(eager_spec, eager_args)
+        if eager_weights is None:
+            eager_mod.load_weights(model, dict(session.archive.module.state_dict()), session.path)
+        if session.inputs is None:
+            session.start()
+        seen = eager_mod.record_conversions(model, clone_value(session.inputs), session.grad)
+    except Exception as exc:
+        report.notes.append(f"recording the Python's conversions failed: {str(exc).splitlines()[0]}")
+        return
+    by_line: dict[tuple, list[str]] = defaultdict(list)
+    for name, file, line in seen:
+        if file and line and name not in by_line[(file, line)]:
+            by_line[(file, line)].append(name)
+    report.conversions = [{"conversion": n, "file": f, "line": ln} for (f, ln), names in by_line.items() for n in names]
+    for f in report.findings:
+        names = by_line.get((f.file, f.line))
+        if names:
+            f.evidence += f"; confirmed: the Python converts a tensor here ({', '.join(names)})"
+            f.confidence = "high"
 
 
 def trace_warnings(session: Any, report: LintReport, eager_spec: str, eager_args: dict | None,

@@ -166,3 +166,18 @@ def test_trace_warnings_with_eager(tmp_path, capsys):
     assert ("baked-shape", line_of(T2.NonzeroCount)) in lines
     # the warning on the same line is not reported twice
     assert not any(k == "trace-warning" and ln == line_of(T2.NonzeroCount) for k, ln in lines)
+
+
+@pytest.mark.parametrize("trap,conversion", [("frozen-branch", "__bool__"), ("baked-scalar", "item"),
+                                             ("unrolled-loop", "size"), ("nonzero-count", "__len__")])
+def test_eager_conversions_confirm_findings(tmp_path, capsys, trap, conversion):
+    cls, example = T.TRAPS[trap]
+    path = trace_to(tmp_path / f"{trap}.pt", cls, example)
+    eager = os.path.join(HERE, "trap_models.py") + ":" + cls.__name__
+    assert main(["lint", path, "--eager", eager, "--input", spec_of(example[0]), "--json"]) == 1
+    rep = json.loads(capsys.readouterr().out)
+    line = line_of(cls)
+    assert {"conversion": conversion, "file": os.path.join(HERE, "trap_models.py"), "line": line} in rep["conversions"] \
+        or any(c["conversion"] == conversion and c["line"] == line for c in rep["conversions"])
+    hit = next(f for f in rep["findings"] if f["line"] == line)
+    assert "confirmed" in hit["evidence"] and hit["confidence"] == "high"

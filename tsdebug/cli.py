@@ -290,11 +290,12 @@ def cmd_lint(args: argparse.Namespace) -> int:
     session = _session(args)
     report = lint_session(session)
     if args.eager:
-        from engine.lint import counterexamples, trace_warnings
+        from engine.lint import conversion_evidence, counterexamples, trace_warnings
 
         kwargs = parse_eager_args(args.eager_arg)
         session.start(specs=args.input or None, inputs_file=args.inputs)
         trace_warnings(session, report, args.eager, kwargs, args.eager_weights)
+        conversion_evidence(session, report, args.eager, kwargs, args.eager_weights)
         counterexamples(session, report, args.eager, kwargs, args.eager_weights,
                         args.input or None, args.rtol, args.atol)
     if args.json:
