@@ -86,7 +86,7 @@ class Timeline:
         self.snapshots = 0  # copies made before in-place writes
         self._counted: set[int] = set()
         self._free: set[int] = set()
-        self._refs: dict[int, list] = defaultdict(list)
+        self._refs: dict[int, list] = {}  # storage -> the records holding it
         # id(tensor) -> (weakref, Dropped): a dropped tensor read by later steps is summarized once
         self._dropped_cache: dict[int, tuple] = {}
         # node id -> indices of its records, in order (for "last value of this node")
@@ -114,36 +114,33 @@ class Timeline:
         record.index = len(self.records)
         self.records.append(record)
         self.by_node[record.node.id].append(record.index)
-        self._keep(record, record.inputs, "i")
+        self._keep(record, record.inputs)
         if record.outputs is not None:
-            self._keep(record, record.outputs, "o")
+            self._keep(record, record.outputs)
         return record
 
     def set_outputs(self, record: StepRecord, outputs: list) -> None:
         """Outputs of a call or block, known when it returns."""
         record.outputs = outputs
-        self._keep(record, outputs, "o")
+        self._keep(record, outputs)
 
-    def _keep(self, record: StepRecord, values: list, where: str) -> None:
+    def _keep(self, record: StepRecord, values: list) -> None:
+        """Count the memory the record pins, drop what is over budget, remember who holds what.
+
+        This runs for every step: it is written for speed.
+        """
         Tensor = torch.Tensor
         for slot, value in enumerate(values):
             if isinstance(value, Tensor):
-                kept = self._keep_tensor(record, where, slot, None, value)
+                kept = self._keep_tensor(record, value)
                 if kept is not value:
                     values[slot] = kept
             elif type(value) in (list, tuple) and value and isinstance(value[0], Tensor):
-                changed = False
-                items = list(value)
-                for j, item in enumerate(items):
-                    if isinstance(item, Tensor):
-                        kept = self._keep_tensor(record, where, slot, j, item)
-                        if kept is not item:
-                            items[j] = kept
-                            changed = True
-                if changed:
+                items = [self._keep_tensor(record, v) if isinstance(v, Tensor) else v for v in value]
+                if any(a is not b for a, b in zip(items, value)):
                     values[slot] = items if isinstance(value, list) else tuple(items)
 
-    def _keep_tensor(self, record, where, slot, sub, t: torch.Tensor):
+    def _keep_tensor(self, record: StepRecord, t: torch.Tensor):
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
         if ptr not in self._counted and ptr not in self._free:
@@ -152,7 +149,11 @@ class Timeline:
                 return self._drop(t)
             self._counted.add(ptr)
             self.kept_bytes += nbytes
-        self._refs[ptr].append((record, where, slot, sub))
+        holders = self._refs.get(ptr)
+        if holders is None:
+            self._refs[ptr] = [record]
+        elif holders[-1] is not record:
+            holders.append(record)
         return t
 
     def _drop(self, t: torch.Tensor, reason: str = "over the record budget") -> Dropped:
@@ -193,28 +194,31 @@ class Timeline:
         own record can share it instead of copying again.
         """
         ptr = _storage_ptr(t)
-        refs = self._refs.pop(ptr, None)
-        if not refs:
+        holders = self._refs.pop(ptr, None)
+        if not holders:
             return None
         copies: dict[int, Any] = {}
-        for record, where, slot, sub in refs:
-            values = record.inputs if where == "i" else record.outputs
-            if values is None or slot >= len(values):
-                continue
-            holder = values[slot]
-            current = holder if sub is None else holder[sub]
-            if not isinstance(current, torch.Tensor):
-                continue
-            snap = copies.get(id(current))
+
+        def copy_of(x: torch.Tensor):
+            snap = copies.get(id(x))
             if snap is None:
-                snap = self._snapshot(current)
-                copies[id(current)] = snap
-            if sub is None:
-                values[slot] = snap
-            else:
-                items = list(holder)
-                items[sub] = snap
-                values[slot] = items if isinstance(holder, list) else tuple(items)
+                snap = self._snapshot(x)
+                copies[id(x)] = snap
+            return snap
+
+        for record in holders:
+            for values in (record.inputs, record.outputs):
+                if not values:
+                    continue
+                for slot, value in enumerate(values):
+                    if isinstance(value, torch.Tensor):
+                        if _storage_ptr(value) == ptr:
+                            values[slot] = copy_of(value)
+                    elif type(value) in (list, tuple) and value and isinstance(value[0], torch.Tensor):
+                        items = [copy_of(v) if isinstance(v, torch.Tensor) and _storage_ptr(v) == ptr else v
+                                 for v in value]
+                        if any(a is not b for a, b in zip(items, value)):
+                            values[slot] = items if isinstance(value, list) else tuple(items)
         return copies.get(id(t))
 
     def _snapshot(self, t: torch.Tensor):
