@@ -84,8 +84,17 @@ def build_demo(path: str) -> str:
 
 
 def demo_archive() -> str:
-    """The demo archive's path, built on first use."""
-    path = os.path.join(cache_dir(), f"demo-v{DEMO_VERSION}-torch{torch.__version__.split('+')[0]}.pt")
+    """The demo archive's path, built on first use.
+
+    Keyed by this file's place and text: the archive records the source path
+    it was traced from, which the debugger shows.
+    """
+    import hashlib
+
+    here = os.path.abspath(__file__)
+    with open(here, "rb") as f:
+        key = hashlib.sha1(here.encode() + f.read()).hexdigest()[:10]
+    path = os.path.join(cache_dir(), f"demo-v{DEMO_VERSION}-torch{torch.__version__.split('+')[0]}-{key}.pt")
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         build_demo(path)
