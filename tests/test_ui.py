@@ -30,10 +30,6 @@ async def settle(pilot, app):
     await pilot.pause()
 
 
-def screen_text(app) -> str:
-    return "\n".join(str(s) for s in app.screen._compositor.render_update(full=True).strips) if False else ""
-
-
 @pytest.fixture
 def convnet(archive):
     return archive(M.randomize_bn(M.ConvNet()), "trace", example=(torch.randn(1, 3, 16, 16),))

@@ -82,7 +82,6 @@ class TsdebugApp(App):
         self.browsing: str | None = None  # a node reached with "go to", outside the stack
         self.last_search = ""
         self._move_started = 0.0
-        self._last_note = ""
         self._shown_key: tuple | None = None
         self.diff_result = None  # engine.session.DiffResult, once ``e`` ran the comparison
         self.compare_on = False
@@ -282,7 +281,6 @@ class TsdebugApp(App):
         elif stop == Stop.FINISHED and name:
             message = f"finished: outputs {short_text(m.outputs, 40)}; R restarts"
             self.notify(message, timeout=5)
-        self._last_note = message
         self.status(message=message)
 
     def show_selected(self) -> None:
