@@ -109,23 +109,31 @@ def test_cli_exit_codes_and_json(tmp_path, capsys):
     assert main(["lint", str(tmp_path / "nope.pt")]) == 2
 
 
-def test_source_file_absent_loops_from_repeats(tmp_path):
+@pytest.mark.parametrize("trap,count", [("SizeLoop", 4), ("WhileNorm", 3), ("ListLoop", 3)])
+def test_source_file_absent_loops_from_repeats(tmp_path, trap, count):
     """Without the file, the archive's stacks still show a loop's repeats."""
     src = tmp_path / "gone_model.py"
     shutil.copy(os.path.join(HERE, "trap_models.py"), src)
+    examples = {"SizeLoop": "(torch.randn(4, 3),)", "WhileNorm": "(torch.full((4,), 3.0),)",
+                "ListLoop": "([torch.randn(2), torch.randn(2), torch.randn(2)],)"}
     script = textwrap.dedent(f"""
         import sys, torch, warnings
         warnings.simplefilter("ignore")
         sys.path.insert(0, {str(tmp_path)!r})
         import gone_model as T
-        torch.jit.save(torch.jit.trace(T.SizeLoop(), (torch.randn(4, 3),), check_trace=False), {str(tmp_path / 'loop.pt')!r})
+        torch.jit.save(torch.jit.trace(T.{trap}(), {examples[trap]}, check_trace=False), {str(tmp_path / 'loop.pt')!r})
     """)
     subprocess.run([sys.executable, "-c", script], check=True)
     os.remove(src)
     report = lint_session(Session(str(tmp_path / "loop.pt")))
     loops = [f for f in report.findings if f.kind == "unrolled-loop"]
-    assert loops and loops[0].frozen == "unrolled 4 times"
+    assert loops and loops[0].frozen == f"unrolled {count} times"
     assert loops[0].file.endswith("gone_model.py") and loops[0].confidence == "low"
+    # the repeated line is the loop's body
+    cls = getattr(T, trap)
+    with open(os.path.join(HERE, "trap_models.py")) as f:
+        text = f.read().splitlines()
+    assert text[line_of(cls) - 1].strip() == cls.LINE and loops[0].line > line_of(cls)
     assert any("not on disk" in n for n in report.notes)
 
 
