@@ -294,16 +294,13 @@ _SHAPE_RULES = ("aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::con
 
 def _static_value(graph, value, module) -> Any:
     """Resolve a value that is a chain of GetAttr from ``self`` (a parameter)."""
-    defining = {}
-    for n in graph.walk():
-        for o in n.outputs:
-            defining[o.index] = n
     chain = []
     v = value
-    while v.index in defining and defining[v.index].kind == "prim::GetAttr":
-        n = defining[v.index]
+    n = graph.producer(v)
+    while n is not None and n.kind == "prim::GetAttr":
         chain.append(n.attrs["name"])
         v = n.inputs[0]
+        n = graph.producer(v)
     if v.index != graph.inputs[0].index:
         return None
     obj = module
@@ -397,20 +394,20 @@ def _guess_from_use(graph, node, slot, module, seed, k) -> torch.Tensor | None:
 
 
 def _constant_of(graph, value) -> Any:
-    for n in graph.walk():
-        if value in n.outputs:
-            if n.kind == "prim::Constant":
-                return n.attrs.get("value")
-            if n.kind == "prim::ListConstruct":
-                vals = [_constant_of(graph, i) for i in n.inputs]
-                return vals if all(isinstance(x, int) for x in vals) else None
-            return None
+    n = graph.producer(value)
+    if n is None:
+        return None
+    if n.kind == "prim::Constant":
+        return n.attrs.get("value")
+    if n.kind == "prim::ListConstruct":
+        vals = [_constant_of(graph, i) for i in n.inputs]
+        return vals if all(isinstance(x, int) for x in vals) else None
     return None
 
 
 def _list_of_params(graph, value, module) -> list | None:
-    for n in graph.walk():
-        if value in n.outputs and n.kind == "prim::ListConstruct":
-            vals = [_static_value(graph, i, module) for i in n.inputs]
-            return [v for v in vals if isinstance(v, torch.Tensor)] or None
+    n = graph.producer(value)
+    if n is not None and n.kind == "prim::ListConstruct":
+        vals = [_static_value(graph, i, module) for i in n.inputs]
+        return [v for v in vals if isinstance(v, torch.Tensor)] or None
     return None

@@ -138,6 +138,7 @@ class Graph:
     inlined: bool = False
     handle: Any = field(default=None, repr=False)  # the torch._C.Graph, kept alive
     _by_id: dict[str, Node] = field(default_factory=dict, repr=False)
+    _producers: dict[int, Node] = field(default_factory=dict, repr=False)
 
     @property
     def short_name(self) -> str:
@@ -153,6 +154,12 @@ class Graph:
         if not self._by_id:
             self._by_id.update((n.id, n) for n in self.walk())
         return self._by_id[node_id]
+
+    def producer(self, value: "Value | int") -> Node | None:
+        """The node whose output ``value`` (or value index) is; None for graph and block inputs."""
+        if not self._producers:
+            self._producers.update((o.index, n) for n in self.walk() for o in n.outputs)
+        return self._producers.get(value if isinstance(value, int) else value.index)
 
     def find(self, node_id: str) -> Node | None:
         try:

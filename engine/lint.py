@@ -296,10 +296,10 @@ def _loop_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: 
 
 
 def _scalar_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: str, path: str,
-                     method: str, graph: Graph) -> list[Finding]:
+                     method: str, constants: list[Node]) -> list[Finding]:
     out = []
     ran = {o.line for o in ops}
-    first, last = fn.lineno, getattr(fn, "end_lineno", fn.lineno)
+    last = getattr(fn, "end_lineno", fn.lineno)
     for stmt in ast.walk(fn):
         if not isinstance(stmt, ast.Call):
             continue
@@ -316,9 +316,7 @@ def _scalar_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file
         target = re.match(r"\s*(\w+)\s*=", text)
         var = target.group(1) if target else None
         consts = []
-        for n in graph.walk():
-            if n.kind != "prim::Constant":
-                continue
+        for n in constants:
             v = n.attrs.get("value")
             if isinstance(v, torch.Tensor) and v.numel() == 1:
                 v = v.item()
@@ -386,7 +384,6 @@ def _line_text(src) -> str | None:
 
 def _shape_findings(graph: Graph, method: str, example_dims: set[int]) -> list[Finding]:
     out = []
-    producers = {o.index: n for n in graph.walk() for o in n.outputs}
     seen = set()
     for n in graph.walk():
         if n.kind not in SHAPE_CONSUMERS:
@@ -395,13 +392,13 @@ def _shape_findings(graph: Graph, method: str, example_dims: set[int]) -> list[F
         if not frames or is_torch_frame(frames[0][0]):
             continue  # torch's own shape logic
         for v in n.inputs:
-            p = producers.get(v.index)
+            p = graph.producer(v)
             vals = []
             if p is not None and p.kind == "prim::Constant" and isinstance(p.attrs.get("value"), int):
                 vals = [p.attrs["value"]]
             elif p is not None and p.kind == "prim::ListConstruct":
                 for i in p.inputs:
-                    q = producers.get(i.index)
+                    q = graph.producer(i)
                     if q is not None and q.kind == "prim::Constant" and isinstance(q.attrs.get("value"), int):
                         vals.append(q.attrs["value"])
             hits = [x for x in vals if x not in (-1, 0, 1) and x in example_dims]
@@ -441,6 +438,7 @@ def lint_session(session: Any) -> LintReport:
         findings += _device_findings(graph, method)
         findings += _shape_findings(graph, method, dims)
         events = _collect(graph)
+        constants = [n for n in graph.walk() if n.kind == "prim::Constant"]
         missing_files = set()
         for (file, func, path), ops in events.items():
             tree, lines = _parse(file) if os.path.exists(file) else (None, [])
@@ -457,7 +455,7 @@ def lint_session(session: Any) -> LintReport:
                     continue
                 findings += _branch_findings(fn, ops, lines, file, path, method)
                 findings += _loop_findings(fn, ops, lines, file, path, method)
-                findings += _scalar_findings(fn, ops, lines, file, path, method, graph)
+                findings += _scalar_findings(fn, ops, lines, file, path, method, constants)
         for f in sorted(missing_files):
             report.notes.append(f"{f} is not on disk: branches cannot be seen there, loops only from repeats")
         report.findings += _dedupe(findings)

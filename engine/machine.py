@@ -263,9 +263,6 @@ class Machine:
             raise KeyError(v)
         return frame.env[v.index]
 
-    def executed_ids(self) -> set[str]:
-        return {r.node.id for r in self.timeline.records}
-
     def last_record_of(self, node_id: str, before: int | None = None) -> StepRecord | None:
         """The latest record of a node (up to record ``before`` when given)."""
         return self.timeline.last_of(node_id, before)

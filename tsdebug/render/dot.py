@@ -81,10 +81,6 @@ class DotBuilder:
         self.plumbing = plumbing
         self.legend = legend
         self.lines: list[str] = []
-        self.producer: dict[int, Node] = {}
-        for n in graph.walk():
-            for o in n.outputs:
-                self.producer[o.index] = n
         self.box_of: dict[str, _Box] = {}
         self.drawn: list[_Box] = []
 
@@ -146,7 +142,7 @@ class DotBuilder:
         # nested If/Loop blocks become clusters inside their node's module cluster
         self._emit_block(g.body, indent="  ")
         self._emit_edges()
-        self.lines.append(f'  "output" [label="output", shape=ellipse, fillcolor="#caf0f8"];')
+        self.lines.append('  "output" [label="output", shape=ellipse, fillcolor="#caf0f8"];')
         for v in g.outputs:
             src = self._source_boxes(v.index)
             for s in src:
@@ -263,7 +259,7 @@ class DotBuilder:
         for v in self.graph.inputs[1:]:
             if v.index == value_index:
                 return ["in:" + v.name]
-        node = self.producer.get(value_index)
+        node = self.graph.producer(value_index)
         if node is None or depth > 20:
             return []
         box = self.box_of.get(node.id)
