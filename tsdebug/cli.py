@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import warnings
-from typing import Any, Sequence
+from typing import Sequence
 
 COMMANDS = ("run", "diff", "lint", "render", "demo")
 

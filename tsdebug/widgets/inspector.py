@@ -203,7 +203,7 @@ class Inspector(VerticalScroll, can_focus=True):
         hist = histogram(t, bins=max(min(self.size.width - 6, 48), 10))
         if hist is not None:
             counts, lo, hi = hist
-            out.append(Text(f"histogram of finite values", style="bold underline"))
+            out.append(Text("histogram of finite values", style="bold underline"))
             out.append(Text(sparkline(counts), style="#5fafd7", no_wrap=True))
             out.append(Text(f"{lo:.4g}".ljust(len(counts) // 2) + f"{hi:.4g}".rjust(len(counts) - len(counts) // 2),
                             style="#8a8a8a", no_wrap=True))

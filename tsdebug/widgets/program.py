@@ -21,7 +21,6 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from engine.ir import Graph, Node
-from engine.values import short_text
 
 BLOCK_NAMES = {"prim::If": ("then", "else"), "prim::Loop": ("body",)}
 
