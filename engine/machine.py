@@ -156,15 +156,7 @@ class Machine:
         self.budget = budget
         self.breakpoints = breakpoints if breakpoints is not None else Breakpoints()
         self.graph = program.root_graph(method, inlined=inline)
-        self._handlers: dict[str, Callable[[Activation, Node], None]] = {
-            "prim::If": self._run_if,
-            "prim::Loop": self._run_loop,
-            "prim::CallMethod": self._run_call_method,
-            "prim::CallFunction": self._run_call_function,
-            "prim::GetAttr": self._run_getattr,
-            "prim::SetAttr": self._run_setattr,
-            "prim::Constant": self._run_constant,
-        }
+        self._leaf_ops = program.leaf_ops  # read directly on the hot path
         self._cancel = False
         self.restart(inputs)
 
@@ -376,25 +368,17 @@ class Machine:
         self.error = err
 
     def _run_leaf(self, act: Activation, node: Node) -> None:
+        # The hot path: one call per executed op.
         frame = act.frame
         env = frame.env
         args = [env[i] for i in node.in_idx]
-        run, writes = self.program.leaf(node)
-        rec_inputs = args
-        if writes:
-            # the op overwrites these tensors: the record keeps copies as they were
-            rec_inputs = list(args)
-            for i in writes:
-                a = args[i]
-                if isinstance(a, torch.Tensor):
-                    rec_inputs[i] = self.timeline.snapshot_input(a)
-                elif isinstance(a, (list, tuple)):
-                    rec_inputs[i] = [self.timeline.snapshot_input(t) if isinstance(t, torch.Tensor) else t for t in a]
+        op = self._leaf_ops.get(node) or self.program.leaf(node)
+        rec_inputs = self._inputs_before_write(args, op.writes) if op.writes else args
         record = StepRecord(0, node, act.path, node.module_path or frame.module_path, len(self.stack),
                             rec_inputs, frame.start)
         t0 = _perf_ns()
         try:
-            outs = run(args)
+            outs = op.run(args)
         except Exception as exc:  # the model's own failure, shown on its node
             record.time_ns = _perf_ns() - t0
             self.timeline.add(record)
@@ -403,11 +387,22 @@ class Machine:
         record.time_ns = _perf_ns() - t0
         for i, x in zip(node.out_idx, outs):
             env[i] = x
-        record.outputs = list(outs)
+        record.outputs = outs
         self.timeline.add(record)
         for i in act.block.frees[act.pc]:
             env[i] = None
         act.pc += 1
+
+    def _inputs_before_write(self, args: list, writes: tuple[int, ...]) -> list:
+        """The op overwrites these inputs: the record keeps copies as they were."""
+        rec_inputs = list(args)
+        for i in writes:
+            a = args[i]
+            if isinstance(a, torch.Tensor):
+                rec_inputs[i] = self.timeline.snapshot_input(a)
+            elif isinstance(a, (list, tuple)):
+                rec_inputs[i] = [self.timeline.snapshot_input(t) if isinstance(t, torch.Tensor) else t for t in a]
+        return rec_inputs
 
     def _run_constant(self, act: Activation, node: Node) -> None:
         # A constant's value is in the IR: nothing to record, nothing to watch.
@@ -418,7 +413,7 @@ class Machine:
         if isinstance(obj, ObjectRef):
             return read_object_attr(self.program.attr_chains, obj, name, node.handle.output().type())
         key = (obj, name)
-        value = self._attr_overlay.get(key)
+        value = self._attr_overlay.get(key) if self._attr_overlay else None
         if value is None:
             declared = node.outputs[0].type
             is_class = "__torch__." in declared
@@ -555,7 +550,7 @@ class Machine:
         args = [frame.env[i] for i in node.in_idx]
         obj = args[0]
         try:
-            graph = self.program.method_graph(obj, node.callee)
+            graph = self.program.callee_graph(node, obj)
         except TsdebugError as exc:
             record = self._record(act, node, args)
             self.timeline.add(record)
@@ -580,7 +575,7 @@ class Machine:
     def _step_live(self) -> None:
         act = self.stack[-1]
         node = act.block.nodes[act.pc]
-        self._handlers.get(node.kind, self._run_leaf)(act, node)
+        _HANDLERS.get(node.kind, Machine._run_leaf)(self, act, node)
         if self.error is None:
             self._settle()
 
@@ -655,8 +650,8 @@ class Machine:
             return stop
         self._cancel = False
         stack = self.stack
-        handlers = self._handlers
-        leaf = self._run_leaf
+        handlers = _HANDLERS
+        leaf = Machine._run_leaf
         with self._context():
             while stack and self.error is None:
                 if self._cancel:
@@ -668,7 +663,7 @@ class Machine:
                     self._exit_block(act)
                     continue
                 node = nodes[act.pc]
-                handlers.get(node.kind, leaf)(act, node)
+                handlers.get(node.kind, leaf)(self, act, node)
             if not stack:
                 self.finished = True
         return self._can_run() or Stop.FINISHED
@@ -752,6 +747,21 @@ class Machine:
 
     def go_live(self) -> None:
         self.view = None
+
+
+#: One method per node family; everything else is a leaf op.  Plain functions,
+#: not bound methods: a dict of bound methods on the machine would be a
+#: reference cycle, and a finished run's tensors would wait for the cyclic
+#: collector instead of being freed when the machine is dropped.
+_HANDLERS: dict[str, Callable[[Machine, Activation, Node], None]] = {
+    "prim::If": Machine._run_if,
+    "prim::Loop": Machine._run_loop,
+    "prim::CallMethod": Machine._run_call_method,
+    "prim::CallFunction": Machine._run_call_function,
+    "prim::GetAttr": Machine._run_getattr,
+    "prim::SetAttr": Machine._run_setattr,
+    "prim::Constant": Machine._run_constant,
+}
 
 
 class _ExecContext:

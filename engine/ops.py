@@ -23,7 +23,8 @@ import torch
 
 from engine.ir import Node
 
-Runner = Callable[[list], tuple]
+#: Takes the node's input values, returns its outputs as a fresh list.
+Runner = Callable[[list], list]
 
 
 class ModelRaised(Exception):
@@ -136,14 +137,14 @@ def _compiled_runner(node: Node) -> Runner:
     n_out = len(node.outputs)
     if n_out == 0:
 
-        def run0(args: list) -> tuple:
+        def run0(args: list) -> list:
             fn(*args)
-            return ()
+            return []
 
         return run0
     if n_out == 1:
-        return lambda args: (fn(*args),)
-    return lambda args: tuple(fn(*args))
+        return lambda args: [fn(*args)]
+    return lambda args: list(fn(*args))
 
 
 def _write_back_runner(node: Node, containers: tuple[int, ...]) -> Runner:
@@ -151,7 +152,7 @@ def _write_back_runner(node: Node, containers: tuple[int, ...]) -> Runner:
     fn = compile_node(node.handle, extra_returns=containers)
     n_out = len(node.outputs)
 
-    def run(args: list) -> tuple:
+    def run(args: list) -> list:
         result = fn(*args)
         if (n_out + len(containers)) == 1:
             result = (result,)
@@ -164,10 +165,10 @@ def _write_back_runner(node: Node, containers: tuple[int, ...]) -> Runner:
                 old.update(new)
         outs = result[:n_out]
         # An output that is the written container itself keeps its identity.
-        return tuple(
+        return [
             args[containers[0]] if (containers and isinstance(o, (list, dict)) and o == args[containers[0]]) else o
             for o in outs
-        )
+        ]
 
     return run
 
@@ -305,26 +306,28 @@ def _isinstance_runner(node: Node, compiled_run: Runner) -> Runner:
 
     names = {str(t) for t in node.attrs.get("types", [])}
 
-    def run(args: list) -> tuple:
+    def run(args: list) -> list:
         obj = args[0]
         if isinstance(obj, (ClassInstance, ObjectRef)):
-            return (obj.qualname in names,)
+            return [obj.qualname in names]
         return compiled_run(args)
 
     return run
 
 
-def _overload_runner(node: Node, info: SchemaInfo, compiled_run: Runner) -> Runner | None:
+def _overload_runner(node: Node, info: SchemaInfo, compiled_run: Runner, leaf: "LeafOp") -> Runner | None:
     """Call the dispatcher's ``OpOverload`` directly for plain functional aten ops.
 
     It skips the interpreter's stack (about half the cost of a one-node
     function).  Used only where it provably gives the same result: the first
-    call runs both and compares them bit for bit; ops that write to their
-    inputs, draw random numbers or take type variables always run compiled.
+    call runs both and compares them bit for bit (an op that writes to its
+    inputs writes into copies for the compiled run); ops that draw random
+    numbers, mutate containers or take type variables always run compiled.
     """
     kind, schema = node.kind, node.schema
-    if not kind.startswith("aten::") or not schema or info.tensor_writes or info.container_writes:
+    if not kind.startswith(("aten::", "prim::")) or not schema or info.container_writes:
         return None
+    writes = info.tensor_writes
     handle = node.handle
     try:
         if handle is None or handle.isNondeterministic():
@@ -338,52 +341,104 @@ def _overload_runner(node: Node, info: SchemaInfo, compiled_run: Runner) -> Runn
         ty = str(a.type)
         if re.search(r"\bt\d*\b|Any|Dict|\(|Tuple", ty):
             return None
-    name = parsed.name.split("::", 1)[1]
+    namespace, name = parsed.name.split("::", 1)
     overload = parsed.overload_name or "default"
+    if kind in CONTAINER_OPS and any(re.search(r"\[|Dict", str(a.type)) for a in parsed.arguments):
+        return None  # the Python version keeps the program's own lists and dicts
     try:
-        op = getattr(getattr(torch.ops.aten, name), overload)
+        op = getattr(getattr(getattr(torch.ops, namespace), name), overload)
     except Exception:
         return None
+    op = getattr(op, "_op", op)  # the builtin behind OpOverload.__call__: one Python frame less per call
     kw_names = [a.name for a in parsed.arguments if a.kwarg_only]
     n_pos = len(parsed.arguments) - len(kw_names)
     if len(node.inputs) != len(parsed.arguments):
         return None
     n_out = len(node.outputs)
-    state = {"mode": "check"}  # check -> fast | compiled
 
-    def call(args: list) -> tuple:
-        out = op(*args[:n_pos], **dict(zip(kw_names, args[n_pos:]))) if kw_names else op(*args)
-        if n_out == 1:
-            return (out,)
-        return tuple(out) if n_out else ()
+    if kw_names:
 
-    def run(args: list) -> tuple:
-        mode = state["mode"]
-        if mode == "fast":
-            return call(args)
-        if mode == "compiled":
-            return compiled_run(args)
+        def call(args: list) -> list:
+            out = op(*args[:n_pos], **dict(zip(kw_names, args[n_pos:])))
+            return [out] if n_out == 1 else (list(out) if n_out else [])
+    elif n_out == 1:
+
+        def call(args: list) -> list:
+            return [op(*args)]
+    else:
+
+        def call(args: list) -> list:
+            return list(op(*args)) if n_out else []
+
+    def check(args: list) -> list:
+        # The first call runs both; from then on ``leaf.run`` is the winner.
         expected = compiled_run(args)
         try:
             got = call(list(args))
         except Exception:
-            state["mode"] = "compiled"
+            leaf.run = compiled_run
             return expected
-        from engine.values import values_equal
-
-        same = len(got) == len(expected) and all(
-            type(a) is type(b) and values_equal(a, b) and (not isinstance(a, torch.Tensor) or
-                                                         (a.dtype == b.dtype and a.stride() == b.stride()))
-            for a, b in zip(got, expected)
-        )
-        state["mode"] = "fast" if same else "compiled"
+        leaf.run = call if _same_results(got, expected) else compiled_run
         return expected
 
-    return run
+    def check_in_place(args: list) -> list:
+        # The compiled function writes into copies, the overload into the
+        # program's own tensors; they must agree on the outputs and on what
+        # was written, aliasing included.
+        if not all(isinstance(args[i], torch.Tensor) for i in writes):
+            leaf.run = compiled_run
+            return compiled_run(args)
+        trial = list(args)
+        for i in writes:
+            trial[i] = args[i].clone()
+        raw = compiled_run(trial)
+        own = {id(trial[i]): args[i] for i in writes}
+        expected = [own.get(id(o), o) for o in raw]  # outputs that are written inputs: the program's own
+        try:
+            got = call(args)
+        except Exception:
+            got = None
+        if got is not None and _same_results(got, expected) \
+                and all(a is b for a, b, r in zip(got, expected, raw) if id(r) in own) \
+                and _same_results([args[i] for i in writes], [trial[i] for i in writes]):
+            leaf.run = call
+        else:
+            for i in writes:
+                args[i].copy_(trial[i])  # what the compiled function wrote
+            leaf.run = compiled_run
+        return expected
+
+    return check_in_place if writes else check
 
 
-def runner_for(node: Node, messages: Messages | None = None) -> Runner:
-    """A callable taking the node's input values and returning its outputs as a tuple.
+def _same_results(got: list, expected: list) -> bool:
+    """Bit for bit: same types, values, dtypes and strides."""
+    from engine.values import values_equal
+
+    return len(got) == len(expected) and all(
+        type(a) is type(b) and values_equal(a, b) and (not isinstance(a, torch.Tensor) or
+                                                     (a.dtype == b.dtype and a.stride() == b.stride()))
+        for a, b in zip(got, expected)
+    )
+
+
+class LeafOp:
+    """How the interpreter runs one leaf node.
+
+    ``run(args)`` takes the node's input values and returns its outputs as a
+    fresh list; ``writes`` are the inputs whose tensors the op overwrites.
+    ``run`` may replace itself after its first call (see ``_overload_runner``).
+    """
+
+    __slots__ = ("run", "writes")
+
+    def __init__(self, node: Node, messages: Messages | None = None):
+        self.writes = schema_info(node.schema).tensor_writes
+        self.run = runner_for(node, messages, self)
+
+
+def runner_for(node: Node, messages: Messages | None = None, leaf: LeafOp | None = None) -> Runner:
+    """A callable taking the node's input values and returning its outputs as a list.
 
     ``aten::warn`` and ``prim::Print`` write to ``messages`` instead of the
     terminal, which belongs to the debugger.
@@ -391,20 +446,20 @@ def runner_for(node: Node, messages: Messages | None = None) -> Runner:
     kind = node.kind
     n_out = len(node.outputs)
     if messages is not None and kind == "aten::warn":
-        return lambda args: (messages.warn(*args), ())[1]
+        return lambda args: (messages.warn(*args), [])[1]
     if messages is not None and kind == "prim::Print":
-        return lambda args: (messages.print(*args), ())[1]
+        return lambda args: (messages.print(*args), [])[1]
 
     if kind in ("prim::ListUnpack", "prim::TupleUnpack"):
-        return lambda args: tuple(args[0])
+        return lambda args: list(args[0])
     prim = PRIM_OPS.get(kind)
     if prim is not None:
-        return lambda args: (prim(args),)
+        return lambda args: [prim(args)]
     if kind == "prim::RaiseException":
 
-        def run_raise(args: list) -> tuple:
+        def run_raise(args: list) -> list:
             _raise_exception(*args)
-            return ()
+            return []
 
         return run_raise
 
@@ -412,7 +467,7 @@ def runner_for(node: Node, messages: Messages | None = None) -> Runner:
     py_container = CONTAINER_OPS.get(kind)
     compiled: list[Runner] = []  # built on first need: compiling costs ~50 us
 
-    def compiled_run(args: list) -> tuple:
+    def compiled_run(args: list) -> list:
         if not compiled:
             if info.container_writes:
                 compiled.append(_write_back_runner(node, info.container_writes))
@@ -425,34 +480,33 @@ def runner_for(node: Node, messages: Messages | None = None) -> Runner:
 
         qualname = node.outputs[0].type
         ty = node.handle.output().type()
-        return lambda args: (ClassInstance(qualname, ty),)
+        return lambda args: [ClassInstance(qualname, ty)]
     if kind == "prim::isinstance":
         return _isinstance_runner(node, compiled_run)
     if kind in ("aten::__is__", "aten::__isnot__"):
         negate = kind == "aten::__isnot__"
 
-        def run_is(args: list) -> tuple:
+        def run_is(args: list) -> list:
             a, b = args
-            if _is_object(a) or _is_object(b):
+            if a is None or b is None or _is_object(a) or _is_object(b):
                 same = (a == b) if isinstance(a, _ObjectRefType()) else (a is b)
-                return ((not same) if negate else same,)
+                return [(not same) if negate else same]
             return compiled_run(args)
 
         return run_is
 
-    if py_container is None:
-        fast = _overload_runner(node, info, compiled_run)
-        if fast is not None:
-            return fast
+    fast = _overload_runner(node, info, compiled_run, leaf) if leaf is not None else None
+    if fast is not None:
+        return fast
 
     if py_container is not None:
 
-        def run_container(args: list) -> tuple:
+        def run_container(args: list) -> list:
             if args and isinstance(args[0], (list, dict)):
                 result = py_container(*args)
                 if n_out == 0:
-                    return ()
-                return (result,)
+                    return []
+                return [result]
             return compiled_run(args)
 
         return run_container

@@ -9,7 +9,7 @@ import torch
 from engine.convert import convert_graph, short_graph_name
 from engine.errors import ModelError
 from engine.ir import Graph, Node
-from engine.ops import Messages, Runner, return_none, runner_for, schema_info
+from engine.ops import LeafOp, Messages, return_none
 
 
 class ClassInstance:
@@ -44,12 +44,14 @@ class ClassInstance:
         return f"<{self.short_name} object>"
 
 
-_PLAIN_TYPES = (torch.Tensor, int, float, bool, str, list, tuple, dict, type(None), torch._C.ScriptObject)
+_PLAIN_TYPES = (torch.Tensor, int, float, bool, str, list, tuple, dict, type(None), torch._C.ScriptObject,
+                torch._C.ScriptModule)
+_PLAIN_TYPE_SET = frozenset(_PLAIN_TYPES)  # exact types first: isinstance on torch.Tensor is slow for non-tensors
 
 
 def is_script_class_copy(value: Any) -> bool:
     """A Python object torch built as a *copy* of a TorchScript class object."""
-    if isinstance(value, _PLAIN_TYPES):
+    if type(value) in _PLAIN_TYPE_SET or isinstance(value, _PLAIN_TYPES):
         return False
     try:
         import torch.jit._state as state
@@ -218,7 +220,8 @@ class Program:
         # when their own nodes carry no source to tell (only calls).
         self.traced_methods = traced_methods
         self._graphs: dict[tuple, Graph] = {}
-        self._runners: dict[Node, tuple] = {}
+        self.leaf_ops: dict[Node, LeafOp] = {}
+        self._callees: dict[Node, Graph] = {}
         self.messages = Messages()
         self.attr_chains: dict[tuple, Any] = {}  # compiled reads/writes of class-object attributes
         self.root_type = type_name(module)
@@ -259,6 +262,21 @@ class Program:
             self._graphs[key] = graph
         return graph
 
+    def callee_graph(self, node: Node, obj: Any) -> Graph:
+        """The graph a ``prim::CallMethod`` node runs on ``obj``.
+
+        Cached per node when the receiver's static type is a class (modules
+        are): TorchScript classes are nominal, so that type is the object's
+        own.  Interface-typed receivers are resolved on each call.
+        """
+        graph = self._callees.get(node)
+        if graph is None:
+            graph = self.method_graph(obj, node.callee)
+            if node.handle is not None and isinstance(node.handle.inputsAt(0).type(), torch._C.ClassType) \
+                    and not isinstance(obj, (ClassInstance, ObjectRef)):
+                self._callees[node] = graph
+        return graph
+
     def function_graph(self, qualname: str) -> Graph:
         key = ("function", qualname)
         graph = self._graphs.get(key)
@@ -283,13 +301,9 @@ class Program:
 
     # -- leaf ops -----------------------------------------------------------
 
-    def runner(self, node: Node) -> Runner:
-        return self.leaf(node)[0]
-
-    def leaf(self, node: Node) -> tuple[Runner, tuple[int, ...]]:
-        """The runner of a leaf node and the inputs whose tensors it overwrites."""
-        got = self._runners.get(node)
+    def leaf(self, node: Node) -> LeafOp:
+        """How to run a leaf node (built on first use, then cached)."""
+        got = self.leaf_ops.get(node)
         if got is None:
-            got = (runner_for(node, self.messages), schema_info(node.schema).tensor_writes)
-            self._runners[node] = got
+            got = self.leaf_ops[node] = LeafOp(node, self.messages)
         return got

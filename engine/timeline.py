@@ -18,6 +18,7 @@ storages the model holds anyway (parameters, inputs) are not counted.
 from __future__ import annotations
 
 import bisect
+import threading
 import weakref
 from collections import defaultdict
 from typing import Any, Iterator
@@ -73,6 +74,9 @@ class StepRecord:
         return f"<StepRecord #{self.index} {self.node.id} {self.node.kind}>"
 
 
+_SEQUENCES = (list, tuple)
+
+
 def _storage_ptr(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
@@ -84,13 +88,16 @@ class Timeline:
         self.kept_bytes = 0
         self.dropped = 0  # values kept as summaries only
         self.snapshots = 0  # copies made before in-place writes
-        self._counted: set[int] = set()
         self._free: set[int] = set()
-        self._refs: dict[int, list] = {}  # storage -> the records holding it
+        # storage -> the records holding it; a storage is here once counted (or free)
+        self._refs: dict[int, list] = {}
         # id(tensor) -> (weakref, Dropped): a dropped tensor read by later steps is summarized once
         self._dropped_cache: dict[int, tuple] = {}
-        # node id -> indices of its records, in order (for "last value of this node")
-        self.by_node: dict[str, list[int]] = defaultdict(list)
+        # node id -> indices of its records, in order (for "last value of this node");
+        # built on first query and extended from there, so runs do not pay for it
+        self._by_node: dict[str, list[int]] = defaultdict(list)
+        self._indexed = 0
+        self._index_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -111,11 +118,11 @@ class Timeline:
             self._free.add(_storage_ptr(value))
 
     def add(self, record: StepRecord) -> StepRecord:
-        record.index = len(self.records)
-        self.records.append(record)
-        self.by_node[record.node.id].append(record.index)
+        records = self.records
+        record.index = index = len(records)
+        records.append(record)
         self._keep(record, record.inputs)
-        if record.outputs is not None:
+        if record.outputs:
             self._keep(record, record.outputs)
         return record
 
@@ -127,15 +134,23 @@ class Timeline:
     def _keep(self, record: StepRecord, values: list) -> None:
         """Count the memory the record pins, drop what is over budget, remember who holds what.
 
-        This runs for every step: it is written for speed.
+        This runs for every step: it is written for speed.  A storage in
+        ``_refs`` has been counted (or is free), so a value seen before costs
+        one dict lookup.
         """
         Tensor = torch.Tensor
+        refs = self._refs
         for slot, value in enumerate(values):
             if isinstance(value, Tensor):
+                holders = refs.get(value.untyped_storage().data_ptr())
+                if holders is not None:
+                    if not holders or holders[-1] is not record:
+                        holders.append(record)
+                    continue
                 kept = self._keep_tensor(record, value)
                 if kept is not value:
                     values[slot] = kept
-            elif type(value) in (list, tuple) and value and isinstance(value[0], Tensor):
+            elif type(value) in _SEQUENCES and value and isinstance(value[0], Tensor):
                 items = [self._keep_tensor(record, v) if isinstance(v, Tensor) else v for v in value]
                 if any(a is not b for a, b in zip(items, value)):
                     values[slot] = items if isinstance(value, list) else tuple(items)
@@ -143,16 +158,15 @@ class Timeline:
     def _keep_tensor(self, record: StepRecord, t: torch.Tensor):
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
-        if ptr not in self._counted and ptr not in self._free:
-            nbytes = storage.nbytes()
-            if self.kept_bytes + nbytes > self.budget:
-                return self._drop(t)
-            self._counted.add(ptr)
-            self.kept_bytes += nbytes
         holders = self._refs.get(ptr)
         if holders is None:
+            if ptr not in self._free:
+                nbytes = storage.nbytes()
+                if self.kept_bytes + nbytes > self.budget:
+                    return self._drop(t)
+                self.kept_bytes += nbytes
             self._refs[ptr] = [record]
-        elif holders[-1] is not record:
+        elif not holders or holders[-1] is not record:
             holders.append(record)
         return t
 
@@ -172,6 +186,18 @@ class Timeline:
 
         cache[key] = (weakref.ref(t, forget), dropped, t._version)
         return dropped
+
+    @property
+    def by_node(self) -> dict[str, list[int]]:
+        """Node id -> the indices of its records, in order."""
+        with self._index_lock:  # the UI may ask while a worker thread runs the model
+            records = self.records
+            index = self._by_node
+            end = len(records)
+            for i in range(self._indexed, end):
+                index[records[i].node.id].append(i)
+            self._indexed = end
+        return index
 
     def last_of(self, node_id: str, upto: int | None = None) -> StepRecord | None:
         """The latest record of a node, at or before record ``upto`` when given."""
@@ -194,9 +220,10 @@ class Timeline:
         own record can share it instead of copying again.
         """
         ptr = _storage_ptr(t)
-        holders = self._refs.pop(ptr, None)
+        holders = self._refs.get(ptr)
         if not holders:
             return None
+        self._refs[ptr] = []  # still counted; later readers register afresh
         copies: dict[int, Any] = {}
 
         def copy_of(x: torch.Tensor):
@@ -228,7 +255,7 @@ class Timeline:
         self.snapshots += 1
         self.kept_bytes += nbytes
         copy = t.clone()
-        self._counted.add(_storage_ptr(copy))
+        self._refs[_storage_ptr(copy)] = []
         return copy
 
     def snapshot_input(self, t: torch.Tensor):

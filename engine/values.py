@@ -168,45 +168,57 @@ def summarize_tensor(t: torch.Tensor, stats: bool = True) -> TensorSummary:
     device = "cpu" if t.device.type == "cpu" else str(t.device)
     layout = "strided" if t.layout == torch.strided else str(t.layout).replace("torch.", "")
     nbytes = numel * t.element_size()
-    if not stats or numel == 0:
+    found = None
+    if stats and numel:
+        if torch.is_grad_enabled():  # entering no_grad costs more than the stats of a small tensor
+            with torch.no_grad():
+                found = _tensor_stats(t.detach())
+        else:
+            found = _tensor_stats(t)
+    if found is None:
         return TensorSummary(shape, dtype, device, numel, nbytes, layout=layout, requires_grad=t.requires_grad)
-    with torch.no_grad():
-        src = t.detach()
-        if src.dtype not in _FAST_DTYPES or src.layout != torch.strided:
-            src = _stats_source(src)
-            if src is None:
-                return TensorSummary(shape, dtype, device, numel, nbytes, layout=layout, requires_grad=t.requires_grad)
-        flat = src.reshape(-1)
-        # One batch of reductions, one host transfer.  aminmax propagates NaN
-        # and sees Inf, so finite extremes mean the slow counting passes can
-        # be skipped.  Sum and sum of squares read the data without
-        # temporaries (torch.std is slow on CPU); the centred form is used
-        # only when the mean dwarfs the spread.
-        lo, hi = torch.aminmax(flat)
-        lo_f, hi_f, total, norm = torch.stack(
-            [lo.double(), hi.double(), flat.sum().double(), torch.linalg.vector_norm(flat).double()]
-        ).tolist()
-        nan = inf = 0
-        n = numel
-        if not (math.isfinite(lo_f) and math.isfinite(hi_f)):
-            finite = torch.isfinite(flat)
-            nan = int(torch.isnan(flat).sum())
-            inf = int((~finite).sum()) - nan
-            flat = flat[finite]
-            n = flat.numel()
-            if n == 0:
-                return TensorSummary(shape, dtype, device, numel, nbytes, nan=nan, inf=inf, layout=layout,
-                                     requires_grad=t.requires_grad)
-            lo_f, hi_f, total, norm = torch.stack(
-                [flat.min().double(), flat.max().double(), flat.sum().double(),
-                 torch.linalg.vector_norm(flat).double()]
-            ).tolist()
-        mean = total / n
-        var = max(norm * norm - n * mean * mean, 0.0) / max(n - 1, 1)
-        if n > 1 and mean * mean > 1e3 * var:
-            var = float(torch.linalg.vector_norm(flat - mean)) ** 2 / (n - 1)
-        return TensorSummary(shape, dtype, device, numel, nbytes, lo_f, hi_f, mean, math.sqrt(var), nan, inf,
-                             layout, t.requires_grad)
+    return TensorSummary(shape, dtype, device, numel, nbytes, *found, layout, t.requires_grad)
+
+
+def _tensor_stats(t: torch.Tensor) -> tuple | None:
+    """(min, max, mean, std, nan, inf) of ``t``'s finite elements, or None when it has no numbers.
+
+    This runs for every recorded tensor, so it is written for speed: three
+    reductions and one host transfer.  aminmax propagates NaN and sees Inf,
+    so finite extremes mean the counting passes can be skipped.  The sum of
+    squares is a dot product (BLAS, one pass, no temporary; var_mean and
+    vector_norm are several times slower on CPU); the centred form, in
+    double, is used only when the mean dwarfs the spread or the squares
+    overflow.
+    """
+    if t.dtype not in _FAST_DTYPES or t.layout != torch.strided:
+        t = _stats_source(t)
+        if t is None:
+            return None
+    flat = t.reshape(-1)
+    lo, hi = torch.aminmax(flat)
+    lo_f, hi_f, total, squares = torch.stack([lo, hi, flat.sum(), torch.dot(flat, flat)]).tolist()
+    nan = inf = 0
+    n = flat.numel()
+    if not (math.isfinite(lo_f) and math.isfinite(hi_f)):
+        finite = torch.isfinite(flat)
+        nan = int(torch.isnan(flat).sum())
+        inf = int((~finite).sum()) - nan
+        flat = flat[finite]
+        n = flat.numel()
+        if n == 0:
+            return None, None, None, None, nan, inf
+        lo_f, hi_f, total, squares = torch.stack([flat.min(), flat.max(), flat.sum(), torch.dot(flat, flat)]).tolist()
+    mean = total / n
+    var = max(squares - n * mean * mean, 0.0) / max(n - 1, 1)
+    if lo_f == hi_f:
+        mean, var = lo_f, 0.0
+    elif n > 1 and (mean * mean > 1e2 * var or not math.isfinite(squares)):
+        exact = flat.double()
+        mean = min(max(float(exact.mean()), lo_f), hi_f)
+        centred = exact - mean
+        var = float(torch.dot(centred, centred)) / (n - 1)
+    return lo_f, hi_f, mean, math.sqrt(var), nan, inf
 
 
 _FAST_DTYPES = frozenset({torch.float32, torch.float64})

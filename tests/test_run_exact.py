@@ -110,3 +110,27 @@ def test_grad_mode_is_respected(archive):
     m2 = s2.start(values=(seq(1, 3, 6),))
     m2.run()
     assert not m2.outputs[0].requires_grad
+
+
+@pytest.mark.parametrize("name,mode", [("convnet", "trace"), ("inplace", "script"), ("lstm", "script"),
+                                       ("transformer", "trace")])
+def test_repeated_runs_on_the_checked_fast_path(archive, name, mode):
+    """The first run checks each op's direct overload call against its compiled
+    function; later runs use the winner, in-place ops included, and stay exact."""
+    make, args, _ = CASES[name]
+    torch.manual_seed(0)
+    path = archive(make(), mode, example=args)
+    expected = native(path, args)
+    s = Session(path)
+    s.start(values=args)
+    for _ in range(3):
+        m = s.restart()
+        assert m.run() == "finished", m.error
+        assert values_equal(m.outputs, expected)
+    fast = {node.kind for node, op in s.program.leaf_ops.items() if op.run.__name__ == "call"}
+    assert fast, "no op took the direct path"
+    if name == "inplace":
+        assert {"aten::add_", "aten::relu_"} <= fast
+        recs = {r.node.kind: r for r in m.timeline}
+        assert torch.equal(recs["aten::mul"].outputs[0], args[0] * 2)  # kept as it was before add_
+        assert torch.equal(recs["aten::add_"].inputs[0], args[0] * 2)
