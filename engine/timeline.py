@@ -119,7 +119,7 @@ class Timeline:
 
     def add(self, record: StepRecord) -> StepRecord:
         records = self.records
-        record.index = index = len(records)
+        record.index = len(records)
         records.append(record)
         self._keep(record, record.inputs)
         if record.outputs:
