@@ -28,7 +28,7 @@ from engine.convert import is_torch_frame
 from engine.ir import Block, Graph, Node, SourceLoc, Value
 from engine.ops import ModelRaised
 from engine.program import ClassInstance, ObjectRef, Program, store_instance, is_script_class_copy, read_object_attr, write_object_attr
-from engine.timeline import DEFAULT_BUDGET, StepRecord, Timeline
+from engine.timeline import DEFAULT_BUDGET, Recompute, StepRecord, Timeline
 from engine.values import iter_tensors, summarize
 
 _perf_ns = time.perf_counter_ns
@@ -166,7 +166,7 @@ class Machine:
         """Back to the first node; new inputs if given."""
         if inputs is not None:
             self.inputs = tuple(inputs)
-        self.timeline = Timeline(self.budget)
+        self.timeline = Timeline(self.budget, Recompute(self.program, self.grad))
         self.stack: list[Activation] = []
         self.outputs: Any = None
         self.error: ModelError | None = None
@@ -373,9 +373,13 @@ class Machine:
         env = frame.env
         args = [env[i] for i in node.in_idx]
         op = self._leaf_ops.get(node) or self.program.leaf(node)
+        if op.mutates:
+            self.timeline.note_mutation([args[i] for i in op.mutates])
         rec_inputs = self._inputs_before_write(args, op.writes) if op.writes else args
         record = StepRecord(0, node, act.path, node.module_path or frame.module_path, len(self.stack),
                             rec_inputs, frame.start)
+        if op.writes:
+            record.lazy = True  # its inputs may be recipes (``timeline.Overwritten``)
         t0 = _perf_ns()
         try:
             outs = op.run(args)
@@ -387,7 +391,7 @@ class Machine:
         record.time_ns = _perf_ns() - t0
         for i, x in zip(node.out_idx, outs):
             env[i] = x
-        record.outputs = outs
+        record._outputs = outs
         self.timeline.add(record)
         for i in act.block.frees[act.pc]:
             env[i] = None
@@ -455,7 +459,8 @@ class Machine:
         frame = act.frame
         obj = frame.env[node.in_idx[0]]
         name = node.attrs["name"]
-        record = self._record(act, node, [obj])
+        record = StepRecord(0, node, act.path, node.module_path or frame.module_path, len(self.stack), [obj],
+                            frame.start)
         t0 = _perf_ns()
         try:
             value = self._get_attr(obj, name, node)
@@ -471,7 +476,7 @@ class Machine:
             frame.paths[out] = f"{parent}.{name}" if parent else name
         elif isinstance(value, torch.Tensor):
             self.timeline.mark_free(value)
-        record.outputs = [value]
+        record._outputs = [value]
         self.timeline.add(record)
         self._advance(act)
 

@@ -426,14 +426,17 @@ class LeafOp:
     """How the interpreter runs one leaf node.
 
     ``run(args)`` takes the node's input values and returns its outputs as a
-    fresh list; ``writes`` are the inputs whose tensors the op overwrites.
+    fresh list; ``writes`` are the inputs whose tensors the op overwrites,
+    ``mutates`` those whose lists or dicts it changes.
     ``run`` may replace itself after its first call (see ``_overload_runner``).
     """
 
-    __slots__ = ("run", "writes")
+    __slots__ = ("run", "writes", "mutates")
 
     def __init__(self, node: Node, messages: Messages | None = None):
-        self.writes = schema_info(node.schema).tensor_writes
+        info = schema_info(node.schema)
+        self.writes = info.tensor_writes
+        self.mutates = info.container_writes  # inputs whose lists or dicts it changes
         self.run = runner_for(node, messages, self)
 
 

@@ -5,8 +5,12 @@ in time is moving a cursor over records.  Two things keep those references
 true:
 
 * in-place ops: before an op overwrites a tensor, every earlier record that
-  holds memory the op writes gets a private copy (and so does the op's own
-  input), so a record shows the value as it was at its step;
+  holds memory the op writes is given the value as it was: an ``Overwritten``
+  recipe when the op that made the value can make it again (a deterministic
+  op whose recorded inputs are themselves intact or recipes), else a private
+  copy.  The in-place op's own input shares it.  Recipes are run when a
+  record is read, so a conv net whose activations are overwritten by
+  ``relu_`` pays for no copies while it runs;
 * the budget: tensors are kept until the memory they pin passes the budget,
   after which new values are kept as summaries only (``values.Dropped``) and
   counted in ``dropped``.
@@ -39,8 +43,8 @@ class StepRecord:
     while a call or block entered at this step is still running.
     """
 
-    __slots__ = ("index", "node", "path", "module_path", "depth", "inputs", "outputs", "time_ns", "status", "error",
-                 "frame")
+    __slots__ = ("index", "node", "path", "module_path", "depth", "_inputs", "_outputs", "time_ns", "status", "error",
+                 "frame", "lazy")
 
     def __init__(self, index: int, node: Node, path: tuple, module_path: str, depth: int, inputs: list,
                  frame: int = -1):
@@ -49,12 +53,46 @@ class StepRecord:
         self.path = path
         self.module_path = module_path
         self.depth = depth
-        self.inputs = inputs
-        self.outputs: list | None = None
+        self._inputs = inputs
+        self._outputs: list | None = None
         self.time_ns = 0
         self.status = "done"  # "done", "entered" (a block or call in progress), "error"
         self.error: str | None = None
         self.frame = frame  # index of the record that entered this step's frame (-1: the top frame)
+        self.lazy = False  # holds ``Overwritten`` recipes, run on first read
+
+    # The interpreter and the timeline use ``_inputs``/``_outputs`` directly;
+    # everyone else reads values, with recipes run.
+
+    @property
+    def inputs(self) -> list:
+        if self.lazy:
+            self._materialize()
+        return self._inputs
+
+    @inputs.setter
+    def inputs(self, values: list) -> None:
+        self._inputs = values
+
+    @property
+    def outputs(self) -> list | None:
+        if self.lazy:
+            self._materialize()
+        return self._outputs
+
+    @outputs.setter
+    def outputs(self, values: list | None) -> None:
+        self._outputs = values
+
+    def _materialize(self) -> None:
+        self.lazy = False
+        for values in (self._inputs, self._outputs):
+            if values:
+                for slot, v in enumerate(values):
+                    if type(v) is Overwritten:
+                        values[slot] = v.value()
+                    elif type(v) in _SEQUENCES and any(type(x) is Overwritten for x in v):
+                        values[slot] = type(v)(x.value() if type(x) is Overwritten else x for x in v)
 
     @property
     def node_id(self) -> str:
@@ -75,15 +113,109 @@ class StepRecord:
 
 
 _SEQUENCES = (list, tuple)
+_NOT_TENSORS = frozenset({int, float, bool, str, type(None), torch.device, torch.dtype, torch._C.ScriptModule,
+                          torch._C.ScriptObject, dict})
 
 
 def _storage_ptr(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
+class Overwritten:
+    """A recorded tensor that a later in-place op overwrote, kept as how to make it again.
+
+    ``producer`` is the record of the op that made it and ``slot`` the output;
+    the producer's recorded inputs are intact (or recipes themselves), so
+    running its op again gives the same bits.  Made by
+    ``Timeline.before_write``; run once, on first read.
+    """
+
+    __slots__ = ("producer", "slot", "recompute", "depth", "_value")
+
+    def __init__(self, producer: StepRecord, slot: int, recompute: "Recompute", depth: int):
+        self.producer = producer
+        self.slot = slot
+        self.recompute = recompute
+        self.depth = depth
+        self._value: Any = None
+
+    def value(self) -> Any:
+        if self._value is None:
+            self._value = self.recompute(self.producer, self.slot)
+        return self._value
+
+
+def _resolved(value: Any) -> Any:
+    if type(value) is Overwritten:
+        return value.value()
+    if type(value) in _SEQUENCES:
+        return type(value)(x.value() if type(x) is Overwritten else x for x in value)
+    return value
+
+
+#: Values an op can be run again on: immutable, or guarded (tensors by the
+#: in-place protocol, lists by the mutation log).
+_SCALARS = (int, float, bool, str, type(None), torch.device, torch.dtype, torch.layout, torch.memory_format)
+
+
+class Recompute:
+    """Runs a recorded leaf op again on its recorded inputs (for ``Overwritten``).
+
+    Holds the program, not the machine, so that a timeline does not keep its
+    machine alive.
+    """
+
+    #: a recipe chain longer than this is cut with a copy
+    MAX_DEPTH = 16
+
+    def __init__(self, program: Any, grad: bool = False):
+        self.program = program
+        self.grad = grad
+
+    def can_remake(self, record: StepRecord, mutated: dict[int, int]) -> int | None:
+        """The recipe depth if ``record``'s outputs can be made again, else None."""
+        node = record.node
+        if record.status != "done" or not node.kind.startswith("aten::") or node.schema is None:
+            return None
+        handle = node.handle
+        if handle is None or handle.isNondeterministic() or self.program.leaf(node).mutates:
+            return None
+        depth = 0
+        for value in record._inputs:
+            kind = type(value)
+            if kind is Overwritten:
+                depth = max(depth, value.depth)
+            elif isinstance(value, torch.Tensor):
+                if value.device.type != "cpu":
+                    return None  # CUDA kernels may be nondeterministic
+            elif kind in _SEQUENCES:
+                if kind is list and mutated.get(id(value), -1) >= record.index:
+                    return None  # changed since the op read it
+                for x in value:
+                    if not (isinstance(x, _SCALARS) or isinstance(x, torch.Tensor) or type(x) is Overwritten):
+                        return None
+            elif not isinstance(value, _SCALARS):
+                return None
+        depth += 1
+        return depth if depth <= self.MAX_DEPTH else None
+
+    def __call__(self, record: StepRecord, slot: int) -> Any:
+        op = self.program.leaf(record.node)
+        args = [_resolved(a) for a in record._inputs]
+        for i in op.writes:
+            if isinstance(args[i], torch.Tensor):
+                args[i] = args[i].clone()  # the recipe's input is shared: write into a copy
+        with torch.set_grad_enabled(self.grad), torch.jit.optimized_execution(False):
+            return op.run(args)[slot]
+
+
 class Timeline:
-    def __init__(self, budget: int = DEFAULT_BUDGET):
+    def __init__(self, budget: int = DEFAULT_BUDGET, recompute: Recompute | None = None):
         self.budget = budget
+        self.recompute = recompute
+        self.recipes = 0  # overwritten values kept as recipes instead of copies
+        # id(list or dict) -> index of the last record that mutated it
+        self._mutated: dict[int, int] = {}
         self.records: list[StepRecord] = []
         self.kept_bytes = 0
         self.dropped = 0  # values kept as summaries only
@@ -121,15 +253,21 @@ class Timeline:
         records = self.records
         record.index = len(records)
         records.append(record)
-        self._keep(record, record.inputs)
-        if record.outputs:
-            self._keep(record, record.outputs)
+        self._keep(record, record._inputs)
+        if record._outputs:
+            self._keep(record, record._outputs)
         return record
 
     def set_outputs(self, record: StepRecord, outputs: list) -> None:
         """Outputs of a call or block, known when it returns."""
-        record.outputs = outputs
+        record._outputs = outputs
         self._keep(record, outputs)
+
+    def note_mutation(self, containers: list) -> None:
+        """These lists or dicts are about to be changed (by the step recorded next)."""
+        index = len(self.records)
+        for c in containers:
+            self._mutated[id(c)] = index
 
     def _keep(self, record: StepRecord, values: list) -> None:
         """Count the memory the record pins, drop what is over budget, remember who holds what.
@@ -141,6 +279,8 @@ class Timeline:
         Tensor = torch.Tensor
         refs = self._refs
         for slot, value in enumerate(values):
+            if type(value) in _NOT_TENSORS:  # most values; cheaper than isinstance on torch.Tensor
+                continue
             if isinstance(value, Tensor):
                 holders = refs.get(value.untyped_storage().data_ptr())
                 if holders is not None:
@@ -224,29 +364,50 @@ class Timeline:
         if not holders:
             return None
         self._refs[ptr] = []  # still counted; later readers register afresh
-        copies: dict[int, Any] = {}
+        # The ops that made tensors on this storage, where they can make them again.
+        makers: dict[int, tuple[StepRecord, int, int]] = {}
+        if self.recompute is not None:
+            for record in holders:
+                outs = record._outputs
+                if not outs:
+                    continue
+                depth = None
+                for k, v in enumerate(outs):
+                    if isinstance(v, torch.Tensor) and id(v) not in makers and _storage_ptr(v) == ptr:
+                        if depth is None:
+                            depth = self.recompute.can_remake(record, self._mutated) or 0
+                        if depth:
+                            makers[id(v)] = (record, k, depth)
+        kept: dict[int, Any] = {}
 
-        def copy_of(x: torch.Tensor):
-            snap = copies.get(id(x))
-            if snap is None:
-                snap = self._snapshot(x)
-                copies[id(x)] = snap
-            return snap
+        def as_it_was(x: torch.Tensor):
+            before = kept.get(id(x))
+            if before is None:
+                maker = makers.get(id(x))
+                if maker is not None:
+                    before = Overwritten(maker[0], maker[1], self.recompute, maker[2])
+                    self.recipes += 1
+                else:
+                    before = self._snapshot(x)
+                kept[id(x)] = before
+            return before
 
         for record in holders:
-            for values in (record.inputs, record.outputs):
+            for values in (record._inputs, record._outputs):
                 if not values:
                     continue
                 for slot, value in enumerate(values):
                     if isinstance(value, torch.Tensor):
                         if _storage_ptr(value) == ptr:
-                            values[slot] = copy_of(value)
-                    elif type(value) in (list, tuple) and value and isinstance(value[0], torch.Tensor):
-                        items = [copy_of(v) if isinstance(v, torch.Tensor) and _storage_ptr(v) == ptr else v
+                            values[slot] = as_it_was(value)
+                            record.lazy = True
+                    elif type(value) in _SEQUENCES and value and isinstance(value[0], torch.Tensor):
+                        items = [as_it_was(v) if isinstance(v, torch.Tensor) and _storage_ptr(v) == ptr else v
                                  for v in value]
                         if any(a is not b for a, b in zip(items, value)):
                             values[slot] = items if isinstance(value, list) else tuple(items)
-        return copies.get(id(t))
+                            record.lazy = True
+        return kept.get(id(t))
 
     def _snapshot(self, t: torch.Tensor):
         nbytes = t.numel() * t.element_size()
@@ -259,8 +420,8 @@ class Timeline:
         return copy
 
     def snapshot_input(self, t: torch.Tensor):
-        """A copy of an in-place op's own input, taken before the op runs."""
+        """An in-place op's own input as it was before the op runs (a copy or a recipe)."""
         shared = self.before_write(t)
         if shared is not None:
-            return shared  # the earlier record's copy of this very tensor: one copy serves both
+            return shared  # what the earlier records were given for this very tensor: one serves all
         return self._snapshot(t)

@@ -1,0 +1,118 @@
+"""Values overwritten in place are kept as recipes (the op that made them, run
+again on read) instead of copies; they must read back bit for bit as the copies
+would, and fall back to copies wherever running the op again could differ."""
+
+from typing import List
+
+import pytest
+import torch
+import torch.nn as nn
+
+from engine import Session
+from engine.timeline import Overwritten
+from engine.values import values_equal
+import models as M
+
+
+class ViewsAndChains(nn.Module):
+    def forward(self, x):
+        y = x * 3  # made by an op: a recipe when overwritten
+        flat = y.view(-1)  # a view of y: overwritten with it
+        z = flat[1:4]
+        before = z * 1
+        y.add_(1)  # overwrites y, flat and z
+        acc = x + 0
+        for _ in range(40):  # a chain of in-place ops on one storage, longer than any recipe chain
+            acc.mul_(0.5).add_(x)
+        return y, before, acc
+
+
+class MutatedList(nn.Module):
+    def forward(self, x):
+        reps: List[int] = [2, 1]
+        y = x.repeat(reps)  # reads the list...
+        reps[0] = 3  # ...which changes before y is overwritten: running repeat again would differ
+        z = y * 1
+        y.add_(1)
+        w = x.repeat(reps)
+        return y, z, w
+
+
+def record_values(machine):
+    return [(r.node.id, r.inputs, r.outputs) for r in machine.timeline]
+
+
+def run_twice(path, args):
+    """The same run with recipes, and with copies only."""
+    with_recipes = Session(path).start(values=args)
+    assert with_recipes.run() == "finished", with_recipes.error
+    copies = Session(path).start(values=args)
+    copies.timeline.recompute = None
+    assert copies.run() == "finished", copies.error
+    assert copies.timeline.recipes == 0
+    return with_recipes, copies
+
+
+def comparable(values):
+    """Module objects differ between sessions: compare them by type."""
+    return [v._type().qualified_name() if isinstance(v, torch._C.ScriptObject) else v for v in values or []]
+
+
+def assert_same_history(a, b):
+    ra, rb = record_values(a), record_values(b)
+    assert len(ra) == len(rb)
+    for (ida, ina, outa), (idb, inb, outb) in zip(ra, rb):
+        assert ida == idb
+        assert values_equal(comparable(ina), comparable(inb)), ida
+        assert values_equal(comparable(outa), comparable(outb)), ida
+
+
+@pytest.mark.parametrize("mode", ["trace", "script"])
+def test_conv_net_overwrites_are_recipes_and_read_back_exactly(archive, mode):
+    args = (torch.randn(2, 3, 16, 16),)
+    path = archive(M.randomize_bn(M.ConvNet()), mode, example=args)
+    recipes, copies = run_twice(path, args)
+    # BatchNorm outputs overwritten by ReLU(inplace=True): no copy made for them
+    assert recipes.timeline.recipes >= 3
+    assert recipes.timeline.snapshots < copies.timeline.snapshots
+    assert recipes.timeline.kept_bytes < copies.timeline.kept_bytes
+    raw = [r for r in recipes.timeline if r.node.kind == "aten::batch_norm"]
+    assert any(isinstance(r._outputs[0], Overwritten) for r in raw)
+    assert_same_history(recipes, copies)
+    # stepping back onto a batch_norm shows the value from before relu_
+    bn = raw[0]
+    assert bool((bn.outputs[0] < 0).any())
+
+
+def test_views_and_long_chains(archive):
+    args = (torch.randn(3, 4),)
+    path = archive(ViewsAndChains(), "script")
+    recipes, copies = run_twice(path, args)
+    assert recipes.timeline.recipes > 0
+    assert recipes.timeline.snapshots > 0  # the chain is cut with copies
+    depths = [v.depth for r in recipes.timeline for v in (r._inputs or []) + (r._outputs or [])
+              if isinstance(v, Overwritten)]
+    assert depths and max(depths) <= 16  # (read before the values are: reading runs the recipes)
+    assert_same_history(recipes, copies)
+    view_rec = next(r for r in recipes.timeline if r.node.kind == "aten::view")
+    assert torch.equal(view_rec.outputs[0], (args[0] * 3).view(-1))
+
+
+def test_a_list_changed_after_its_op_ran_means_a_copy(archive):
+    args = (torch.randn(2, 3),)
+    path = archive(MutatedList(), "script")
+    recipes, copies = run_twice(path, args)
+    rep = next(r for r in recipes.timeline if r.node.kind == "aten::repeat")
+    assert not isinstance(rep._outputs[0], Overwritten)
+    assert rep.outputs[0].shape == (4, 3)
+    assert torch.equal(rep.outputs[0], args[0].repeat(2, 1))
+    assert_same_history(recipes, copies)
+
+
+def test_budget_zero_still_keeps_summaries(archive):
+    args = (torch.randn(2, 3, 16, 16),)
+    path = archive(M.randomize_bn(M.ConvNet()), "trace", example=args)
+    m = Session(path, budget=0).start(values=args)
+    m.run()
+    assert m.timeline.kept_bytes == 0
+    assert m.timeline.recipes == 0  # nothing kept to make them from
