@@ -158,6 +158,11 @@ def _resolved(value: Any) -> Any:
 _SCALARS = (int, float, bool, str, type(None), torch.device, torch.dtype, torch.layout, torch.memory_format)
 
 
+#: Ops whose output is whatever was in memory: made again, it would differ.
+_UNINITIALIZED = frozenset({"aten::empty", "aten::empty_like", "aten::new_empty", "aten::empty_strided",
+                            "aten::new_empty_strided"})
+
+
 class Recompute:
     """Runs a recorded leaf op again on its recorded inputs (for ``Overwritten``).
 
@@ -175,7 +180,8 @@ class Recompute:
     def can_remake(self, record: StepRecord, mutated: dict[int, int]) -> int | None:
         """The recipe depth if ``record``'s outputs can be made again, else None."""
         node = record.node
-        if record.status != "done" or not node.kind.startswith("aten::") or node.schema is None:
+        if record.status != "done" or not node.kind.startswith("aten::") or node.schema is None \
+                or node.kind in _UNINITIALIZED:
             return None
         handle = node.handle
         if handle is None or handle.isNondeterministic() or self.program.leaf(node).mutates:

@@ -38,6 +38,13 @@ class MutatedList(nn.Module):
         return y, z, w
 
 
+class FilledBuffer(nn.Module):
+    def forward(self, x):
+        buf = torch.empty(x.shape[0], 4)  # uninitialized: running empty again would give other bits
+        buf.fill_(2.0)
+        return buf + x.sum()
+
+
 def record_values(machine):
     return [(r.node.id, r.inputs, r.outputs) for r in machine.timeline]
 
@@ -116,3 +123,13 @@ def test_budget_zero_still_keeps_summaries(archive):
     m.run()
     assert m.timeline.kept_bytes == 0
     assert m.timeline.recipes == 0  # nothing kept to make them from
+
+
+def test_uninitialized_memory_is_copied_not_remade(archive):
+    args = (torch.randn(3, 5),)
+    path = archive(FilledBuffer(), "script")
+    recipes, copies = run_twice(path, args)
+    empty = next(r for r in recipes.timeline if r.node.kind == "aten::empty")
+    assert not isinstance(empty._outputs[0], Overwritten)
+    fill = next(r for r in recipes.timeline if r.node.kind == "aten::fill_")
+    assert torch.equal(fill.inputs[0], empty.outputs[0])  # what fill_ overwrote, as it was
