@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import torch
 
 from engine.ir import Node
-from engine.values import Dropped, summarize
+from engine.values import Dropped, summarize, summarize_tensor
 
 DEFAULT_BUDGET = 1 << 30  # 1 GiB
 
@@ -130,18 +130,27 @@ class Overwritten:
     ``Timeline.before_write``; run once, on first read.
     """
 
-    __slots__ = ("producer", "slot", "recompute", "depth", "_value")
+    __slots__ = ("producer", "slot", "recompute", "depth", "meta", "_value")
 
-    def __init__(self, producer: StepRecord, slot: int, recompute: "Recompute", depth: int):
+    def __init__(self, producer: StepRecord, slot: int, recompute: "Recompute", depth: int, original: torch.Tensor):
         self.producer = producer
         self.slot = slot
         self.recompute = recompute
         self.depth = depth
+        self.meta = summarize_tensor(original, stats=False)  # to check the remade value by, and say what it was
         self._value: Any = None
 
     def value(self) -> Any:
         if self._value is None:
-            self._value = self.recompute(self.producer, self.slot)
+            try:
+                made = self.recompute(self.producer, self.slot)
+                if not isinstance(made, torch.Tensor) or tuple(made.shape) != self.meta.shape \
+                        or summarize_tensor(made, stats=False).dtype != self.meta.dtype:
+                    raise ValueError("it came out with another shape or dtype")
+            except Exception as exc:  # shown as a dropped value, never as a traceback
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                made = Dropped(self.meta, reason=f"overwritten in place; could not be made again ({reason})")
+            self._value = made
         return self._value
 
 
@@ -391,7 +400,7 @@ class Timeline:
             if before is None:
                 maker = makers.get(id(x))
                 if maker is not None:
-                    before = Overwritten(maker[0], maker[1], self.recompute, maker[2])
+                    before = Overwritten(maker[0], maker[1], self.recompute, maker[2], x)
                     self.recipes += 1
                 else:
                     before = self._snapshot(x)

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from engine import Session
 from engine.timeline import Overwritten
+from engine.values import Dropped
 from engine.values import values_equal
 import models as M
 
@@ -133,3 +134,17 @@ def test_uninitialized_memory_is_copied_not_remade(archive):
     assert not isinstance(empty._outputs[0], Overwritten)
     fill = next(r for r in recipes.timeline if r.node.kind == "aten::fill_")
     assert torch.equal(fill.inputs[0], empty.outputs[0])  # what fill_ overwrote, as it was
+
+
+def test_a_recipe_that_fails_reads_as_a_dropped_value(archive):
+    args = (torch.randn(2, 3, 16, 16),)
+    path = archive(M.randomize_bn(M.ConvNet()), "trace", example=args)
+    m = Session(path).start(values=args)
+    m.run()
+    rec = next(r for r in m.timeline if r.node.kind == "aten::batch_norm" and isinstance(r._outputs[0], Overwritten))
+    recipe = rec._outputs[0]
+    recipe.producer._inputs[0] = "not a tensor any more"  # as if the recorded input were lost
+    value = rec.outputs[0]
+    assert isinstance(value, Dropped)
+    assert "could not be made again" in value.reason
+    assert value.summary.shape == (2, 8, 16, 16)
