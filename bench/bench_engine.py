@@ -25,17 +25,18 @@ warnings.simplefilter("ignore")
 
 from engine import Session  # noqa: E402
 from engine.session import clone_value  # noqa: E402
-from engine.values import values_equal  # noqa: E402
+from engine.values import human_bytes, values_equal  # noqa: E402
 import models as B  # noqa: E402
 
 
-def interleaved_times(native, engine, repeat: int) -> tuple[list[float], list[float]]:
-    """Alternate the two so that machine noise hits both alike."""
+def interleaved_times(native, engine, repeat: int, between=lambda: None) -> tuple[list[float], list[float]]:
+    """Alternate the two so that machine noise hits both alike; ``between`` runs untimed before each engine run."""
     tn, te = [], []
     for _ in range(repeat):
         t0 = time.perf_counter()
         native()
         tn.append(time.perf_counter() - t0)
+        between()
         t0 = time.perf_counter()
         engine()
         te.append(time.perf_counter() - t0)
@@ -57,18 +58,23 @@ def bench(name: str, module, example: tuple, mode: str, repeat: int, budget: int
             with torch.no_grad():
                 return native_mod(*clone_value(example))
 
+        def free_previous_run():
+            session.machine = None  # dropping a run's records is not part of the next run
+
         def engine():
-            session.machine = None  # free the previous run's records first
             m = session.restart()
             m.run()
             return m
 
         for _ in range(3):
             expected = native()
+            free_previous_run()
             m = engine()
         assert values_equal(m.outputs, expected), f"{name}: engine and native differ"
         steps = len(m.timeline)
-        tn, te = interleaved_times(native, engine, repeat)
+        kept, dropped = m.timeline.kept_bytes, m.timeline.dropped
+        m = None
+        tn, te = interleaved_times(native, engine, repeat, between=free_previous_run)
         t_native, t_engine = min(tn), min(te)
         return {
             "name": name,
@@ -78,26 +84,35 @@ def bench(name: str, module, example: tuple, mode: str, repeat: int, budget: int
             "ratio": t_engine / t_native,
             "median_ratio": statistics.median(te) / statistics.median(tn),
             "overhead_us_per_step": (t_engine - t_native) / steps * 1e6,
-            "kept": m.timeline.kept_bytes,
-            "dropped": m.timeline.dropped,
+            "kept": kept,
+            "dropped": dropped,
         }
+
+
+TARGET_RATIO = 1.2  # conv net, engine / native
+TARGET_US = 5.0  # per-step overhead on the op-bound models
 
 
 def main() -> None:
     torch.manual_seed(0)
     quick = "--quick" in sys.argv
+    n = (lambda full: max(5, full // 4)) if quick else (lambda full: full)
+    image = (torch.randn(1, 3, 224, 224),)
+    ids = (torch.randint(0, 100, (1, 32)),)
     rows = [
-        bench("resnet18 1x3x224x224 traced (tensors kept)", B.ResNet18(), (torch.randn(1, 3, 224, 224),), "trace", 5 if quick else 15),
-        bench("resnet18 1x3x224x224 traced (summaries only)", B.ResNet18(), (torch.randn(1, 3, 224, 224),), "trace", 5 if quick else 15, budget=0),
-        bench("small transformer 1x32 traced", B.SmallTransformer(), (torch.randint(0, 100, (1, 32)),), "trace", 10 if quick else 30),
-        bench("small transformer 1x32 scripted", B.SmallTransformer(), (torch.randint(0, 100, (1, 32)),), "script", 10 if quick else 30),
-        bench("lstm loop 64 steps scripted", B.LSTMLoop(), (torch.randn(64, 2, 16),), "script", 10 if quick else 30),
+        bench("resnet18 1x3x224x224 traced (tensors kept)", B.ResNet18(), image, "trace", n(30)),
+        bench("resnet18 1x3x224x224 traced (summaries only)", B.ResNet18(), image, "trace", n(30), budget=0),
+        bench("small transformer 1x32 traced", B.SmallTransformer(), ids, "trace", n(60)),
+        bench("small transformer 1x32 scripted", B.SmallTransformer(), ids, "script", n(60)),
+        bench("lstm loop 64 steps scripted", B.LSTMLoop(), (torch.randn(64, 2, 16),), "script", n(40)),
     ]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'model':48} {'steps':>6} {'native ms':>10} {'engine ms':>10} {'ratio':>6} {'median':>7} {'µs/step':>8}")
+    print(f"{'model':48} {'steps':>6} {'native ms':>10} {'engine ms':>10} {'ratio':>6} {'median':>7} {'µs/step':>8}"
+          f" {'recorded':>9}")
     for r in rows:
         print(f"{r['name']:48} {r['steps']:6d} {r['native_ms']:10.2f} {r['engine_ms']:10.2f} "
-              f"{r['ratio']:6.2f} {r['median_ratio']:7.2f} {r['overhead_us_per_step']:8.1f}")
+              f"{r['ratio']:6.2f} {r['median_ratio']:7.2f} {r['overhead_us_per_step']:8.1f} {human_bytes(r['kept']):>9}")
+    print(f"targets: conv net at most {TARGET_RATIO}x native; op-bound models at most {TARGET_US} µs per step")
 
 
 if __name__ == "__main__":

@@ -388,7 +388,8 @@ class Timeline:
                     continue
                 depth = None
                 for k, v in enumerate(outs):
-                    if isinstance(v, torch.Tensor) and id(v) not in makers and _storage_ptr(v) == ptr:
+                    if isinstance(v, torch.Tensor) and id(v) not in makers and _storage_ptr(v) == ptr \
+                            and v.device.type == "cpu":  # CUDA kernels may be nondeterministic: copy
                         if depth is None:
                             depth = self.recompute.can_remake(record, self._mutated) or 0
                         if depth:
