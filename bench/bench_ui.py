@@ -11,7 +11,6 @@ against the 3 s and 50 ms targets.
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 import tempfile

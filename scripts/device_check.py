@@ -35,7 +35,7 @@ def save_results():
 
 from engine import Session  # noqa: E402
 import models as M  # noqa: E402
-from fixtures_cuda import BakedDevice, make_cuda_fixtures  # noqa: E402
+from fixtures_cuda import make_cuda_fixtures  # noqa: E402
 
 # 1. fixtures
 try:

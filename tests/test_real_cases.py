@@ -9,8 +9,7 @@ import torch
 import torch.nn as nn
 
 from engine import Session
-from engine.values import values_equal
-from fixtures_cuda import BakedDevice, CudaConvNet
+from fixtures_cuda import CudaConvNet
 from tsdebug.cli import main
 
 DATA = os.path.join(os.path.dirname(__file__), "data")

@@ -1,8 +1,6 @@
 """tsdebug render and the graph view: DOT, SVG with overlays, terminal drawing, fallbacks."""
 
-import json
 import os
-import re
 import subprocess
 import sys
 

@@ -82,7 +82,7 @@ def test_module_paths_in_both_views(convnet):
 
 def test_if_branch_and_loop_iterations(control):
     m = Session(control).start(values=(x4(), 3, "sum"))
-    loop = step_until(m, lambda n: n.kind == "prim::Loop")
+    step_until(m, lambda n: n.kind == "prim::Loop")
     m.step()
     assert m.current_path[-1] == "iter 0"
     assert m.frames()[-1].loops == [0]
@@ -93,7 +93,7 @@ def test_if_branch_and_loop_iterations(control):
     assert m.current_path[-1] == "iter 1"
     assert m.frames()[-1].loops == [1]
     # step over the If: the branch runs whole
-    branch = step_until(m, lambda n: n.kind == "prim::If" and n.source and "mode ==" in (n.source.text or ""))
+    step_until(m, lambda n: n.kind == "prim::If" and n.source and "mode ==" in (n.source.text or ""))
     depth = len(m.stack)
     m.step()
     assert len(m.stack) == depth + 1  # inside the branch

@@ -1,12 +1,10 @@
 """Pilot tests: drive the debugger's keys on real saved models."""
 
-import argparse
 import asyncio
 
 import pytest
 import torch
 
-from engine import Session, Stop
 from tsdebug.app import TsdebugApp
 from tsdebug.cli import build_open_parser
 from tsdebug.widgets import CallStack, Inspector, ProgramView, StatusBar
