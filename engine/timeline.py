@@ -44,7 +44,7 @@ class StepRecord:
     """
 
     __slots__ = ("index", "node", "path", "module_path", "depth", "_inputs", "_outputs", "time_ns", "status", "error",
-                 "frame", "lazy")
+                 "frame", "lazy", "__weakref__")
 
     def __init__(self, index: int, node: Node, path: tuple, module_path: str, depth: int, inputs: list,
                  frame: int = -1):
@@ -130,20 +130,30 @@ class Overwritten:
     ``Timeline.before_write``; run once, on first read.
     """
 
-    __slots__ = ("producer", "slot", "recompute", "depth", "meta", "_value")
+    __slots__ = ("_producer", "slot", "recompute", "depth", "meta", "_value")
 
     def __init__(self, producer: StepRecord, slot: int, recompute: "Recompute", depth: int, original: torch.Tensor):
-        self.producer = producer
+        # Weakly: the producer's own outputs hold this recipe, and a cycle
+        # would keep a finished run's tensors until the cyclic collector ran.
+        self._producer = weakref.ref(producer)
         self.slot = slot
         self.recompute = recompute
         self.depth = depth
         self.meta = summarize_tensor(original, stats=False)  # to check the remade value by, and say what it was
         self._value: Any = None
 
+    @property
+    def producer(self) -> StepRecord | None:
+        """The record of the op that made the value (None once its timeline is gone)."""
+        return self._producer()
+
     def value(self) -> Any:
         if self._value is None:
             try:
-                made = self.recompute(self.producer, self.slot)
+                producer = self.producer
+                if producer is None:
+                    raise ValueError("its run was discarded")
+                made = self.recompute(producer, self.slot)
                 if not isinstance(made, torch.Tensor) or tuple(made.shape) != self.meta.shape \
                         or summarize_tensor(made, stats=False).dtype != self.meta.dtype:
                     raise ValueError("it came out with another shape or dtype")

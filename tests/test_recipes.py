@@ -2,6 +2,8 @@
 again on read) instead of copies; they must read back bit for bit as the copies
 would, and fall back to copies wherever running the op again could differ."""
 
+import gc
+import weakref
 from typing import List
 
 import pytest
@@ -148,3 +150,29 @@ def test_a_recipe_that_fails_reads_as_a_dropped_value(archive):
     assert isinstance(value, Dropped)
     assert "could not be made again" in value.reason
     assert value.summary.shape == (2, 8, 16, 16)
+
+
+def test_a_finished_run_is_freed_without_the_cyclic_collector(archive):
+    """Records holding recipes of themselves must not form reference cycles:
+    a dropped run's tensors are freed at once, not whenever gc next runs."""
+    args = (torch.randn(2, 3, 16, 16),)
+    path = archive(M.randomize_bn(M.ConvNet()), "trace", example=args)
+    s = Session(path)
+    m = s.start(values=args)
+    m.run()
+    assert m.timeline.recipes > 0
+    first = weakref.ref(m.timeline.records[0])
+    holders = [weakref.ref(r) for r in m.timeline if any(isinstance(v, Overwritten) for v in r._outputs or ())]
+    assert holders
+    activations = [weakref.ref(t) for r in m.timeline if r.node.kind.startswith("aten::")
+                   for t in r._outputs or () if isinstance(t, torch.Tensor)]
+    gc.collect()
+    gc.disable()
+    try:
+        s.machine = None
+        del m
+        assert first() is None
+        assert all(h() is None for h in holders)
+        assert activations and all(t() is None for t in activations)
+    finally:
+        gc.enable()
