@@ -111,7 +111,6 @@ def _attr_value(n: torch._C.Node, name: str) -> Any:
         return f"<{kind}>"
 
 
-_ORIGIN_SAMPLE = 64
 _BLOCK_KINDS = frozenset({"prim::If", "prim::Loop", "prim::With", "prim::Closure"})
 _UNREAD = object()
 
@@ -129,8 +128,6 @@ class _Converter:
         self.graph_name = graph_name
         self.inlined = inlined
         self.values: dict[int, Value] = {}
-        self.origins = {"traced": 0, "scripted": 0}
-        self.sampled = 0
 
     def value(self, v: torch._C.Value) -> Value:
         key = v.unique()
@@ -174,16 +171,8 @@ class _Converter:
         schema = n.schema()
         if schema == "(no schema)":
             schema = None
-        # Source text is formatted by torch on request (slow): read it lazily,
-        # but sample enough nodes to tell a traced graph from a scripted one.
-        if self.sampled < _ORIGIN_SAMPLE and kind != "prim::Constant":
-            source = parse_source_range(n.sourceRange())
-            if source is not None and source.origin in self.origins:
-                self.origins[source.origin] += 1
-                self.sampled += 1
-            src_cell = [source]
-        else:
-            src_cell = [_UNREAD]
+        # Source text is formatted by torch on request (slow): read lazily.
+        src_cell = [_UNREAD]
         module_path = module_path_from_hierarchy(n.getModuleHierarchy()) if self.inlined else ""
         blocks = ()
         if kind in _BLOCK_KINDS:
@@ -250,14 +239,9 @@ def convert_graph(
     """Convert one method or function graph.  ``tgraph`` is kept alive by the result."""
     conv = _Converter(name, inlined)
     body = conv.block(tgraph.block() if hasattr(tgraph, "block") else tgraph, name, f"{name}/")
-    traced, scripted = conv.origins["traced"], conv.origins["scripted"]
-    origin = "unknown"
-    if traced or scripted:
-        origin = "traced" if traced >= scripted else "scripted"
     return Graph(
         name=name,
         qualname=qualname,
-        origin=origin,
         inputs=body.params,
         outputs=body.returns,
         body=body,

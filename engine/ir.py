@@ -130,7 +130,6 @@ class Graph:
 
     name: str  # "forward", "Conv2d.forward", "helper", "forward[inlined]"
     qualname: str  # torch's qualified name of the method or function
-    origin: str  # "traced", "scripted" or "unknown"
     inputs: tuple[Value, ...]
     outputs: tuple[Value, ...]
     body: Block
@@ -139,6 +138,37 @@ class Graph:
     handle: Any = field(default=None, repr=False)  # the torch._C.Graph, kept alive
     _by_id: dict[str, Node] = field(default_factory=dict, repr=False)
     _producers: dict[int, Node] = field(default_factory=dict, repr=False)
+    _origin: str | None = field(default=None, repr=False)
+
+    #: nodes whose source is read to tell a traced graph from a scripted one
+    ORIGIN_SAMPLE = 64
+
+    @property
+    def origin(self) -> str:
+        """``"traced"``, ``"scripted"`` or ``"unknown"``, from the source of the first nodes.
+
+        Worked out on first use: reading source ranges is slow, and a traced
+        model has a graph per module instance that nobody asks about.
+        """
+        if self._origin is None:
+            counts = {"traced": 0, "scripted": 0}
+            sampled = 0
+            for n in self.walk():
+                if n.kind == "prim::Constant":
+                    continue
+                src = n.source
+                if src is not None and src.origin in counts:
+                    counts[src.origin] += 1
+                    sampled += 1
+                    if sampled >= self.ORIGIN_SAMPLE:
+                        break
+            traced, scripted = counts["traced"], counts["scripted"]
+            self._origin = "unknown" if not (traced or scripted) else ("traced" if traced >= scripted else "scripted")
+        return self._origin
+
+    @origin.setter
+    def origin(self, value: str) -> None:
+        self._origin = value
 
     @property
     def short_name(self) -> str:

@@ -370,15 +370,33 @@ def _overload_runner(node: Node, info: SchemaInfo, compiled_run: Runner, leaf: "
         def call(args: list) -> list:
             return list(op(*args)) if n_out else []
 
+    if not writes:
+        direct = call
+
+        def call(args: list) -> list:
+            try:
+                return direct(args)
+            except Exception:
+                return compiled_run(args)  # the model's own error, worded as torch's interpreter words it
+
+    # One check per overload and types serves every node that has them: the
+    # compiled function and the direct call get the same argument values, so
+    # what could tell them apart is the schema and the types, not the node.
+    key = (schema, tuple(v.type for v in node.inputs), tuple(v.type for v in node.outputs))
+    known = _VERDICTS.get(key)
+    if known is not None:
+        return call if known else None
+
     def check(args: list) -> list:
         # The first call runs both; from then on ``leaf.run`` is the winner.
         expected = compiled_run(args)
         try:
-            got = call(list(args))
+            got = direct(list(args))
         except Exception:
-            leaf.run = compiled_run
-            return expected
-        leaf.run = call if _same_results(got, expected) else compiled_run
+            got = None
+        same = got is not None and _same_results(got, expected)
+        _VERDICTS[key] = same
+        leaf.run = call if same else compiled_run
         return expected
 
     def check_in_place(args: list) -> list:
@@ -398,9 +416,11 @@ def _overload_runner(node: Node, info: SchemaInfo, compiled_run: Runner, leaf: "
             got = call(args)
         except Exception:
             got = None
-        if got is not None and _same_results(got, expected) \
-                and all(a is b for a, b, r in zip(got, expected, raw) if id(r) in own) \
-                and _same_results([args[i] for i in writes], [trial[i] for i in writes]):
+        same = got is not None and _same_results(got, expected) \
+            and all(a is b for a, b, r in zip(got, expected, raw) if id(r) in own) \
+            and _same_results([args[i] for i in writes], [trial[i] for i in writes])
+        _VERDICTS[key] = same
+        if same:
             leaf.run = call
         else:
             for i in writes:
@@ -409,6 +429,11 @@ def _overload_runner(node: Node, info: SchemaInfo, compiled_run: Runner, leaf: "
         return expected
 
     return check_in_place if writes else check
+
+
+#: (schema, input types, output types) -> whether the direct overload call
+#: gave the compiled function's bits when it was checked.
+_VERDICTS: dict[tuple, bool] = {}
 
 
 def _same_results(got: list, expected: list) -> bool:

@@ -349,13 +349,15 @@ def values_equal(a: Any, b: Any) -> bool:
             return False
         if a.device != b.device:
             b = b.to(a.device)
+        if torch.equal(a, b):
+            return True
         if a.is_floating_point() or a.is_complex():
             # NaN == NaN for our purposes: same bits, same place.
             an, bn = torch.isnan(a), torch.isnan(b)
             if not torch.equal(an, bn):
                 return False
             return torch.equal(torch.where(an, torch.zeros_like(a), a), torch.where(bn, torch.zeros_like(b), b))
-        return torch.equal(a, b)
+        return False
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
