@@ -277,3 +277,14 @@ def test_library_loads_a_compiled_custom_op(tmp_path):
     report = json.loads(res.stdout)
     assert report["identical"] is True
     assert report["nodes_executed"] >= 2
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error(good):
+    """`tsdebug run m.pt --json | head -c 10`: the reader leaves early; no traceback, no 'internal error'."""
+    proc = subprocess.Popen([sys.executable, "-m", "tsdebug.cli", "run", good, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before tsdebug writes a byte
+    err = proc.stderr.read().decode()
+    code = proc.wait(timeout=120)
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert code in (0, 141)

@@ -403,6 +403,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tsdebug: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`tsdebug run m.pt --json | head`): stop quietly, as
+        # Unix tools do.  Point stdout at devnull so the interpreter's final flush
+        # does not complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except Exception as exc:
         from engine.errors import TsdebugError
 
