@@ -84,6 +84,19 @@ class StepRecord:
     def outputs(self, values: list | None) -> None:
         self._outputs = values
 
+    def peek_outputs(self) -> list | None:
+        """The outputs without running recipes, for shape-only displays.
+
+        A value overwritten in place and kept as a recipe shows as the
+        ``TensorSummary`` (shape, dtype, no statistics) of what it stands for.
+        """
+        outs = self._outputs
+        if not self.lazy or not outs:
+            return outs
+        return [v.meta if type(v) is Overwritten else
+                (type(v)(x.meta if type(x) is Overwritten else x for x in v) if type(v) in _SEQUENCES else v)
+                for v in outs]
+
     def _materialize(self) -> None:
         self.lazy = False
         for values in (self._inputs, self._outputs):

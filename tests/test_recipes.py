@@ -176,3 +176,16 @@ def test_a_finished_run_is_freed_without_the_cyclic_collector(archive):
         assert activations and all(t() is None for t in activations)
     finally:
         gc.enable()
+
+
+def test_shapes_are_shown_without_running_recipes(archive):
+    args = (torch.randn(2, 3, 16, 16),)
+    path = archive(M.randomize_bn(M.ConvNet()), "trace", example=args)
+    m = Session(path).start(values=args)
+    m.run()
+    rec = next(r for r in m.timeline if r.node.kind == "aten::batch_norm" and isinstance(r._outputs[0], Overwritten))
+    from engine.values import short_text
+
+    assert short_text(rec.peek_outputs()[0]) == "float32[2,8,16,16]"
+    assert isinstance(rec._outputs[0], Overwritten)  # still a recipe: nothing was run
+    assert short_text(rec.outputs[0]) == "float32[2,8,16,16]"

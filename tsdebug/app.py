@@ -201,8 +201,9 @@ class TsdebugApp(App):
         count = tl.count_of(node.id, upto) - (tl.count_of(node.id, start) if start >= 0 else 0)
         rec = tl.last_of(node.id, upto) if count > 0 else None
         output = ""
-        if rec is not None and rec.outputs:
-            output = short_text(rec.outputs[0], 28)
+        outs = rec.peek_outputs() if rec is not None else None  # a shape to show: no recipe needs running
+        if outs:
+            output = short_text(outs[0], 28)
         current = m.current_node is node
         error = m.error is not None and m.error.node is node
         if error:

@@ -20,8 +20,9 @@ def overlay_from_session(session: Any, graph: Any, diff: Any = None, findings: A
     if m is not None:
         for rec in m.timeline.records:
             ov.executed.add(rec.node.id)
-            if rec.outputs:
-                for v, x in zip(rec.node.outputs, rec.outputs):
+            outs = rec.peek_outputs()  # shapes only: no recipe needs running
+            if outs:
+                for v, x in zip(rec.node.outputs, outs):
                     text = short_text(x, 40)
                     if "[" in text and not text.startswith(("[", "(")):
                         ov.shapes[(graph.name, v.index)] = text[text.index("["):].strip("[]").replace(",", "×")
