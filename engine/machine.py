@@ -689,7 +689,9 @@ class Machine:
         if record is None:
             return False
         bp = self.breakpoints
-        if bp.nan_inf and record.outputs and has_nan_inf(record.outputs):
+        # ``_outputs``: just computed, so live values; reading ``outputs`` would
+        # also run the recipes of an in-place op's inputs.
+        if bp.nan_inf and record._outputs and has_nan_inf(record._outputs):
             return True
         for pred in bp.predicates:
             try:
