@@ -29,7 +29,7 @@ from engine.ir import Block, Graph, Node, SourceLoc, Value
 from engine.ops import ModelRaised
 from engine.program import ClassInstance, ObjectRef, Program, store_instance, is_script_class_copy, read_object_attr, write_object_attr
 from engine.timeline import DEFAULT_BUDGET, Recompute, StepRecord, Timeline
-from engine.values import iter_tensors, summarize
+from engine.values import Dropped, iter_tensors, summarize
 
 _perf_ns = time.perf_counter_ns
 
@@ -124,7 +124,13 @@ class Breakpoints:
 
 
 def has_nan_inf(values: Iterable) -> bool:
+    """Any NaN or Inf in these values: tensors, or the summaries of values dropped over the budget."""
     for v in values:
+        for x in (v if type(v) in (list, tuple) else (v,)):
+            if isinstance(x, Dropped):
+                found = summarize(x).tensor
+                if found is not None and (found.nan or found.inf):
+                    return True
         for t in iter_tensors(v):
             if (t.is_floating_point() or t.is_complex()) and t.numel() and not bool(torch.isfinite(t).all()):
                 return True

@@ -204,6 +204,13 @@ def test_breakpoint_on_nan_and_predicate(archive):
     last = m.timeline[-1]
     assert last.node.kind == "aten::log"
     assert math.isnan(last.outputs[0][0].item())
+    # Over the record budget the values are summaries: their NaN counts still stop the run.
+    s0 = Session(path, budget=0)
+    s0.breakpoints.nan_inf = True
+    m0 = s0.start(values=(torch.tensor([0.5, 2.0]),))
+    assert m0.continue_() == Stop.BREAKPOINT
+    assert m0.timeline[-1].node.kind == "aten::log"
+    assert isinstance(m0.timeline[-1].outputs[0], Dropped)
     s.breakpoints.nan_inf = False
     s.breakpoints.predicates.append(lambda rec: rec.node.kind == "aten::sum")
     m = s.restart()
