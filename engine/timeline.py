@@ -177,6 +177,14 @@ class Overwritten:
         return self._value
 
 
+def _holds(values: list, x: Any) -> bool:
+    """``x`` itself is among ``values`` (or in a list or tuple among them)."""
+    for v in values:
+        if v is x or (type(v) in _SEQUENCES and any(item is x for item in v)):
+            return True
+    return False
+
+
 def _resolved(value: Any) -> Any:
     if type(value) is Overwritten:
         return value.value()
@@ -412,7 +420,9 @@ class Timeline:
                 depth = None
                 for k, v in enumerate(outs):
                     if isinstance(v, torch.Tensor) and id(v) not in makers and _storage_ptr(v) == ptr \
-                            and v.device.type == "cpu":  # CUDA kernels may be nondeterministic: copy
+                            and v.device.type == "cpu" and not _holds(record._inputs, v):
+                        # (CUDA kernels may be nondeterministic; an op that handed back
+                        # its own input, like ``contiguous``, did not make it)
                         if depth is None:
                             depth = self.recompute.can_remake(record, self._mutated) or 0
                         if depth:

@@ -189,3 +189,28 @@ def test_shapes_are_shown_without_running_recipes(archive):
     assert short_text(rec.peek_outputs()[0]) == "float32[2,8,16,16]"
     assert isinstance(rec._outputs[0], Overwritten)  # still a recipe: nothing was run
     assert short_text(rec.outputs[0]) == "float32[2,8,16,16]"
+
+
+class ReturnsItsInput(nn.Module):
+    def forward(self, x, items: List[torch.Tensor]):
+        y = x.contiguous()  # x is contiguous: y is x itself
+        z = y * 1
+        first = items[0]  # the very tensor inside the list
+        w = first * 1
+        x.add_(1)  # overwrites the input, its alias y, and (below) the list item
+        items[0].mul_(2)
+        return z, y, w
+
+
+def test_an_op_that_returned_its_input_is_not_its_maker(archive):
+    """The input was not made by any recorded op: copies, not recipes of themselves."""
+    args = (torch.randn(3, 4), [torch.randn(2), torch.randn(2)])
+    path = archive(ReturnsItsInput(), "script")
+    recipes, copies = run_twice(path, args)
+    for r in recipes.timeline:
+        for v in (r._inputs or []) + (r._outputs or []):
+            assert not isinstance(v, Overwritten), r.node.kind
+    assert_same_history(recipes, copies)
+    contiguous = next(r for r in recipes.timeline if r.node.kind == "aten::contiguous")
+    assert torch.equal(contiguous.outputs[0], args[0])  # as it was before add_
+    assert not isinstance(contiguous.outputs[0], Dropped)
