@@ -203,6 +203,12 @@ _UNINITIALIZED = frozenset({"aten::empty", "aten::empty_like", "aten::new_empty"
                             "aten::new_empty_strided"})
 
 
+#: Norms whose input 5 (``training``/``use_input_stats``) makes them write
+#: their running statistics: run again, they would write them again.
+_UPDATES_RUNNING_STATS = frozenset({"aten::batch_norm", "aten::instance_norm", "aten::_batch_norm_impl_index",
+                                    "aten::native_batch_norm"})
+
+
 class Recompute:
     """Runs a recorded leaf op again on its recorded inputs (for ``Overwritten``).
 
@@ -226,6 +232,8 @@ class Recompute:
         handle = node.handle
         if handle is None or handle.isNondeterministic() or self.program.leaf(node).mutates:
             return None
+        if node.kind in _UPDATES_RUNNING_STATS and len(record._inputs) > 5 and record._inputs[5] is True:
+            return None  # in training mode it updates running statistics, which its schema does not say
         depth = 0
         for value in record._inputs:
             kind = type(value)

@@ -3,6 +3,7 @@ again on read) instead of copies; they must read back bit for bit as the copies
 would, and fall back to copies wherever running the op again could differ."""
 
 import gc
+import warnings
 import weakref
 from typing import List
 
@@ -214,3 +215,32 @@ def test_an_op_that_returned_its_input_is_not_its_maker(archive):
     contiguous = next(r for r in recipes.timeline if r.node.kind == "aten::contiguous")
     assert torch.equal(contiguous.outputs[0], args[0])  # as it was before add_
     assert not isinstance(contiguous.outputs[0], Dropped)
+
+
+class TrainingNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return torch.relu_(self.bn(self.conv(x)))
+
+
+def test_a_norm_in_training_mode_is_copied_not_remade(tmp_path):
+    """Run again, it would update the module's running statistics a second time."""
+    args = (torch.randn(2, 3, 8, 8),)
+    path = str(tmp_path / "training_norm.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer warns about training mode; that is the point here
+        torch.jit.save(torch.jit.trace(TrainingNorm().train(), args, check_trace=False), path)
+    m = Session(path).start(values=args)
+    m.run()
+    bn = next(r for r in m.timeline if r.node.kind == "aten::batch_norm")
+    assert bn._inputs[5] is True
+    assert not isinstance(bn._outputs[0], Overwritten)
+    stats = m.program.module.getattr("bn").getattr("running_mean")
+    before = stats.clone()
+    for r in m.timeline:
+        _ = r.inputs, r.outputs  # reading the history changes nothing
+    assert torch.equal(stats, before)
