@@ -177,6 +177,14 @@ class Overwritten:
         return self._value
 
 
+def _has_tensor(seq: list | tuple) -> bool:
+    """A tensor anywhere in a list or tuple (``[None, t]``, or one whose first item became a recipe)."""
+    for v in seq:
+        if type(v) not in _NOT_TENSORS and isinstance(v, torch.Tensor):
+            return True
+    return False
+
+
 def _holds(values: list, x: Any) -> bool:
     """``x`` itself is among ``values`` (or in a list or tuple among them)."""
     for v in values:
@@ -344,7 +352,7 @@ class Timeline:
                 kept = self._keep_tensor(record, value)
                 if kept is not value:
                     values[slot] = kept
-            elif type(value) in _SEQUENCES and value and isinstance(value[0], Tensor):
+            elif type(value) in _SEQUENCES and _has_tensor(value):
                 items = [self._keep_tensor(record, v) if isinstance(v, Tensor) else v for v in value]
                 if any(a is not b for a, b in zip(items, value)):
                     values[slot] = items if isinstance(value, list) else tuple(items)
@@ -458,7 +466,7 @@ class Timeline:
                         if _storage_ptr(value) == ptr:
                             values[slot] = as_it_was(value)
                             record.lazy = True
-                    elif type(value) in _SEQUENCES and value and isinstance(value[0], torch.Tensor):
+                    elif type(value) in _SEQUENCES and _has_tensor(value):
                         items = [as_it_was(v) if isinstance(v, torch.Tensor) and _storage_ptr(v) == ptr else v
                                  for v in value]
                         if any(a is not b for a, b in zip(items, value)):

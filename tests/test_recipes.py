@@ -5,7 +5,7 @@ would, and fall back to copies wherever running the op again could differ."""
 import gc
 import warnings
 import weakref
-from typing import List
+from typing import List, Optional
 
 import pytest
 import torch
@@ -244,3 +244,39 @@ def test_a_norm_in_training_mode_is_copied_not_remade(tmp_path):
     for r in m.timeline:
         _ = r.inputs, r.outputs  # reading the history changes nothing
     assert torch.equal(stats, before)
+
+
+class InPlaceZoo(nn.Module):
+    """Many ways to overwrite memory that earlier steps read or made."""
+
+    def forward(self, x, idx: torch.Tensor):
+        a = x * 2
+        b = a[1:]  # a view of a slice
+        c = a.t()  # a transposed view
+        d = torch.cat([a, b], 0)
+        a.masked_fill_(a > 1.0, 1.0)  # overwrites a, b and c
+        e = d.index_put_((idx,), torch.ones(idx.shape[0], x.shape[1]))  # in place on a cat output
+        f = torch.stack([e[0], e[1]])
+        parts: List[torch.Tensor] = [f * 1, f + 1]
+        parts[0].clamp_(min=0.0)
+        g = parts[1].unsqueeze(0)
+        parts[1].sub_(parts[0])  # overwrites g's storage
+        h = torch.softmax(x, dim=1)
+        for i in range(3):
+            h.mul_(0.5).add_(float(i))
+        maybe: List[Optional[torch.Tensor]] = [None, x * 3]  # a tensor that is not the first item
+        kept = maybe[1]
+        if kept is not None:
+            kept.add_(1)
+        return a, b, c, d, e, f, g, h, parts, maybe
+
+
+def test_many_in_place_patterns_read_back_as_copies_would(archive):
+    args = (torch.randn(4, 3), torch.tensor([0, 2]))
+    path = archive(InPlaceZoo(), "script")
+    recipes, copies = run_twice(path, args)
+    assert recipes.timeline.recipes >= 5
+    assert_same_history(recipes, copies)
+    from engine.session import clone_value
+    native = torch.jit.load(path)(*clone_value(args))
+    assert values_equal(recipes.outputs, native)
