@@ -28,7 +28,7 @@ from engine.convert import is_torch_frame
 from engine.ir import Block, Graph, Node, SourceLoc, Value
 from engine.ops import ModelRaised
 from engine.program import ClassInstance, ObjectRef, Program, store_instance, is_script_class_copy, read_object_attr, write_object_attr
-from engine.timeline import DEFAULT_BUDGET, Recompute, StepRecord, Timeline
+from engine.timeline import DEFAULT_BUDGET, Recompute, StepRecord, Timeline, container_copy
 from engine.values import Dropped, iter_tensors, summarize
 
 _perf_ns = time.perf_counter_ns
@@ -379,9 +379,14 @@ class Machine:
         env = frame.env
         args = [env[i] for i in node.in_idx]
         op = self._leaf_ops.get(node) or self.program.leaf(node)
-        if op.mutates:
-            self.timeline.note_mutation([args[i] for i in op.mutates])
         rec_inputs = self._inputs_before_write(args, op.writes) if op.writes else args
+        if op.mutates:
+            # the op changes these lists or dicts: its record keeps them as they were
+            self.timeline.note_mutation([args[i] for i in op.mutates])
+            if rec_inputs is args:
+                rec_inputs = list(args)
+            for i in op.mutates:
+                rec_inputs[i] = container_copy(args[i])
         record = StepRecord(0, node, act.path, node.module_path or frame.module_path, len(self.stack),
                             rec_inputs, frame.start)
         if op.writes:

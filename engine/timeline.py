@@ -106,6 +106,8 @@ class StepRecord:
                         values[slot] = v.value()
                     elif type(v) in _SEQUENCES and any(type(x) is Overwritten for x in v):
                         values[slot] = type(v)(x.value() if type(x) is Overwritten else x for x in v)
+                    elif type(v) is dict and any(type(x) is Overwritten for x in v.values()):
+                        values[slot] = {k: x.value() if type(x) is Overwritten else x for k, x in v.items()}
 
     @property
     def node_id(self) -> str:
@@ -127,7 +129,10 @@ class StepRecord:
 
 _SEQUENCES = (list, tuple)
 _NOT_TENSORS = frozenset({int, float, bool, str, type(None), torch.device, torch.dtype, torch._C.ScriptModule,
-                          torch._C.ScriptObject, dict})
+                          torch._C.ScriptObject})
+#: Lists and dicts are recorded as copies (the program goes on changing its
+#: own), up to this many items in all; bigger ones are recorded as they are.
+COPY_LIMIT = 1024
 
 
 def _storage_ptr(t: torch.Tensor) -> int:
@@ -177,7 +182,43 @@ class Overwritten:
         return self._value
 
 
-def _has_tensor(seq: list | tuple) -> bool:
+_CONTAINER_TYPES = frozenset({list, dict, tuple})
+
+
+def container_copy(value: Any) -> Any:
+    """Lists and dicts (nested ones too) copied, tensors and other values shared; the
+    value itself when it holds more than ``COPY_LIMIT`` items."""
+    tp = type(value)
+    if len(value) <= COPY_LIMIT:
+        # the common case, on the hot path: flat (no containers inside)
+        for x in (value.values() if tp is dict else value):
+            if type(x) in _CONTAINER_TYPES:
+                break
+        else:
+            return value if tp is tuple else (list(value) if tp is list else dict(value))
+    room = [COPY_LIMIT]
+
+    def copy(v: Any) -> Any:
+        tp = type(v)
+        if tp is list or tp is dict or tp is tuple:
+            room[0] -= len(v)
+            if room[0] < 0:
+                raise OverflowError
+            if tp is dict:
+                return {k: copy(x) for k, x in v.items()}
+            items = [copy(x) for x in v]
+            if tp is tuple:
+                return v if all(a is b for a, b in zip(items, v)) else tuple(items)
+            return items
+        return v
+
+    try:
+        return copy(value)
+    except OverflowError:
+        return value
+
+
+def _has_tensor(seq: Any) -> bool:
     """A tensor anywhere in a list or tuple (``[None, t]``, or one whose first item became a recipe)."""
     for v in seq:
         if type(v) not in _NOT_TENSORS and isinstance(v, torch.Tensor):
@@ -341,9 +382,37 @@ class Timeline:
         Tensor = torch.Tensor
         refs = self._refs
         for slot, value in enumerate(values):
-            if type(value) in _NOT_TENSORS:  # most values; cheaper than isinstance on torch.Tensor
+            tp = type(value)
+            if tp in _NOT_TENSORS:  # most values; cheaper than isinstance on torch.Tensor
                 continue
-            if isinstance(value, Tensor):
+            if tp is list or tp is tuple:
+                # One look at the items: containers inside, tensors inside.
+                nested = tensors = False
+                for x in value:
+                    tx = type(x)
+                    if tx in _NOT_TENSORS:
+                        continue
+                    if tx in _CONTAINER_TYPES:
+                        nested = True
+                    elif isinstance(x, Tensor):
+                        tensors = True
+                # As it is now: the program may change its own list later.
+                if nested:
+                    value = container_copy(value)
+                elif tp is list and len(value) <= COPY_LIMIT:
+                    value = value.copy()
+                if tensors:
+                    items = [self._keep_tensor(record, v) if isinstance(v, Tensor) else v for v in value]
+                    if any(a is not b for a, b in zip(items, value)):
+                        value = items if tp is list else tuple(items)
+                values[slot] = value
+            elif tp is dict:
+                value = values[slot] = container_copy(value)
+                if _has_tensor(value.values()):
+                    for k, v in value.items():
+                        if isinstance(v, Tensor):
+                            value[k] = self._keep_tensor(record, v)
+            elif isinstance(value, Tensor):
                 holders = refs.get(value.untyped_storage().data_ptr())
                 if holders is not None:
                     if not holders or holders[-1] is not record:
@@ -352,10 +421,6 @@ class Timeline:
                 kept = self._keep_tensor(record, value)
                 if kept is not value:
                     values[slot] = kept
-            elif type(value) in _SEQUENCES and _has_tensor(value):
-                items = [self._keep_tensor(record, v) if isinstance(v, Tensor) else v for v in value]
-                if any(a is not b for a, b in zip(items, value)):
-                    values[slot] = items if isinstance(value, list) else tuple(items)
 
     def _keep_tensor(self, record: StepRecord, t: torch.Tensor):
         storage = t.untyped_storage()
@@ -471,6 +536,12 @@ class Timeline:
                                  for v in value]
                         if any(a is not b for a, b in zip(items, value)):
                             values[slot] = items if isinstance(value, list) else tuple(items)
+                            record.lazy = True
+                    elif type(value) is dict and _has_tensor(value.values()):
+                        new = {k: as_it_was(v) if isinstance(v, torch.Tensor) and _storage_ptr(v) == ptr else v
+                               for k, v in value.items()}
+                        if any(a is not b for a, b in zip(new.values(), value.values())):
+                            values[slot] = new
                             record.lazy = True
         return kept.get(id(t))
 

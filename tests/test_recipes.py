@@ -5,7 +5,7 @@ would, and fall back to copies wherever running the op again could differ."""
 import gc
 import warnings
 import weakref
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import pytest
 import torch
@@ -35,11 +35,22 @@ class MutatedList(nn.Module):
     def forward(self, x):
         reps: List[int] = [2, 1]
         y = x.repeat(reps)  # reads the list...
-        reps[0] = 3  # ...which changes before y is overwritten: running repeat again would differ
+        reps[0] = 3  # ...which changes before y is overwritten
         z = y * 1
         y.add_(1)
         w = x.repeat(reps)
         return y, z, w
+
+
+class MutatedBigList(nn.Module):
+    def forward(self, x, n: int):
+        values: List[int] = []
+        for i in range(n):
+            values.append(i)
+        t = torch.tensor(values)  # reads a list too big to be recorded as a copy...
+        values[0] = 7  # ...which changes before t is overwritten: making t again would differ
+        t.add_(1)
+        return t + x.sum().long(), values
 
 
 class FilledBuffer(nn.Module):
@@ -109,15 +120,54 @@ def test_views_and_long_chains(archive):
     assert torch.equal(view_rec.outputs[0], (args[0] * 3).view(-1))
 
 
-def test_a_list_changed_after_its_op_ran_means_a_copy(archive):
+def test_lists_are_recorded_as_they_were(archive):
+    """The record of an op keeps its list as the op saw it, so a recipe stays right
+    after the program changes its own list."""
     args = (torch.randn(2, 3),)
     path = archive(MutatedList(), "script")
     recipes, copies = run_twice(path, args)
     rep = next(r for r in recipes.timeline if r.node.kind == "aten::repeat")
-    assert not isinstance(rep._outputs[0], Overwritten)
-    assert rep.outputs[0].shape == (4, 3)
+    assert rep._inputs[1] == [2, 1]  # as repeat read it, though the program's list is [3, 1] now
+    assert isinstance(rep._outputs[0], Overwritten)
     assert torch.equal(rep.outputs[0], args[0].repeat(2, 1))
     assert_same_history(recipes, copies)
+
+
+def test_a_big_list_changed_after_its_op_ran_means_a_copy(archive):
+    from engine.timeline import COPY_LIMIT
+
+    n = COPY_LIMIT + 10
+    args = (torch.randn(2), n)
+    path = archive(MutatedBigList(), "script")
+    recipes, copies = run_twice(path, args)
+    made = next(r for r in recipes.timeline if r.node.kind == "aten::tensor")
+    assert made._inputs[0] is not None and len(made._inputs[0]) == n
+    assert not isinstance(made._outputs[0], Overwritten)  # the list it read has changed since
+    assert torch.equal(made.outputs[0], torch.arange(n))
+    assert_same_history(recipes, copies)
+
+
+def test_containers_in_history_are_as_they_were(archive):
+    class Appends(nn.Module):
+        def forward(self, x):
+            acc: List[torch.Tensor] = []
+            seen: Dict[str, int] = {}
+            for i in range(3):
+                acc.append(x * i)
+                seen[str(i)] = i
+            return torch.stack(acc), seen
+
+    path = archive(Appends(), "script")
+    m = Session(path).start(values=(torch.ones(2),))
+    m.run()
+    made = next(r for r in m.timeline if r.node.kind == "prim::ListConstruct")
+    assert made.outputs[0] == []
+    appends = [r for r in m.timeline if r.node.kind == "aten::append"]
+    assert [len(r.inputs[0]) for r in appends] == [0, 1, 2]
+    assert [len(r.outputs[0]) for r in appends] == [1, 2, 3]
+    assert torch.equal(appends[1].outputs[0][1], torch.ones(2))
+    sets = [r for r in m.timeline if r.node.kind == "aten::_set_item"]
+    assert [dict(r.inputs[0]) for r in sets] == [{}, {"0": 0}, {"0": 0, "1": 1}]
 
 
 def test_budget_zero_still_keeps_summaries(archive):
