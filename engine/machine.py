@@ -28,7 +28,8 @@ from engine.convert import is_torch_frame
 from engine.ir import Block, Graph, Node, SourceLoc, Value
 from engine.ops import ModelRaised
 from engine.program import ClassInstance, ObjectRef, Program, store_instance, is_script_class_copy, read_object_attr, write_object_attr
-from engine.timeline import DEFAULT_BUDGET, Recompute, StepRecord, Timeline, container_copy
+from engine.recipes import Recompute
+from engine.timeline import DEFAULT_BUDGET, StepRecord, Timeline, container_copy
 from engine.values import Dropped, iter_tensors, summarize
 
 _perf_ns = time.perf_counter_ns

@@ -5,12 +5,13 @@ in time is moving a cursor over records.  Two things keep those references
 true:
 
 * in-place ops: before an op overwrites a tensor, every earlier record that
-  holds memory the op writes is given the value as it was: an ``Overwritten``
-  recipe when the op that made the value can make it again (a deterministic
-  op whose recorded inputs are themselves intact or recipes), else a private
-  copy.  The in-place op's own input shares it.  Recipes are run when a
-  record is read, so a conv net whose activations are overwritten by
-  ``relu_`` pays for no copies while it runs;
+  holds memory the op writes is given the value as it was: a recipe
+  (``engine.recipes``) when the op that made the value can make it again,
+  else a private copy.  The in-place op's own input shares it.  Recipes are
+  run when a record is read, so a conv net whose activations are
+  overwritten by ``relu_`` pays for no copies while it runs;
+* containers: lists and dicts are recorded as copies, since the program goes
+  on changing its own;
 * the budget: tensors are kept until the memory they pin passes the budget,
   after which new values are kept as summaries only (``values.Dropped``) and
   counted in ``dropped``.
@@ -30,7 +31,8 @@ from typing import Any, Iterator
 import torch
 
 from engine.ir import Node
-from engine.values import Dropped, summarize, summarize_tensor
+from engine.recipes import Overwritten, Recompute, holds
+from engine.values import Dropped, summarize
 
 DEFAULT_BUDGET = 1 << 30  # 1 GiB
 
@@ -139,49 +141,6 @@ def _storage_ptr(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
-class Overwritten:
-    """A recorded tensor that a later in-place op overwrote, kept as how to make it again.
-
-    ``producer`` is the record of the op that made it and ``slot`` the output;
-    the producer's recorded inputs are intact (or recipes themselves), so
-    running its op again gives the same bits.  Made by
-    ``Timeline.before_write``; run once, on first read.
-    """
-
-    __slots__ = ("_producer", "slot", "recompute", "depth", "meta", "_value")
-
-    def __init__(self, producer: StepRecord, slot: int, recompute: "Recompute", depth: int, original: torch.Tensor):
-        # Weakly: the producer's own outputs hold this recipe, and a cycle
-        # would keep a finished run's tensors until the cyclic collector ran.
-        self._producer = weakref.ref(producer)
-        self.slot = slot
-        self.recompute = recompute
-        self.depth = depth
-        self.meta = summarize_tensor(original, stats=False)  # to check the remade value by, and say what it was
-        self._value: Any = None
-
-    @property
-    def producer(self) -> StepRecord | None:
-        """The record of the op that made the value (None once its timeline is gone)."""
-        return self._producer()
-
-    def value(self) -> Any:
-        if self._value is None:
-            try:
-                producer = self.producer
-                if producer is None:
-                    raise ValueError("its run was discarded")
-                made = self.recompute(producer, self.slot)
-                if not isinstance(made, torch.Tensor) or tuple(made.shape) != self.meta.shape \
-                        or summarize_tensor(made, stats=False).dtype != self.meta.dtype:
-                    raise ValueError("it came out with another shape or dtype")
-            except Exception as exc:  # shown as a dropped value, never as a traceback
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                made = Dropped(self.meta, reason=f"overwritten in place; could not be made again ({reason})")
-            self._value = made
-        return self._value
-
-
 _CONTAINER_TYPES = frozenset({list, dict, tuple})
 
 
@@ -224,92 +183,6 @@ def _has_tensor(seq: Any) -> bool:
         if type(v) not in _NOT_TENSORS and isinstance(v, torch.Tensor):
             return True
     return False
-
-
-def _holds(values: list, x: Any) -> bool:
-    """``x`` itself is among ``values`` (or in a list or tuple among them)."""
-    for v in values:
-        if v is x or (type(v) in _SEQUENCES and any(item is x for item in v)):
-            return True
-    return False
-
-
-def _resolved(value: Any) -> Any:
-    if type(value) is Overwritten:
-        return value.value()
-    if type(value) in _SEQUENCES:
-        return type(value)(x.value() if type(x) is Overwritten else x for x in value)
-    return value
-
-
-#: Values an op can be run again on: immutable, or guarded (tensors by the
-#: in-place protocol, lists by the mutation log).
-_SCALARS = (int, float, bool, str, type(None), torch.device, torch.dtype, torch.layout, torch.memory_format)
-
-
-#: Ops whose output is whatever was in memory: made again, it would differ.
-_UNINITIALIZED = frozenset({"aten::empty", "aten::empty_like", "aten::new_empty", "aten::empty_strided",
-                            "aten::new_empty_strided"})
-
-
-#: Norms whose input 5 (``training``/``use_input_stats``) makes them write
-#: their running statistics: run again, they would write them again.
-_UPDATES_RUNNING_STATS = frozenset({"aten::batch_norm", "aten::instance_norm", "aten::_batch_norm_impl_index",
-                                    "aten::native_batch_norm"})
-
-
-class Recompute:
-    """Runs a recorded leaf op again on its recorded inputs (for ``Overwritten``).
-
-    Holds the program, not the machine, so that a timeline does not keep its
-    machine alive.
-    """
-
-    #: a recipe chain longer than this is cut with a copy
-    MAX_DEPTH = 16
-
-    def __init__(self, program: Any, grad: bool = False):
-        self.program = program
-        self.grad = grad
-
-    def can_remake(self, record: StepRecord, mutated: dict[int, int]) -> int | None:
-        """The recipe depth if ``record``'s outputs can be made again, else None."""
-        node = record.node
-        if record.status != "done" or not node.kind.startswith("aten::") or node.schema is None \
-                or node.kind in _UNINITIALIZED:
-            return None
-        handle = node.handle
-        if handle is None or handle.isNondeterministic() or self.program.leaf(node).mutates:
-            return None
-        if node.kind in _UPDATES_RUNNING_STATS and len(record._inputs) > 5 and record._inputs[5] is True:
-            return None  # in training mode it updates running statistics, which its schema does not say
-        depth = 0
-        for value in record._inputs:
-            kind = type(value)
-            if kind is Overwritten:
-                depth = max(depth, value.depth)
-            elif isinstance(value, torch.Tensor):
-                if value.device.type != "cpu":
-                    return None  # CUDA kernels may be nondeterministic
-            elif kind in _SEQUENCES:
-                if kind is list and mutated.get(id(value), -1) >= record.index:
-                    return None  # changed since the op read it
-                for x in value:
-                    if not (isinstance(x, _SCALARS) or isinstance(x, torch.Tensor) or type(x) is Overwritten):
-                        return None
-            elif not isinstance(value, _SCALARS):
-                return None
-        depth += 1
-        return depth if depth <= self.MAX_DEPTH else None
-
-    def __call__(self, record: StepRecord, slot: int) -> Any:
-        op = self.program.leaf(record.node)
-        args = [_resolved(a) for a in record._inputs]
-        for i in op.writes:
-            if isinstance(args[i], torch.Tensor):
-                args[i] = args[i].clone()  # the recipe's input is shared: write into a copy
-        with torch.set_grad_enabled(self.grad), torch.jit.optimized_execution(False):
-            return op.run(args)[slot]
 
 
 class Timeline:
@@ -501,7 +374,7 @@ class Timeline:
                 depth = None
                 for k, v in enumerate(outs):
                     if isinstance(v, torch.Tensor) and id(v) not in makers and _storage_ptr(v) == ptr \
-                            and v.device.type == "cpu" and not _holds(record._inputs, v):
+                            and v.device.type == "cpu" and not holds(record._inputs, v):
                         # (CUDA kernels may be nondeterministic; an op that handed back
                         # its own input, like ``contiguous``, did not make it)
                         if depth is None:

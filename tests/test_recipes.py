@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from engine import Session
-from engine.timeline import Overwritten
+from engine.recipes import Overwritten
 from engine.values import Dropped
 from engine.values import values_equal
 import models as M
