@@ -194,7 +194,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 diff = report.max_abs_diff
                 print(f"outputs    {summarize(report.outputs).short()}  {verdict} module(*inputs)"
                       + (f"  (max abs diff {diff:.3g})" if diff is not None else ""))
-        print(f"time       engine {human_seconds(report.engine_seconds)}, native {human_seconds(report.native_seconds)}")
+        print(f"time       engine {human_seconds(report.engine_seconds)}, native {human_seconds(report.native_seconds)}"
+              "  (first runs, each compiling as it goes)")
         print(f"recorded   {human_bytes(report.recorded_bytes)} of {human_bytes(session.budget)} budget, "
               f"{report.dropped_values} values kept as summaries only")
         if args.save_outputs and report.error is None:
