@@ -13,8 +13,9 @@ The CLI, the UI and the tests all drive this object::
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -242,7 +243,10 @@ class Session:
         args = self.inputs if args is None else args
         module = archive_mod.load_native_copy(self.archive)
         fn = getattr(module, self.method)
-        with torch.set_grad_enabled(self.grad):
+        # The model's own warnings: the engine's run keeps them (program.messages);
+        # the terminal belongs to tsdebug.
+        with torch.set_grad_enabled(self.grad), warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
             t0 = time.perf_counter()
             out = fn(*clone_value(args))
             return out, time.perf_counter() - t0
@@ -308,8 +312,12 @@ class Session:
             machine.outputs, run.outputs, rtol, atol)
         return DiffResult(report, other_path, machine, self.grad, rtol, atol)
 
-    def run_and_compare(self) -> RunReport:
-        """Run the engine to the end and torch natively on the same inputs."""
+    def run_and_compare(self, stage: Callable[[str], None] = lambda name: None) -> RunReport:
+        """Run the engine to the end and torch natively on the same inputs.
+
+        ``stage`` is told ``"engine"`` and ``"native"`` as each run starts
+        (the CLI shows progress with it).
+        """
         if self.machine is None:
             self.start()
         report = RunReport(
@@ -322,6 +330,7 @@ class Session:
             imported_libraries=self.archive.imported_libraries,
         )
         machine = self.restart()
+        stage("engine")
         t0 = time.perf_counter()
         machine.run()
         report.engine_seconds = time.perf_counter() - t0
@@ -330,6 +339,7 @@ class Session:
         report.dropped_values = machine.timeline.dropped
         report.error = machine.error
         report.outputs = machine.outputs
+        stage("native")
         try:
             native, report.native_seconds = self.run_native()
             report.native_outputs = native

@@ -1,6 +1,7 @@
 """Input specs and files, stored traced shapes, inference, and `tsdebug run`."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -131,3 +132,42 @@ def test_run_json_schema(archive, capsys, tmp_path):
 
 def test_sizes():
     assert parse_size("1GiB") == 1 << 30 and parse_size("512MB") == 512_000_000 and parse_size("0") == 0
+
+
+class LongLoop(torch.nn.Module):
+    def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        for i in range(n):
+            x = x + 1
+        return x
+
+
+def test_status_line_on_a_terminal_only(archive, tmp_path):
+    """Long work shows a transient status line on a terminal's stderr, erased at the end;
+    piped output never gets one."""
+    import pty
+    import subprocess
+    import sys
+
+    path = archive(LongLoop(), "script")
+    cmd = [sys.executable, "-m", "tsdebug.cli", "run", path, "--input", "float32[4]", "--input", "int:60000"]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    out = proc.stdout.read().decode()
+    assert proc.wait(timeout=300) == 0
+    err = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        err += chunk
+    os.close(master)
+    text = err.decode(errors="replace")
+    assert "running through tsdebug… " in text and " steps" in text
+    assert text.endswith("\r\x1b[2K")  # erased: the report is what stays
+    assert "identical to module(*inputs)" in out and "running" not in out
+    piped = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0 and piped.stderr == ""

@@ -14,6 +14,8 @@ import sys
 import warnings
 from typing import Sequence
 
+from tsdebug.progress import Status, steps_of
+
 COMMANDS = ("run", "diff", "lint", "render", "demo")
 
 _SIZE = re.compile(r"^\s*([\d.]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -169,9 +171,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.save_outputs and os.path.abspath(args.save_outputs) == os.path.abspath(args.model):
         return _fail("--save-outputs would overwrite the model; choose another file", args.json)
-    session = _session(args)
-    session.start(specs=args.input or None, inputs_file=args.inputs)
-    report = session.run_and_compare()
+    with Status() as status:
+        status.show(f"loading {args.model}…")
+        session = _session(args)
+        session.start(specs=args.input or None, inputs_file=args.inputs)
+        report = session.run_and_compare(
+            stage=lambda name: status.show(steps_of(session) if name == "engine" else "running natively…"))
     if args.save_outputs and report.error is None:
         try:
             torch.save(report.outputs, args.save_outputs)
@@ -224,12 +229,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if bool(args.eager) == bool(args.against):
         return _fail("give the reference: --eager package.module:Name (the Python model) or --against OTHER.pt",
                      args.json)
-    session = _session(args)
-    session.start(specs=args.input or None, inputs_file=args.inputs)
-    if args.against:
-        result = session.diff_against(args.against, args.rtol, args.atol)
-    else:
-        result = session.diff(args.eager, parse_eager_args(args.eager_arg), args.eager_weights, args.rtol, args.atol)
+    with Status() as status:
+        status.show(f"loading {args.model}…")
+        session = _session(args)
+        session.start(specs=args.input or None, inputs_file=args.inputs)
+        status.show(f"running {args.model} and {args.against or args.eager}, then aligning them…")
+        if args.against:
+            result = session.diff_against(args.against, args.rtol, args.atol)
+        else:
+            result = session.diff(args.eager, parse_eager_args(args.eager_arg), args.eager_weights, args.rtol,
+                                  args.atol)
     r = result.report
     if args.json:
         out = result.to_json()
@@ -288,17 +297,22 @@ def cmd_lint(args: argparse.Namespace) -> int:
     from engine.eager import parse_eager_args
     from engine.lint import lint_session
 
-    session = _session(args)
-    report = lint_session(session)
-    if args.eager:
-        from engine.lint import conversion_evidence, counterexamples, trace_warnings
+    with Status() as status:
+        status.show(f"loading {args.model}…")
+        session = _session(args)
+        status.show(f"reading the graphs of {args.model}…")
+        report = lint_session(session)
+        if args.eager:
+            from engine.lint import conversion_evidence, counterexamples, trace_warnings
 
-        kwargs = parse_eager_args(args.eager_arg)
-        session.start(specs=args.input or None, inputs_file=args.inputs)
-        trace_warnings(session, report, args.eager, kwargs, args.eager_weights)
-        conversion_evidence(session, report, args.eager, kwargs, args.eager_weights)
-        counterexamples(session, report, args.eager, kwargs, args.eager_weights,
-                        args.input or None, args.rtol, args.atol)
+            kwargs = parse_eager_args(args.eager_arg)
+            session.start(specs=args.input or None, inputs_file=args.inputs)
+            status.show(f"tracing {args.eager} again to hear what torch.jit.trace warns…")
+            trace_warnings(session, report, args.eager, kwargs, args.eager_weights)
+            conversion_evidence(session, report, args.eager, kwargs, args.eager_weights)
+            status.show("trying inputs that take the other branches…")
+            counterexamples(session, report, args.eager, kwargs, args.eager_weights,
+                            args.input or None, args.rtol, args.atol)
     if args.json:
         out = report.to_json()
         out["model"] = session.path
