@@ -12,6 +12,8 @@ The CLI, the UI and the tests all drive this object::
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -75,6 +77,7 @@ class RunReport:
     error: TsdebugError | None = None
     native_error: str | None = None
     imported_libraries: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)  # what the model printed or warned during the run
 
     def to_json(self) -> dict:
         err = None
@@ -104,6 +107,7 @@ class RunReport:
             "error": err,
             "native_error": self.native_error,
             "imported_libraries": self.imported_libraries,
+            "messages": self.messages,
         }
 
 
@@ -245,7 +249,8 @@ class Session:
         fn = getattr(module, self.method)
         # The model's own warnings: the engine's run keeps them (program.messages);
         # the terminal belongs to tsdebug.
-        with torch.set_grad_enabled(self.grad), warnings.catch_warnings(record=True):
+        with torch.set_grad_enabled(self.grad), warnings.catch_warnings(record=True), \
+                contextlib.redirect_stdout(io.StringIO()):  # TorchScript's print writes to sys.stdout
             warnings.simplefilter("always")
             t0 = time.perf_counter()
             out = fn(*clone_value(args))
@@ -330,10 +335,12 @@ class Session:
             imported_libraries=self.archive.imported_libraries,
         )
         machine = self.restart()
+        said = len(self.program.messages.lines)
         stage("engine")
         t0 = time.perf_counter()
         machine.run()
         report.engine_seconds = time.perf_counter() - t0
+        report.messages = self.program.messages.lines[said:]
         report.nodes_executed = len(machine.timeline)
         report.recorded_bytes = machine.timeline.kept_bytes
         report.dropped_values = machine.timeline.dropped

@@ -60,3 +60,15 @@ class Extra(nn.Module):
 
 def broken_factory():
     raise ValueError("config file missing")
+
+
+class Chatty(nn.Module):
+    """Prints and warns in forward, as models being debugged often do."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 3)
+
+    def forward(self, x):
+        print("forward got", tuple(x.shape))
+        return torch.relu(self.lin(x))

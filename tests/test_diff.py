@@ -147,3 +147,13 @@ def test_diff_needs_a_reference(archive, capsys):
     code = main(["diff", path])
     err = capsys.readouterr().err
     assert code == 2 and "--eager" in err and "--against" in err
+
+
+def test_json_stays_json_when_the_python_prints(archive, capsys):
+    """The eager model's prints go to stderr under --json: stdout is one JSON object."""
+    torch.manual_seed(0)
+    path = archive(D.Chatty(), "trace", example=(torch.randn(2, 6),))
+    capsys.readouterr()  # what tracing it printed here
+    code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:Chatty", "--input", "float32[2,6]")
+    assert code == 0 and rep is not None and rep["first_divergence"] is None
+    assert "forward got (2, 6)" in err

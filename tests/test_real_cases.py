@@ -207,3 +207,19 @@ def test_class_object_stored_in_module(archive):
     r = s.run_and_compare()
     assert r.error is None and r.identical
     assert torch.equal(r.outputs, x * 3 + 0.5)
+
+
+def test_run_reports_what_the_model_said_and_nothing_reaches_the_terminal(archive, capfd):
+    """`tsdebug run`: the model's warnings and prints are reported, from the engine's
+    run, and neither run (the native one included) writes them to the terminal."""
+    import json
+
+    path = archive(Warns(), "script")
+    assert main(["run", path, "--input", "float32[4]"]) == 0
+    out, err = capfd.readouterr()
+    assert "said       warning: scripted models always return a tuple  (and 1 more lines)" in out
+    assert "UserWarning" not in err and "always return" not in err and err == ""
+    assert main(["run", path, "--input", "float32[4]", "--json"]) == 0
+    out, err = capfd.readouterr()
+    assert json.loads(out)["messages"] == ["warning: scripted models always return a tuple", "x has 4 elements"]
+    assert err == ""

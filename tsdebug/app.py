@@ -83,6 +83,7 @@ class TsdebugApp(App):
         self.last_search = ""
         self._move_started = 0.0
         self._shown_key: tuple | None = None
+        self._messages_seen = 0  # lines of the model's prints and warnings already shown
         self.diff_result = None  # engine.session.DiffResult, once ``e`` ran the comparison
         self.compare_on = False
         self._diffs_by_record: dict = {}
@@ -265,6 +266,15 @@ class TsdebugApp(App):
         if graph_view.display:
             self._refresh_graph_view()
             graph_view.refresh()
+        said = self.session.program.messages.lines
+        if len(said) > self._messages_seen:
+            # what the model printed or warned on the way (prim::Print, warnings.warn)
+            new = said[self._messages_seen:]
+            self._messages_seen = len(said)
+            text = "\n".join(line[:200] for line in new[-3:])
+            if len(new) > 3:
+                text = f"… {len(new) - 3} more\n" + text
+            self.notify(text, title="the model said", timeout=8)
         message = ""
         if isinstance(stop, TsdebugError):
             message = stop.message

@@ -7,6 +7,7 @@ Exit codes: 0 success (outputs identical), 1 a check failed (outputs differ),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,12 @@ from typing import Sequence
 from tsdebug.progress import Status, steps_of
 
 COMMANDS = ("run", "diff", "lint", "render", "demo")
+
+
+def _json_stdout(args: argparse.Namespace):
+    """With ``--json``, stdout carries one JSON object: what the user's Python prints
+    while tsdebug works (an eager model, a retrace) goes to stderr instead."""
+    return contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
 
 _SIZE = re.compile(r"^\s*([\d.]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1024, "m": 1e6, "mb": 1e6, "mib": 1024**2,
@@ -171,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.save_outputs and os.path.abspath(args.save_outputs) == os.path.abspath(args.model):
         return _fail("--save-outputs would overwrite the model; choose another file", args.json)
-    with Status() as status:
+    with Status() as status, _json_stdout(args):
         status.show(f"loading {args.model}…")
         session = _session(args)
         session.start(specs=args.input or None, inputs_file=args.inputs)
@@ -203,6 +210,9 @@ def cmd_run(args: argparse.Namespace) -> int:
               "  (first runs, each compiling as it goes)")
         print(f"recorded   {human_bytes(report.recorded_bytes)} of {human_bytes(session.budget)} budget, "
               f"{report.dropped_values} values kept as summaries only")
+        if report.messages:
+            more = f"  (and {len(report.messages) - 1} more lines)" if len(report.messages) > 1 else ""
+            print(f"said       {report.messages[0][:200]}{more}")
         if args.save_outputs and report.error is None:
             print(f"saved      outputs to {args.save_outputs}")
     if report.error is not None:
@@ -229,7 +239,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if bool(args.eager) == bool(args.against):
         return _fail("give the reference: --eager package.module:Name (the Python model) or --against OTHER.pt",
                      args.json)
-    with Status() as status:
+    with Status() as status, _json_stdout(args):
         status.show(f"loading {args.model}…")
         session = _session(args)
         session.start(specs=args.input or None, inputs_file=args.inputs)
@@ -297,7 +307,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
     from engine.eager import parse_eager_args
     from engine.lint import lint_session
 
-    with Status() as status:
+    with Status() as status, _json_stdout(args):
         status.show(f"loading {args.model}…")
         session = _session(args)
         status.show(f"reading the graphs of {args.model}…")
