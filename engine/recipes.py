@@ -74,12 +74,39 @@ def holds(values: list, x: Any) -> bool:
     return False
 
 
+def map_leaves(value: Any, fn) -> Any:
+    """``value`` with ``fn`` applied to everything that is not a list, tuple or
+    dict, at any depth; containers are rebuilt only where something changed."""
+    tp = type(value)
+    if tp is list or tp is tuple:
+        items = [map_leaves(v, fn) for v in value]
+        if all(a is b for a, b in zip(items, value)):
+            return value
+        return items if tp is list else tuple(items)
+    if tp is dict:
+        new = {k: map_leaves(v, fn) for k, v in value.items()}
+        if all(new[k] is v for k, v in value.items()):
+            return value
+        return new
+    return fn(value)
+
+
+def _run(x: Any) -> Any:
+    return x.value() if type(x) is Overwritten else x
+
+
+def _meta(x: Any) -> Any:
+    return x.meta if type(x) is Overwritten else x
+
+
 def resolved(value: Any) -> Any:
-    if type(value) is Overwritten:
-        return value.value()
-    if type(value) in _SEQUENCES:
-        return type(value)(x.value() if type(x) is Overwritten else x for x in value)
-    return value
+    """``value`` with its recipes run (inside containers too)."""
+    return map_leaves(value, _run)
+
+
+def described(value: Any) -> Any:
+    """``value`` with its recipes shown by shape and dtype, without running them."""
+    return map_leaves(value, _meta)
 
 
 #: Values an op can be run again on: immutable, or guarded (tensors by the

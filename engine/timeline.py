@@ -31,7 +31,7 @@ from typing import Any, Iterator
 import torch
 
 from engine.ir import Node
-from engine.recipes import Overwritten, Recompute, holds
+from engine.recipes import Overwritten, Recompute, described, holds, map_leaves, resolved
 from engine.values import Dropped, summarize
 
 DEFAULT_BUDGET = 1 << 30  # 1 GiB
@@ -95,21 +95,14 @@ class StepRecord:
         outs = self._outputs
         if not self.lazy or not outs:
             return outs
-        return [v.meta if type(v) is Overwritten else
-                (type(v)(x.meta if type(x) is Overwritten else x for x in v) if type(v) in _SEQUENCES else v)
-                for v in outs]
+        return [described(v) for v in outs]
 
     def _materialize(self) -> None:
         self.lazy = False
         for values in (self._inputs, self._outputs):
             if values:
                 for slot, v in enumerate(values):
-                    if type(v) is Overwritten:
-                        values[slot] = v.value()
-                    elif type(v) in _SEQUENCES and any(type(x) is Overwritten for x in v):
-                        values[slot] = type(v)(x.value() if type(x) is Overwritten else x for x in v)
-                    elif type(v) is dict and any(type(x) is Overwritten for x in v.values()):
-                        values[slot] = {k: x.value() if type(x) is Overwritten else x for k, x in v.items()}
+                    values[slot] = resolved(v)
 
     @property
     def node_id(self) -> str:
@@ -271,20 +264,17 @@ class Timeline:
                         tensors = True
                 # As it is now: the program may change its own list later.
                 if nested:
-                    value = container_copy(value)
-                elif tp is list and len(value) <= COPY_LIMIT:
-                    value = value.copy()
-                if tensors:
-                    items = [self._keep_tensor(record, v) if isinstance(v, Tensor) else v for v in value]
-                    if any(a is not b for a, b in zip(items, value)):
-                        value = items if tp is list else tuple(items)
+                    value = map_leaves(container_copy(value), lambda x: self._keep_leaf(record, x))
+                else:
+                    if tp is list and len(value) <= COPY_LIMIT:
+                        value = value.copy()
+                    if tensors:
+                        items = [self._keep_tensor(record, v) if isinstance(v, Tensor) else v for v in value]
+                        if any(a is not b for a, b in zip(items, value)):
+                            value = items if tp is list else tuple(items)
                 values[slot] = value
             elif tp is dict:
-                value = values[slot] = container_copy(value)
-                if _has_tensor(value.values()):
-                    for k, v in value.items():
-                        if isinstance(v, Tensor):
-                            value[k] = self._keep_tensor(record, v)
+                values[slot] = map_leaves(container_copy(value), lambda x: self._keep_leaf(record, x))
             elif isinstance(value, Tensor):
                 holders = refs.get(value.untyped_storage().data_ptr())
                 if holders is not None:
@@ -294,6 +284,9 @@ class Timeline:
                 kept = self._keep_tensor(record, value)
                 if kept is not value:
                     values[slot] = kept
+
+    def _keep_leaf(self, record: StepRecord, x: Any) -> Any:
+        return self._keep_tensor(record, x) if type(x) not in _NOT_TENSORS and isinstance(x, torch.Tensor) else x
 
     def _keep_tensor(self, record: StepRecord, t: torch.Tensor):
         storage = t.untyped_storage()
@@ -395,6 +388,11 @@ class Timeline:
                 kept[id(x)] = before
             return before
 
+        def on_storage(x: Any) -> Any:
+            if type(x) not in _NOT_TENSORS and isinstance(x, torch.Tensor) and _storage_ptr(x) == ptr:
+                return as_it_was(x)
+            return x
+
         for record in holders:
             for values in (record._inputs, record._outputs):
                 if not values:
@@ -404,16 +402,9 @@ class Timeline:
                         if _storage_ptr(value) == ptr:
                             values[slot] = as_it_was(value)
                             record.lazy = True
-                    elif type(value) in _SEQUENCES and _has_tensor(value):
-                        items = [as_it_was(v) if isinstance(v, torch.Tensor) and _storage_ptr(v) == ptr else v
-                                 for v in value]
-                        if any(a is not b for a, b in zip(items, value)):
-                            values[slot] = items if isinstance(value, list) else tuple(items)
-                            record.lazy = True
-                    elif type(value) is dict and _has_tensor(value.values()):
-                        new = {k: as_it_was(v) if isinstance(v, torch.Tensor) and _storage_ptr(v) == ptr else v
-                               for k, v in value.items()}
-                        if any(a is not b for a, b in zip(new.values(), value.values())):
+                    elif type(value) in _CONTAINER_TYPES:
+                        new = map_leaves(value, on_storage)
+                        if new is not value:
                             values[slot] = new
                             record.lazy = True
         return kept.get(id(t))

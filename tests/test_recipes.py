@@ -330,3 +330,31 @@ def test_many_in_place_patterns_read_back_as_copies_would(archive):
     from engine.session import clone_value
     native = torch.jit.load(path)(*clone_value(args))
     assert values_equal(recipes.outputs, native)
+
+
+class Nested(nn.Module):
+    def forward(self, x):
+        inner = [x * 2, x * 3]
+        outer: List[List[torch.Tensor]] = [inner]
+        table: Dict[str, List[torch.Tensor]] = {"a": [x + 1]}
+        inner[0].add_(100)  # overwrites a tensor two levels down in `outer`
+        table["a"][0].mul_(0)
+        return outer, table
+
+
+def test_tensors_inside_nested_containers_are_kept_as_they_were(archive):
+    args = (torch.ones(3),)
+    path = archive(Nested(), "script")
+    recipes, copies = run_twice(path, args)
+    outer = next(r for r in recipes.timeline if r.node.kind == "prim::ListConstruct"
+                 and r.outputs and type(r.outputs[0]) is list and r.outputs[0] and type(r.outputs[0][0]) is list)
+    assert torch.equal(outer.outputs[0][0][0], torch.full((3,), 2.0))  # before add_(100)
+    table = next(r for r in recipes.timeline if r.node.kind == "prim::DictConstruct")
+    assert torch.equal(table.outputs[0]["a"][0], torch.full((3,), 2.0))  # before mul_(0)
+    assert_same_history(recipes, copies)
+    # the nested tensors are counted in the record budget
+    zero = Session(path, budget=0).start(values=args)
+    zero.run()
+    assert zero.timeline.kept_bytes == 0
+    assert any(isinstance(t, Dropped) for r in zero.timeline if r.node.kind == "prim::ListConstruct"
+               for v in r.outputs for t in (v if isinstance(v, list) else [v]) for t in (t if isinstance(t, list) else [t]))
