@@ -122,7 +122,6 @@ class StepRecord:
         return f"<StepRecord #{self.index} {self.node.id} {self.node.kind}>"
 
 
-_SEQUENCES = (list, tuple)
 _NOT_TENSORS = frozenset({int, float, bool, str, type(None), torch.device, torch.dtype, torch._C.ScriptModule,
                           torch._C.ScriptObject})
 #: Lists and dicts are recorded as copies (the program goes on changing its
@@ -168,14 +167,6 @@ def container_copy(value: Any) -> Any:
         return copy(value)
     except OverflowError:
         return value
-
-
-def _has_tensor(seq: Any) -> bool:
-    """A tensor anywhere in a list or tuple (``[None, t]``, or one whose first item became a recipe)."""
-    for v in seq:
-        if type(v) not in _NOT_TENSORS and isinstance(v, torch.Tensor):
-            return True
-    return False
 
 
 class Timeline:
