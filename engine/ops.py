@@ -358,26 +358,37 @@ def _overload_runner(node: Node, info: SchemaInfo, compiled_run: Runner, leaf: "
 
     if kw_names:
 
-        def call(args: list) -> list:
+        def direct(args: list) -> list:
             out = op(*args[:n_pos], **dict(zip(kw_names, args[n_pos:])))
             return [out] if n_out == 1 else (list(out) if n_out else [])
     elif n_out == 1:
 
-        def call(args: list) -> list:
+        def direct(args: list) -> list:
             return [op(*args)]
     else:
 
-        def call(args: list) -> list:
+        def direct(args: list) -> list:
             return list(op(*args)) if n_out else []
 
-    if not writes:
-        direct = call
+    # What runs once checked.  A direct call that raises hands over to the
+    # compiled function: the model's own error, worded as torch's interpreter
+    # words it.  Not for in-place ops: one that failed half-way cannot run again.
+    if writes:
+        call = direct
+    elif n_out == 1 and not kw_names:
+
+        def call(args: list) -> list:  # the common case, in one frame
+            try:
+                return [op(*args)]
+            except Exception:
+                return compiled_run(args)
+    else:
 
         def call(args: list) -> list:
             try:
                 return direct(args)
             except Exception:
-                return compiled_run(args)  # the model's own error, worded as torch's interpreter words it
+                return compiled_run(args)
 
     # One check per overload and types serves every node that has them: the
     # compiled function and the direct call get the same argument values, so
