@@ -189,12 +189,24 @@ def test_uninitialized_memory_is_copied_not_remade(archive):
     assert torch.equal(fill.inputs[0], empty.outputs[0])  # what fill_ overwrote, as it was
 
 
-def test_a_recipe_that_fails_reads_as_a_dropped_value(archive):
+def conv_net_run(archive):
+    """A traced conv net with BatchNorm outputs overwritten by ReLU(inplace=True), run once."""
     args = (torch.randn(2, 3, 16, 16),)
     path = archive(M.randomize_bn(M.ConvNet()), "trace", example=args)
-    m = Session(path).start(values=args)
-    m.run()
-    rec = next(r for r in m.timeline if r.node.kind == "aten::batch_norm" and isinstance(r._outputs[0], Overwritten))
+    session = Session(path)
+    machine = session.start(values=args)
+    machine.run()
+    return session, machine
+
+
+def bn_recipe(machine):
+    """The first BatchNorm record whose output is a recipe, not yet run."""
+    return next(r for r in machine.timeline if r.node.kind == "aten::batch_norm" and isinstance(r._outputs[0], Overwritten))
+
+
+def test_a_recipe_that_fails_reads_as_a_dropped_value(archive):
+    _, m = conv_net_run(archive)
+    rec = bn_recipe(m)
     recipe = rec._outputs[0]
     recipe.producer._inputs[0] = "not a tensor any more"  # as if the recorded input were lost
     value = rec.outputs[0]
@@ -206,11 +218,7 @@ def test_a_recipe_that_fails_reads_as_a_dropped_value(archive):
 def test_a_finished_run_is_freed_without_the_cyclic_collector(archive):
     """Records holding recipes of themselves must not form reference cycles:
     a dropped run's tensors are freed at once, not whenever gc next runs."""
-    args = (torch.randn(2, 3, 16, 16),)
-    path = archive(M.randomize_bn(M.ConvNet()), "trace", example=args)
-    s = Session(path)
-    m = s.start(values=args)
-    m.run()
+    s, m = conv_net_run(archive)
     assert m.timeline.recipes > 0
     first = weakref.ref(m.timeline.records[0])
     holders = [weakref.ref(r) for r in m.timeline if any(isinstance(v, Overwritten) for v in r._outputs or ())]
@@ -230,11 +238,8 @@ def test_a_finished_run_is_freed_without_the_cyclic_collector(archive):
 
 
 def test_shapes_are_shown_without_running_recipes(archive):
-    args = (torch.randn(2, 3, 16, 16),)
-    path = archive(M.randomize_bn(M.ConvNet()), "trace", example=args)
-    m = Session(path).start(values=args)
-    m.run()
-    rec = next(r for r in m.timeline if r.node.kind == "aten::batch_norm" and isinstance(r._outputs[0], Overwritten))
+    _, m = conv_net_run(archive)
+    rec = bn_recipe(m)
     from engine.values import short_text
 
     assert short_text(rec.peek_outputs()[0]) == "float32[2,8,16,16]"
