@@ -391,7 +391,7 @@ class Machine:
         record = StepRecord(0, node, act.path, node.module_path or frame.module_path, len(self.stack),
                             rec_inputs, frame.start)
         if op.writes:
-            record.lazy = True  # its inputs may be recipes (``timeline.Overwritten``)
+            record.lazy = True  # its inputs may be recipes (``recipes.Overwritten``)
         t0 = _perf_ns()
         try:
             outs = op.run(args)
@@ -410,7 +410,7 @@ class Machine:
         act.pc += 1
 
     def _inputs_before_write(self, args: list, writes: tuple[int, ...]) -> list:
-        """The op overwrites these inputs: the record keeps copies as they were."""
+        """The op overwrites these inputs: the record keeps them as they were (copies or recipes)."""
         rec_inputs = list(args)
         for i in writes:
             a = args[i]
