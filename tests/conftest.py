@@ -6,6 +6,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+import models as M  # noqa: E402  (tests/ is on the path now)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 torch.set_num_threads(2)
 
@@ -33,3 +35,15 @@ def archive(tmp_path):
         return save_archive(path, module, mode, example)
 
     return make
+
+
+@pytest.fixture
+def convnet(archive):
+    """A traced conv net with BatchNorm (non-trivial statistics) and residual blocks."""
+    return archive(M.randomize_bn(M.ConvNet()), "trace", example=(torch.randn(1, 3, 16, 16),))
+
+
+@pytest.fixture
+def control(archive):
+    """Scripted loops, branches, lists, dicts, SetAttr and a second method."""
+    return archive(M.ControlFlow(), "script")

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from tsdebug.cli import main
-import models as M
 
 
 def digest(path):
@@ -48,8 +47,8 @@ class Lin(torch.nn.Module):
 
 
 @pytest.fixture
-def good(archive):
-    return archive(M.randomize_bn(M.ConvNet()), "trace", example=(torch.randn(1, 3, 16, 16),))
+def good(convnet):
+    return convnet
 
 
 def make_bad_files(tmp_path, good):

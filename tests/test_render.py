@@ -4,22 +4,13 @@ import os
 import subprocess
 import sys
 
-import pytest
-import torch
-
 from engine import Session
 from tsdebug.cli import main
 from tsdebug.render import build_dot, draw, drawn_node_ids, export, overlay_from_session
 from tsdebug.render.layout import builtin_layout, find_engine, parse_json, run_engine
-import models as M
 import trap_models as T
 
 HERE = os.path.dirname(__file__)
-
-
-@pytest.fixture
-def convnet(archive):
-    return archive(M.randomize_bn(M.ConvNet()), "trace", example=(torch.randn(1, 3, 16, 16),))
 
 
 def engines():

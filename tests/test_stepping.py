@@ -2,7 +2,6 @@
 
 import math
 
-import pytest
 import torch
 
 from engine import Session, Stop
@@ -12,16 +11,6 @@ import models as M
 
 def x4():
     return torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
-
-
-@pytest.fixture
-def convnet(archive):
-    return archive(M.randomize_bn(M.ConvNet()), "trace", example=(torch.randn(1, 3, 16, 16),))
-
-
-@pytest.fixture
-def control(archive):
-    return archive(M.ControlFlow(), "script")
 
 
 def step_until(machine, pred, limit=10_000):

@@ -2,7 +2,6 @@
 
 import asyncio
 
-import pytest
 import torch
 
 from tsdebug.app import TsdebugApp
@@ -11,7 +10,6 @@ from tsdebug.widgets import CallStack, Inspector, ProgramView, StatusBar
 from tsdebug.widgets.goto import GotoScreen, fuzzy_score
 from tsdebug.widgets.help import HelpScreen
 from tsdebug.widgets.prompt import PromptScreen
-import models as M
 
 
 def args_for(path, *extra):
@@ -26,16 +24,6 @@ async def settle(pilot, app):
             break
         await asyncio.sleep(0.01)
     await pilot.pause()
-
-
-@pytest.fixture
-def convnet(archive):
-    return archive(M.randomize_bn(M.ConvNet()), "trace", example=(torch.randn(1, 3, 16, 16),))
-
-
-@pytest.fixture
-def control(archive):
-    return archive(M.ControlFlow(), "script")
 
 
 def test_step_into_over_out_and_back(convnet):
