@@ -149,27 +149,12 @@ class Inspector(VerticalScroll, can_focus=True):
                               style="#8a8a8a"))
             if record.error:
                 parts.append(Text(record.error, style="bold red"))
-        parts.append(Text("inputs", style="bold underline"))
         inputs = record.inputs if record is not None else None
-        focus: Any = None
-        for i, v in enumerate(node.inputs):
-            if inputs is None:
-                parts.append(Text(f"  %{v.name}  : {v.type}", style="#8a8a8a", no_wrap=True))
-                continue
-            val = inputs[i] if i < len(inputs) else None
-            parts.extend(value_lines(f"%{v.name}", val, self.expanded))
-        parts.append(Text("outputs", style="bold underline"))
         outputs = record.outputs if record is not None else None
         if outputs is None and live is not None:
             outputs = live
-        for i, v in enumerate(node.outputs):
-            if outputs is None:
-                parts.append(Text(f"  %{v.name}  : {v.type}  (not run yet)", style="#8a8a8a", no_wrap=True))
-                continue
-            val = outputs[i] if i < len(outputs) else None
-            parts.extend(value_lines(f"%{v.name}", val, self.expanded))
-            if focus is None and isinstance(val, torch.Tensor):
-                focus = (f"%{v.name}", val)
+        parts.extend(self._value_section("inputs", node.inputs, inputs, ""))
+        parts.extend(self._value_section("outputs", node.outputs, outputs, "  (not run yet)"))
         ref = getattr(self, "_reference", None)
         if ref is not None:
             mt = ref.metrics
@@ -182,16 +167,23 @@ class Inspector(VerticalScroll, can_focus=True):
                               + ("" if mt.shape_ok else "  SHAPES DIFFER"), style="#d0d0d0" if mt.close else "red"))
             if ref.eager.outputs:
                 parts.extend(value_lines("eager", ref.eager.outputs[0], self.expanded))
-        if focus is None and inputs is not None:
-            for v, val in zip(node.inputs, inputs):
-                if isinstance(val, torch.Tensor) and val.numel() > 1:
-                    focus = (f"%{v.name}", val)
-                    break
+        # the tensor shown in detail: the first output, else the first input with more than one element
+        focus = _first_tensor(node.outputs, outputs, 0) or _first_tensor(node.inputs, inputs, 2)
         if focus is not None:
             name, t = focus
             parts.extend(self._tensor_detail(name, t))
         self.plain = "\n".join(p.plain for p in parts if isinstance(p, Text))
         self._text.update(Group(*parts))
+
+    def _value_section(self, title: str, defs: Any, values: list | None, unknown: str) -> list:
+        """``title`` and one entry per value; names and types alone when nothing was recorded."""
+        lines: list = [Text(title, style="bold underline")]
+        for i, v in enumerate(defs):
+            if values is None:
+                lines.append(Text(f"  %{v.name}  : {v.type}{unknown}", style="#8a8a8a", no_wrap=True))
+            else:
+                lines.extend(value_lines(f"%{v.name}", values[i] if i < len(values) else None, self.expanded))
+        return lines
 
     def _tensor_detail(self, name: str, t: torch.Tensor) -> list[Any]:
         out: list[Any] = [Text(f"\n{name} preview", style="bold underline")]
@@ -208,3 +200,10 @@ class Inspector(VerticalScroll, can_focus=True):
             out.append(Text(f"{lo:.4g}".ljust(len(counts) // 2) + f"{hi:.4g}".rjust(len(counts) - len(counts) // 2),
                             style="#8a8a8a", no_wrap=True))
         return out
+
+
+def _first_tensor(defs: Any, values: list | None, min_numel: int) -> tuple[str, torch.Tensor] | None:
+    for v, val in zip(defs, values or ()):
+        if isinstance(val, torch.Tensor) and val.numel() >= min_numel:
+            return f"%{v.name}", val
+    return None
