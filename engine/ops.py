@@ -476,11 +476,12 @@ class LeafOp:
         self.run = runner_for(node, messages, self)
 
 
-def runner_for(node: Node, messages: Messages | None = None, leaf: LeafOp | None = None) -> Runner:
+def runner_for(node: Node, messages: Messages | None, leaf: LeafOp) -> Runner:
     """A callable taking the node's input values and returning its outputs as a list.
 
     ``aten::warn`` and ``prim::Print`` write to ``messages`` instead of the
-    terminal, which belongs to the debugger.
+    terminal, which belongs to the debugger.  ``leaf`` is the ``LeafOp`` the
+    runner is for: a checked direct call replaces its ``run``.
     """
     kind = node.kind
     n_out = len(node.outputs)
@@ -534,7 +535,7 @@ def runner_for(node: Node, messages: Messages | None = None, leaf: LeafOp | None
 
         return run_is
 
-    fast = _overload_runner(node, info, compiled_run, leaf) if leaf is not None else None
+    fast = _overload_runner(node, info, compiled_run, leaf)
     if fast is not None:
         return fast
 
