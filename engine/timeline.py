@@ -32,7 +32,7 @@ import torch
 
 from engine.ir import Node
 from engine.recipes import Overwritten, Recompute, described, holds, map_leaves, resolved
-from engine.values import Dropped, summarize
+from engine.values import Dropped, summarize_tensor
 
 DEFAULT_BUDGET = 1 << 30  # 1 GiB
 
@@ -299,7 +299,7 @@ class Timeline:
         if cached is not None and cached[0]() is t and cached[2] == t._version:
             return cached[1]
         self.dropped += 1
-        dropped = Dropped(summarize(t), reason=reason)
+        dropped = Dropped(summarize_tensor(t), reason=reason)
         key = id(t)
         cache = self._dropped_cache
 

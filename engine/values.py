@@ -57,9 +57,13 @@ class TensorSummary:
 
 @dataclass(frozen=True)
 class Dropped:
-    """A recorded value whose tensor was not kept (over the memory budget)."""
+    """A recorded tensor that was not kept: over the memory budget, or overwritten and not remade.
 
-    summary: Any
+    ``summary`` is its ``TensorSummary`` (shape, dtype, statistics), taken
+    when it was recorded; ``reason`` says why the tensor itself is gone.
+    """
+
+    summary: TensorSummary
     reason: str = "over the record budget"
 
 
@@ -162,6 +166,15 @@ def _stats_source(t: torch.Tensor) -> torch.Tensor | None:
 
 
 def summarize_tensor(t: torch.Tensor, stats: bool = True) -> TensorSummary:
+    if (stats and type(t) is torch.Tensor and t.dtype in _FAST_DTYPES and t.layout == torch.strided
+            and t.device.type == "cpu" and not t.requires_grad and not torch.is_grad_enabled()):
+        # The common case, and the one a run over the record budget pays for every value it drops:
+        # every check and attribute read below costs a little after a big kernel has evicted the caches.
+        numel = t.numel()
+        found = _tensor_stats(t) if numel else None
+        if found is None:
+            return TensorSummary(tuple(t.shape), _DTYPE_NAMES[t.dtype], "cpu", numel, numel * t.element_size())
+        return TensorSummary(tuple(t.shape), _DTYPE_NAMES[t.dtype], "cpu", numel, numel * t.element_size(), *found)
     numel = t.numel()
     shape = tuple(t.shape)
     dtype = _DTYPE_NAMES.get(t.dtype) or str(t.dtype).replace("torch.", "")
@@ -184,8 +197,9 @@ def _tensor_stats(t: torch.Tensor) -> tuple | None:
     """(min, max, mean, std, nan, inf) of ``t``'s finite elements, or None when it has no numbers.
 
     This runs for every recorded tensor, so it is written for speed: three
-    reductions and one host transfer.  aminmax propagates NaN and sees Inf,
-    so finite extremes mean the counting passes can be skipped.  The sum of
+    reductions, each read back with ``item()`` (cheaper than stacking the
+    four results to read them at once).  aminmax propagates NaN and sees
+    Inf, so finite extremes mean the counting passes can be skipped.  The sum of
     squares is a dot product (BLAS, one pass, no temporary; var_mean and
     vector_norm are several times slower on CPU); the centred form, in
     double, is used only when the mean dwarfs the spread or the squares
@@ -197,7 +211,10 @@ def _tensor_stats(t: torch.Tensor) -> tuple | None:
             return None
     flat = t.reshape(-1)
     lo, hi = torch.aminmax(flat)
-    lo_f, hi_f, total, squares = torch.stack([lo, hi, flat.sum(), torch.dot(flat, flat)]).tolist()
+    lo_f = lo.item()
+    hi_f = hi.item()
+    total = flat.sum().item()
+    squares = torch.dot(flat, flat).item()
     nan = inf = 0
     n = flat.numel()
     if not (math.isfinite(lo_f) and math.isfinite(hi_f)):

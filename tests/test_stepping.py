@@ -5,7 +5,7 @@ import math
 import torch
 
 from engine import Session, Stop
-from engine.values import Dropped, values_equal
+from engine.values import Dropped, summarize, values_equal
 import models as M
 
 
@@ -151,7 +151,19 @@ def test_budget_keeps_summaries_and_says_so(convnet):
     assert m.timeline.dropped > 0
     conv = next(r for r in m.timeline if r.node.kind == "aten::_convolution")
     assert isinstance(conv.outputs[0], Dropped)
-    assert conv.outputs[0].summary.tensor.shape == (1, 8, 16, 16)
+    assert conv.outputs[0].summary.shape == (1, 8, 16, 16)
+    # the summaries kept in place of the tensors are those of the tensors themselves
+    kept = Session(convnet).start()
+    kept.run()
+    pairs = [(a, b) for ra, rb in zip(m.timeline, kept.timeline) for a, b in zip(ra.outputs, rb.outputs)
+             if isinstance(a, Dropped)]
+    assert len({id(a) for a, _ in pairs}) == m.timeline.dropped  # a call's record shares its callee's
+    for dropped, tensor in pairs:
+        assert dropped.summary == summarize(tensor).tensor
+        exact = tensor.double()
+        assert dropped.summary.min == float(tensor.min()) and dropped.summary.max == float(tensor.max())
+        assert math.isclose(dropped.summary.mean, float(exact.mean()), rel_tol=1e-5, abs_tol=1e-7)
+        assert math.isclose(dropped.summary.std, float(exact.std()), rel_tol=1e-4, abs_tol=1e-7)
 
 
 def test_breakpoint_on_node_and_kind(convnet):
