@@ -8,6 +8,7 @@ unpicklers that build nothing but plain data.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import io
@@ -15,6 +16,8 @@ import os
 import pickle
 import pickletools
 import re
+import sys
+import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -181,6 +184,15 @@ def identify(path: str) -> None:
 
 # ------------------------------------------------------------------ loading
 
+def _holds_code(path: str, needle: bytes) -> bool:
+    """Whether any code file in the archive contains ``needle`` (to explain a load failure)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(needle in z.read(n) for n in z.namelist() if "/code/" in n and n.endswith(".py"))
+    except Exception:
+        return False
+
+
 _UNKNOWN_OP = re.compile(r"Unknown (?:builtin op|type name|type): '?([A-Za-z_][\w.]*)::([\w.]+)'?")
 _UNKNOWN_OP2 = re.compile(r"\b([a-z_][a-z0-9_]*)::([A-Za-z_]\w*)\b")
 
@@ -198,8 +210,40 @@ def _missing_op(message: str) -> tuple[str, str] | None:
 
 def _import_ir(path: str, device: str):
     cu = torch._C.CompilationUnit()
-    cpp = torch._C.import_ir_module(cu, path, torch.device(device), {}, False)
+    with _cpp_warnings_filtered():
+        cpp = torch._C.import_ir_module(cu, path, torch.device(device), {}, False)
     return cu, cpp
+
+
+@contextlib.contextmanager
+def _cpp_warnings_filtered():
+    """Keep torch's C++ deprecation warnings (printed straight to fd 2) off the user's terminal.
+
+    Loading an archive with quantized constants prints one such line from
+    C++, where ``warnings`` cannot catch it.  Other lines written meanwhile
+    are passed on.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            kept = [ln for ln in sink.read().decode(errors="replace").splitlines(keepends=True)
+                    if not _CPP_DEPRECATION.search(ln)]
+            if kept:
+                sys.stderr.write("".join(kept))
+
+
+_CPP_DEPRECATION = re.compile(r"^\[W.*\] Warning: .*\b(?:is|are) deprecated\b")
 
 
 def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = ()) -> Archive:
@@ -247,7 +291,14 @@ def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = ()) -> Arc
             first = next((ln.strip() for ln in message.splitlines() if ln.strip()), type(exc).__name__)
             if "PytorchStreamReader" in message or "failed finding central directory" in message:
                 raise ArchiveError(f"{path} is a corrupt TorchScript archive ({first}); save or copy it again") from None
-            raise ArchiveError(f"{path} could not be loaded as TorchScript: {first}") from None
+            if _holds_code(path, b"ConstantMKLDNNTensor"):
+                raise ArchiveError(
+                    f"{path} was saved after torch.jit.optimize_for_inference, whose MKLDNN weights are not "
+                    "written to the file, so torch.jit.load cannot read it either; save the model before "
+                    "optimize_for_inference (torch.jit.freeze alone is fine)"
+                ) from None
+            raise ArchiveError(f"torch.jit.load cannot read {path} either ({first}); re-export it with this "
+                               f"torch ({torch.__version__.split('+')[0]})") from None
     module = torch.jit._recursive.wrap_cpp_module(cpp)
     return Archive(
         path=path,
