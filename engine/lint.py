@@ -428,7 +428,7 @@ def lint_session(session: Any) -> LintReport:
     program = session.program
     for method, origin in report.methods.items():
         if origin == "scripted":
-            report.notes.append(f"{method} is scripted: its control flow is kept, nothing is frozen")
+            report.notes.append(f"{method} is scripted: its control flow is in the archive, no branch was fixed by tracing")
             continue
         graph = program.root_graph(method, inlined=True)
         findings: list[Finding] = []
