@@ -200,7 +200,7 @@ _UNKNOWN_OP2 = re.compile(r"\b([a-z_][a-z0-9_]*)::([A-Za-z_]\w*)\b")
 def _missing_op(message: str) -> tuple[str, str] | None:
     m = _UNKNOWN_OP.search(message)
     if m:
-        return m.group(1), m.group(2)
+        return m.group(1), m.group(2).rstrip(".")  # torch ends the sentence with a period
     if "Unknown builtin op" in message or "Unknown type" in message:
         m = _UNKNOWN_OP2.search(message)
         if m:

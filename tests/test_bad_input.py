@@ -209,7 +209,7 @@ def test_custom_op_archive(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
-    assert "tsdbgops::double" in res.stderr and "--library" in res.stderr
+    assert "operator tsdbgops::double," in res.stderr and "--library" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     # With the package importable: imported automatically, and the run is exact.
     env["PYTHONPATH"] = str(tmp_path / "pkgs")
