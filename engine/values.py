@@ -166,12 +166,13 @@ def _stats_source(t: torch.Tensor) -> torch.Tensor | None:
 
 
 def summarize_tensor(t: torch.Tensor, stats: bool = True) -> TensorSummary:
-    if (stats and type(t) is torch.Tensor and t.dtype in _FAST_DTYPES and t.layout == torch.strided
+    if (type(t) is torch.Tensor and t.dtype in _FAST_DTYPES and t.layout == torch.strided
             and t.device.type == "cpu" and not t.requires_grad and not torch.is_grad_enabled()):
-        # The common case, and the one a run over the record budget pays for every value it drops:
-        # every check and attribute read below costs a little after a big kernel has evicted the caches.
+        # The common case, and the one a run pays for every value it drops over the record budget
+        # or overwrites in place: every check and attribute read below costs a little after a big
+        # kernel has evicted the caches.
         numel = t.numel()
-        found = _tensor_stats(t) if numel else None
+        found = _tensor_stats(t) if stats and numel else None
         if found is None:
             return TensorSummary(tuple(t.shape), _DTYPE_NAMES[t.dtype], "cpu", numel, numel * t.element_size())
         return TensorSummary(tuple(t.shape), _DTYPE_NAMES[t.dtype], "cpu", numel, numel * t.element_size(), *found)
