@@ -76,6 +76,7 @@ class ValueSummary:
     tensor: TensorSummary | None = None
     items: tuple["ValueSummary", ...] = field(default=())
     length: int | None = None
+    keys: tuple[str, ...] = field(default=())  # a dict's keys (repr), one per item
 
     def short(self) -> str:
         if self.tensor is not None:
@@ -89,6 +90,8 @@ class ValueSummary:
         if self.length is not None:
             d["length"] = self.length
             d["items"] = [i.to_json() for i in self.items]
+            if self.kind == "dict":
+                d["keys"] = list(self.keys)
         return d
 
 
@@ -283,9 +286,12 @@ def summarize(value: Any, depth: int = 0) -> ValueSummary:
         items = (
             tuple(summarize(v, depth + 1) for _, v in list(value.items())[:16]) if depth < 3 else ()
         )
-        keys = ", ".join(repr(k) for k in list(value)[:4])
+        shown = list(value)[:4]
+        # keys with their values' short forms: keys alone would read as a set
+        pairs = ", ".join(f"{k!r}: {items[i].short() if i < len(items) else '…'}" for i, k in enumerate(shown))
         more = ", …" if len(value) > 4 else ""
-        return ValueSummary(kind="dict", text=f"{{{keys}{more}}}", items=items, length=len(value))
+        keys = tuple(repr(k) for k in list(value)[: len(items)])
+        return ValueSummary(kind="dict", text=f"{{{pairs}{more}}}", items=items, length=len(value), keys=keys)
     if isinstance(value, torch.device):
         return ValueSummary(kind="device", text=str(value))
     if isinstance(value, torch.dtype):

@@ -2,7 +2,7 @@
 
 import os
 import warnings
-from typing import List, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import pytest
 import torch
@@ -223,3 +223,33 @@ def test_run_reports_what_the_model_said_and_nothing_reaches_the_terminal(archiv
     out, err = capfd.readouterr()
     assert json.loads(out)["messages"] == ["warning: scripted models always return a tuple", "x has 4 elements"]
     assert err == ""
+
+
+class Outputs(NamedTuple):
+    doubled: torch.Tensor
+    both: List[torch.Tensor]
+
+
+class ReturnsStructures(nn.Module):
+    def forward(self, x: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], Outputs, str]:
+        return {"y": x + 1, "z": x.sum()}, Outputs(x * 2, [x, x.t()]), "done"
+
+
+def test_structured_outputs_are_shown_and_saved(archive, capsys, tmp_path):
+    path = archive(ReturnsStructures(), "script")
+    saved = str(tmp_path / "out.pt")
+    assert main(["run", path, "--input", "float32[2,3]", "--seed", "1", "--save-outputs", saved]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("outputs"))
+    # a dict reads as keys with values (not as a set of keys); named tuples as tuples
+    assert "({'y': float32[2,3], 'z': float32[]}, (float32[2,3], [float32[2,3], float32[3,2]]), 'done')" in line
+    assert "identical" in line
+    d, o, s = torch.load(saved, weights_only=True)
+    assert s == "done" and set(d) == {"y", "z"}
+    x = o[1][0]
+    assert torch.equal(o[0], x * 2) and torch.equal(o[1][1], x.t()) and torch.equal(d["y"], x + 1)
+    import json
+
+    assert main(["run", path, "--input", "float32[2,3]", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)["outputs"]["items"][0]
+    assert d["kind"] == "dict" and d["keys"] == ["'y'", "'z'"] and d["items"][1]["shape"] == []
