@@ -70,6 +70,21 @@ def describe_signature(method_name: str, params: list[Param]) -> str:
     return f"{method_name}({', '.join(str(p) for p in params)})"
 
 
+_EXAMPLE_SPECS = {"Tensor": "float32[1,3,224,224]", "int": "int:1", "float": "float:1.0", "bool": "bool:true",
+                  "str": "str:text", "Tensor[]": "'[float32[3,224,224]]'", "List[Tensor]": "'[float32[3,224,224]]'"}
+
+
+def example_arguments(params: list[Param]) -> str:
+    """``--input`` flags of the right kinds for the parameters without defaults (for messages)."""
+    specs = []
+    for p in params:
+        if p.has_default:
+            break
+        t = p.type[len("Optional["):-1] if p.type.startswith("Optional[") else p.type
+        specs.append(_EXAMPLE_SPECS.get(t, "FILE.pt"))
+    return " ".join(f"--input {s}" for s in specs) or "--input float32[1,3,224,224]"
+
+
 def _generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1000003 + index)
 

@@ -192,8 +192,8 @@ class Session:
                 args = inputs_mod.infer_inputs(self.program, self.method, params, self.seed)
                 if args is None:
                     raise InputError(
-                        f"cannot guess the inputs of {self.signature_text()}; "
-                        "give one --input per parameter (e.g. --input float32[1,3,224,224])"
+                        f"cannot guess the inputs of {self.signature_text()}; give one --input per "
+                        f"parameter (e.g. {inputs_mod.example_arguments(params)}, with your shapes)"
                     )
                 source = "inferred from the graph"
         args = inputs_mod.fill_defaults(args, params, self.method)

@@ -1,6 +1,7 @@
 """Pilot tests: drive the debugger's keys on real saved models."""
 
 import asyncio
+from typing import List
 
 import torch
 
@@ -369,5 +370,35 @@ def test_module_groups_fold_in_the_inlined_view(convnet):
             await pilot.press("f")
             await pilot.press("c")
             await settle(pilot, app)
+
+    asyncio.run(run())
+
+
+class TakesImageList(torch.nn.Module):
+    def forward(self, images: List[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(images).sum()
+
+
+def test_messages_with_brackets_are_shown_whole(archive):
+    """Types and shapes hold square brackets: a toast must not read them as markup."""
+    from textual.widgets._toast import Toast
+
+    path = archive(TakesImageList(), "script")
+
+    async def run():
+        app = TsdebugApp(args_for(path))
+        async with app.run_test(size=(100, 30), notifications=True) as pilot:
+            await settle(pilot, app)
+            assert app.state == "error"
+            assert "images: List[Tensor]" in app.load_error
+            for _ in range(20):
+                await pilot.pause()
+                toasts = list(app.screen.query(Toast))
+                if toasts:
+                    break
+            shown = " ".join(str(t.render()) for t in toasts)
+            assert "List[Tensor]" in shown.replace("\n", " ")
+            # the example fits the parameter: a list of images
+            assert "--input '[float32[3,224,224]]'" in app.load_error
 
     asyncio.run(run())

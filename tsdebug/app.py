@@ -88,6 +88,12 @@ class TsdebugApp(App):
         self.compare_on = False
         self._diffs_by_record: dict = {}
 
+    def notify(self, message: str, *, title: str = "", severity: str = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """A toast, as plain text by default: messages hold types and shapes (``List[Tensor]``,
+        ``float32[1,3]``) that markup would read as tags and drop."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
+
     # ---------------------------------------------------------------- layout
 
     def compose(self) -> ComposeResult:
