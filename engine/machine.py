@@ -318,6 +318,8 @@ class Machine:
             self._flush_attrs()
             return
         owner = act.owner
+        if owner.kind == "prim::fork":
+            returns = [_completed_future(returns[0] if len(returns) == 1 else tuple(returns))]
         parent = self.stack[-1]
         penv = parent.frame.env
         for i, x in zip(owner.out_idx, returns):
@@ -577,6 +579,31 @@ class Machine:
         label = f"{module_path}.{node.callee}" if module_path else node.callee
         self._push_frame(act, node, graph, args, module_path, label, args)
 
+    def _run_fork(self, act: Activation, node: Node) -> None:
+        """``torch.jit.fork``: the forked graph runs here and now, as a call one can step into.
+
+        Run in place of asynchronously: its result is what ``wait`` would
+        return, and the inputs it reads are those the fork was given.  The
+        node's output is a completed ``Future`` holding the result (see
+        ``_exit_block``).
+        """
+        frame = act.frame
+        args = [frame.env[i] for i in node.in_idx]
+        try:
+            graph = self.program.fork_graph(node)
+        except TsdebugError as exc:
+            record = self._record(act, node, args)
+            self.timeline.add(record)
+            self._fail(node, exc, record)
+            return
+        new_frame = Frame(graph, frame.module_path, "fork")
+        for v, i, x in zip(graph.inputs, node.in_idx, args):
+            new_frame.env[v.index] = x
+            if i in frame.paths:  # a module handed to the forked code keeps its path
+                new_frame.paths[v.index] = frame.paths[i]
+        new = self._enter(act, node, graph.body, "body", args, frame=new_frame, path=act.path + (graph.name,))
+        new_frame.start = new.record.index
+
     def _run_call_function(self, act: Activation, node: Node) -> None:
         frame = act.frame
         args = [frame.env[i] for i in node.in_idx[1:]]
@@ -777,10 +804,18 @@ _HANDLERS: dict[str, Callable[[Machine, Activation, Node], None]] = {
     "prim::Loop": Machine._run_loop,
     "prim::CallMethod": Machine._run_call_method,
     "prim::CallFunction": Machine._run_call_function,
+    "prim::fork": Machine._run_fork,
     "prim::GetAttr": Machine._run_getattr,
     "prim::SetAttr": Machine._run_setattr,
     "prim::Constant": Machine._run_constant,
 }
+
+
+def _completed_future(value: Any) -> torch.futures.Future:
+    """What ``prim::fork`` returns, made after the forked graph ran: ``aten::wait`` gives ``value``."""
+    future: torch.futures.Future = torch.futures.Future()
+    future.set_result(value)
+    return future
 
 
 class _ExecContext:

@@ -288,6 +288,22 @@ class Program:
             self._graphs[key] = graph
         return graph
 
+    def fork_graph(self, node: Node) -> Graph:
+        """The graph a ``prim::fork`` node runs (its ``Subgraph``), named after the node."""
+        key = ("fork", node.id)
+        graph = self._graphs.get(key)
+        if graph is None:
+            sub = node.attrs.get("Subgraph")
+            if not isinstance(sub, torch._C.Graph):
+                raise ModelError(f"{node.kind} (node {node.id}) has no subgraph torch hands over")
+            # no "/" in a graph's name (a node id is the graph's name, "/", the node's path):
+            # ``forward/5`` forks ``forward.fork@5``
+            graph_name, _, where = node.id.partition("/")
+            name = f"{graph_name}.fork@{where.replace('/', '-')}"
+            graph = convert_graph(sub, name, name)
+            self._graphs[key] = graph
+        return graph
+
     def cached_graphs(self) -> list[Graph]:
         return list(self._graphs.values())
 

@@ -107,11 +107,19 @@ def short_text(value: Any, limit: int = 32) -> str:
         return value.short()
     if isinstance(value, TensorSummary):
         return value.short()
+    if isinstance(value, torch._C.Future):
+        return f"Future[{short_text(value.value(), limit)}]" if value.done() else "Future (pending)"
+    if isinstance(value, torch._C.Graph):  # a node's subgraph (prim::fork)
+        return f"<graph of {len(list(value.nodes()))} nodes>"
     if isinstance(value, (list, tuple)):
         if value and all(isinstance(v, torch.Tensor) for v in value[:4]):
             inner = short_text(value[0], limit)
             return f"{'[' if isinstance(value, list) else '('}{inner}…×{len(value)}{']' if isinstance(value, list) else ')'}"
-        text = repr(value) if len(value) <= 8 else f"{type(value).__name__}[{len(value)}]"
+        if len(value) <= 8:
+            inner = ", ".join(short_text(v, limit) for v in value)
+            text = f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
+        else:
+            text = f"{type(value).__name__}[{len(value)}]"
     elif isinstance(value, (torch._C.ScriptModule,)):
         text = f"<{value._type().name()}>"
     elif isinstance(value, torch._C.ScriptObject):
@@ -300,6 +308,10 @@ def summarize(value: Any, depth: int = 0) -> ValueSummary:
 
     if isinstance(value, (ClassInstance, ObjectRef)):
         return ValueSummary(kind="object", text=f"<{value.short_name}>")
+    if isinstance(value, torch._C.Future):
+        if not value.done():
+            return ValueSummary(kind="object", text="Future (pending)")
+        return ValueSummary(kind="object", text=f"Future[{summarize(value.value(), depth + 1).short()}]")
     if isinstance(value, torch._C.ScriptObject):
         try:
             name = value._type().name()

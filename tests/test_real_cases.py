@@ -253,3 +253,67 @@ def test_structured_outputs_are_shown_and_saved(archive, capsys, tmp_path):
     assert main(["run", path, "--input", "float32[2,3]", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)["outputs"]["items"][0]
     assert d["kind"] == "dict" and d["keys"] == ["'y'", "'z'"] and d["items"][1]["shape"] == []
+
+
+class Branch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.relu(self.lin(x))
+
+
+class Forks(nn.Module):
+    """torch.jit.fork / wait, as models that run branches in parallel use them."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = Branch()
+        self.b = Branch()
+
+    def forward(self, x):
+        fa = torch.jit.fork(self.a, x)
+        fb = torch.jit.fork(self.b, x * 2)
+        futures: List[torch.jit.Future[torch.Tensor]] = [fa, fb]
+        outs = [torch.jit.wait(f) for f in futures]
+        return outs[0] + outs[1]
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_fork_runs_as_a_call_one_can_step_into(archive, inline):
+    module = Forks().eval()
+    path = archive(module, "script")
+    x = torch.randn(2, 4)
+    s = Session(path, inline=inline)
+    s.start(values=(x,))
+    report = s.run_and_compare()
+    assert report.error is None and report.identical
+    with torch.no_grad():
+        assert torch.equal(report.outputs, module(x))
+    m = s.restart()
+    while m.current_node.kind != "prim::fork":
+        m.step()
+    m.step()  # into the forked graph
+    assert m.current_node.id.startswith(m.frames()[-1].graph.name + "/")
+    assert m.frames()[-1].graph.short_name in ("forward.fork@5", "forward[inlined].fork@5")
+    m.step_out()
+    fork = next(r for r in m.timeline if r.node.kind == "prim::fork")
+    future = fork.outputs[0]
+    assert isinstance(future, torch.futures.Future) and future.done()
+    with torch.no_grad():
+        assert torch.equal(future.value(), module.a(x))
+    # the branch's linear ran under the module path it has in the model
+    assert any(r.node.kind == "aten::linear" and r.module_path == "a.lin" for r in m.timeline)
+
+
+def test_fork_archive_exits_cleanly(archive):
+    """A run left torch's own Futures alive at exit, and the process aborted now and then."""
+    import subprocess
+    import sys
+
+    path = archive(Forks(), "script")
+    for _ in range(3):
+        res = subprocess.run([sys.executable, "-m", "tsdebug.cli", "run", path, "--input", "float32[2,4]"],
+                             capture_output=True, text=True, env={**os.environ, "TSDEBUG_NO_STATUS": "1"})
+        assert res.returncode == 0 and res.stderr == "", res.stderr
