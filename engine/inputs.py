@@ -57,12 +57,33 @@ class Param:
     def __str__(self) -> str:
         return f"{self.name}: {self.type}"
 
+    def default_value(self) -> Any:
+        """The default, or an ``InputError`` when Python cannot hold it."""
+        if isinstance(self.default, _Unreadable):
+            raise InputError(
+                f"the default of parameter {self.name!r} ({self.type}) cannot be handed to Python "
+                f"({self.default.reason}); tsdebug cannot run a method with such a parameter yet"
+            )
+        return self.default
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A default torch cannot convert to Python (a TorchScript enum whose class is not imported)."""
+
+    reason: str
+
 
 def signature(method: Any) -> list[Param]:
     """Parameters of a ``torch._C.ScriptMethod`` after ``self``."""
     params = []
     for arg in list(method.schema.arguments)[1:]:
-        params.append(Param(arg.name, str(arg.type), bool(arg.has_default_value()), arg.default_value))
+        has_default = bool(arg.has_default_value())
+        try:
+            default = arg.default_value
+        except Exception as exc:
+            default = _Unreadable(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        params.append(Param(arg.name, str(arg.type), has_default, default))
     return params
 
 
@@ -224,7 +245,7 @@ def load_inputs_file(path: str, params: list[Param]) -> tuple:
             if p.name in value:
                 args.append(value[p.name])
             elif p.has_default:
-                args.append(p.default)
+                args.append(p.default_value())
             else:
                 raise InputError(f"--inputs {path}: no value for parameter {p.name!r}")
         return tuple(args)
@@ -243,7 +264,7 @@ def fill_defaults(args: tuple, params: list[Param], method: str) -> tuple:
                 f"no input for {p.name!r}: {describe_signature(method, params)} needs {len(params)}; "
                 "give one --input per parameter"
             )
-        out.append(p.default)
+        out.append(p.default_value())
     return tuple(out)
 
 
@@ -342,7 +363,7 @@ def infer_inputs(program, method: str, params: list[Param], seed: int) -> tuple 
     for k, (p, v) in enumerate(zip(params, graph.inputs[1:])):
         if p.type != "Tensor":
             if p.has_default:
-                out.append(p.default)
+                out.append(p.default_value())
                 continue
             return None
         guess = None

@@ -17,6 +17,7 @@ view reaches the live head again.
 from __future__ import annotations
 
 import gc
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -355,6 +356,12 @@ class Machine:
 
     def _fail(self, node: Node, exc: BaseException, record: StepRecord) -> None:
         msg = str(exc) if isinstance(exc, ModelRaised) else first_error_line(exc)
+        enum = re.search(r"Enum<([\w.]+)>", msg)
+        if enum is not None or (node.schema and "AnyEnumType" in node.schema):
+            # torch hands a TorchScript enum to Python only as an instance of its Python class,
+            # which a loaded archive does not bring along
+            name = enum.group(1) if enum else "an enum"
+            msg = f"the model uses the TorchScript enum {name}, which tsdebug cannot run yet ({msg})"
         baked = next((a for a in record.inputs if isinstance(a, torch.device) and a.type == "cuda"), None)
         if baked is not None and not torch.cuda.is_available():
             msg = (f"the graph has the device {baked} baked in (torch.jit.trace on a GPU records "
@@ -578,6 +585,30 @@ class Machine:
         module_path = frame.paths.get(node.in_idx[0], frame.module_path)
         label = f"{module_path}.{node.callee}" if module_path else node.callee
         self._push_frame(act, node, graph, args, module_path, label, args)
+
+    def _run_enter(self, act: Activation, node: Node) -> None:
+        """``with obj:`` begins: ``prim::Enter`` calls ``obj.__enter__()`` (``torch.no_grad()`` in scripted code)."""
+        obj = act.frame.env[node.in_idx[0]]
+        self._call_object_method(act, node, obj, "__enter__", [obj])
+
+    def _run_exit(self, act: Activation, node: Node) -> None:
+        """``with obj:`` ends: ``prim::Exit`` calls ``obj.__exit__(None, None, None)``."""
+        obj = act.frame.env[node.in_idx[0]]
+        self._call_object_method(act, node, obj, "__exit__", [obj, None, None, None])
+
+    def _call_object_method(self, act: Activation, node: Node, obj: Any, method: str, args: list) -> None:
+        frame = act.frame
+        try:
+            graph = self.program.method_graph(obj, method)
+        except TsdebugError as exc:
+            record = self._record(act, node, [obj])
+            self.timeline.add(record)
+            self._fail(node, exc, record)
+            return
+        args = (args + [None] * len(graph.inputs))[:len(graph.inputs)]
+        module_path = frame.paths.get(node.in_idx[0], frame.module_path)
+        label = f"{module_path}.{method}" if module_path else f"{graph.short_name.rsplit('.', 1)[0]}.{method}"
+        self._push_frame(act, node, graph, args, module_path, label, [obj])
 
     def _run_fork(self, act: Activation, node: Node) -> None:
         """``torch.jit.fork``: the forked graph runs here and now, as a call one can step into.
@@ -805,6 +836,8 @@ _HANDLERS: dict[str, Callable[[Machine, Activation, Node], None]] = {
     "prim::CallMethod": Machine._run_call_method,
     "prim::CallFunction": Machine._run_call_function,
     "prim::fork": Machine._run_fork,
+    "prim::Enter": Machine._run_enter,
+    "prim::Exit": Machine._run_exit,
     "prim::GetAttr": Machine._run_getattr,
     "prim::SetAttr": Machine._run_setattr,
     "prim::Constant": Machine._run_constant,

@@ -368,7 +368,8 @@ def _overload_runner(node: Node, info: SchemaInfo, compiled_run: Runner, leaf: "
     else:
 
         def direct(args: list) -> list:
-            return list(op(*args)) if n_out else []
+            out = op(*args)  # called whatever it returns: an op without outputs acts by its effect
+            return list(out) if n_out else []
 
     # What runs once checked.  A direct call that raises hands over to the
     # compiled function: the model's own error, worded as torch's interpreter

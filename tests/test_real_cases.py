@@ -317,3 +317,43 @@ def test_fork_archive_exits_cleanly(archive):
         res = subprocess.run([sys.executable, "-m", "tsdebug.cli", "run", path, "--input", "float32[2,4]"],
                              capture_output=True, text=True, env={**os.environ, "TSDEBUG_NO_STATUS": "1"})
         assert res.returncode == 0 and res.stderr == "", res.stderr
+
+
+class NoGradBlock(nn.Module):
+    """``with torch.no_grad():`` in scripted code: prim::Enter / prim::Exit call the context's methods."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        with torch.no_grad():
+            y = self.lin(x)
+        z = self.lin(x)
+        return y + z
+
+
+@pytest.mark.parametrize("inline", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_with_statement_runs_the_context_methods(archive, inline, grad):
+    module = NoGradBlock().eval()
+    path = archive(module, "script")
+    x = torch.randn(2, 4)
+    s = Session(path, inline=inline, grad=grad)
+    s.start(values=(x,))
+    report = s.run_and_compare()
+    assert report.error is None and report.identical
+    with torch.set_grad_enabled(grad):
+        assert torch.equal(report.outputs, module(x))
+    # the block ran without grad; after it, the run's own mode again (as in Python: TorchScript's
+    # profiling executor loses the restored mode, the simple executor keeps it; both give these bits)
+    linears = [r for r in s.machine.timeline if r.node.kind == "aten::linear"]
+    assert [r.outputs[0].requires_grad for r in linears] == [False, grad]
+    # entering the block is a step into __enter__, and the caller's grad mode is back after the run
+    m = s.restart()
+    while m.current_node.kind != "prim::Enter":
+        m.step()
+    m.step()
+    assert m.frames()[-1].label.endswith("__enter__")
+    m.run()
+    assert torch.is_grad_enabled()
