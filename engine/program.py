@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import torch
@@ -53,6 +54,8 @@ def is_script_class_copy(value: Any) -> bool:
     """A Python object torch built as a *copy* of a TorchScript class object."""
     if type(value) in _PLAIN_TYPE_SET or isinstance(value, _PLAIN_TYPES):
         return False
+    if isinstance(value, enum.Enum):
+        return False  # enum members are values: the same member, not a copy
     try:
         import torch.jit._state as state
 

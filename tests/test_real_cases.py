@@ -2,6 +2,7 @@
 
 import os
 import warnings
+from enum import Enum
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import pytest
@@ -357,3 +358,47 @@ def test_with_statement_runs_the_context_methods(archive, inline, grad):
     assert m.frames()[-1].label.endswith("__enter__")
     m.run()
     assert torch.is_grad_enabled()
+
+
+class Mode(Enum):
+    FAST = 1
+    SLOW = 2
+
+
+class EnumArgument(nn.Module):
+    def forward(self, x, mode: Mode = Mode.SLOW):
+        return x * 2 if mode == Mode.SLOW else x
+
+
+class EnumAttribute(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mode = Mode.SLOW
+
+    def forward(self, x):
+        return x * 2 if self.mode == Mode.SLOW else x
+
+
+@pytest.mark.parametrize("model, needle", [(EnumArgument, "the default of parameter 'mode'"),
+                                           (EnumAttribute, "TorchScript enum __torch__")])
+def test_torchscript_enums_are_a_clear_error(archive, model, needle):
+    """A loaded archive cannot hand its enums to Python where their class is not imported
+    (a fresh process: this one has the class, having scripted the model)."""
+    import subprocess
+    import sys
+
+    from test_bad_input import assert_one_line_error
+
+    path = archive(model(), "script")
+    res = subprocess.run([sys.executable, "-m", "tsdebug.cli", "run", path, "--input", "float32[3]"],
+                         capture_output=True, text=True, env={**os.environ, "TSDEBUG_NO_STATUS": "1"})
+    assert_one_line_error(res.returncode, res.stderr, needle)
+
+
+def test_torchscript_enums_run_where_their_class_is_imported(archive):
+    for model in (EnumArgument(), EnumAttribute()):
+        s = Session(archive(model, "script"))
+        s.start(values=(torch.ones(3),))
+        report = s.run_and_compare()
+        assert report.error is None and report.identical
+        assert torch.equal(report.outputs, torch.full((3,), 2.0))
