@@ -606,9 +606,9 @@ class Machine:
             self._fail(node, exc, record)
             return
         args = (args + [None] * len(graph.inputs))[:len(graph.inputs)]
-        module_path = frame.paths.get(node.in_idx[0], frame.module_path)
-        label = f"{module_path}.{method}" if module_path else f"{graph.short_name.rsplit('.', 1)[0]}.{method}"
-        self._push_frame(act, node, graph, args, module_path, label, [obj])
+        own_path = frame.paths.get(node.in_idx[0])  # a module's path; a context object has none
+        label = f"{own_path}.{method}" if own_path else graph.short_name
+        self._push_frame(act, node, graph, args, own_path or frame.module_path, label, [obj])
 
     def _run_fork(self, act: Activation, node: Node) -> None:
         """``torch.jit.fork``: the forked graph runs here and now, as a call one can step into.
