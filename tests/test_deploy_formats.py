@@ -39,11 +39,13 @@ class QuantNet(nn.Module):
 def quantized_net() -> nn.Module:
     torch.manual_seed(0)
     net = QuantNet().eval()
-    net.qconfig = Q.get_default_qconfig("fbgemm")
-    Q.fuse_modules(net, [["conv", "relu"]], inplace=True)
-    Q.prepare(net, inplace=True)
-    net(torch.randn(8, 3, 8, 8))  # calibration
-    Q.convert(net, inplace=True)
+    with warnings.catch_warnings():  # torch's deprecation notes on its quantization API
+        warnings.simplefilter("ignore")
+        net.qconfig = Q.get_default_qconfig("fbgemm")
+        Q.fuse_modules(net, [["conv", "relu"]], inplace=True)
+        Q.prepare(net, inplace=True)
+        net(torch.randn(8, 3, 8, 8))  # calibration
+        Q.convert(net, inplace=True)
     return net
 
 
