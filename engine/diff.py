@@ -30,6 +30,7 @@ PLUMBING = frozenset({
     "aten::size", "aten::Int", "aten::Float", "aten::ScalarImplicit", "aten::dim", "aten::len", "aten::format",
     "aten::__getitem__", "aten::append", "aten::list", "aten::warn", "aten::detach", "aten::contiguous",
     "aten::numel", "aten::Bool", "aten::eq", "aten::ne", "aten::__is__", "aten::__isnot__", "aten::__not__",
+    "aten::wait",  # hands over what a fork computed: the eager run has no such op
 })
 
 _SYNONYMS = {

@@ -72,3 +72,30 @@ class Chatty(nn.Module):
     def forward(self, x):
         print("forward got", tuple(x.shape))
         return torch.relu(self.lin(x))
+
+
+class Branch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.relu(self.lin(x))
+
+
+class ForksAndNoGrad(nn.Module):
+    """torch.jit.fork/wait and a no_grad block: what the graph has and eager Python does not."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = Branch()
+        self.b = Branch()
+
+    def forward(self, x):
+        fa = torch.jit.fork(self.a, x)
+        fb = torch.jit.fork(self.b, x * 2)
+        futures = [fa, fb]
+        outs = [torch.jit.wait(f) for f in futures]
+        with torch.no_grad():
+            y = outs[0] + outs[1]
+        return y

@@ -157,3 +157,12 @@ def test_json_stays_json_when_the_python_prints(archive, capsys):
     code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:Chatty", "--input", "float32[2,6]")
     assert code == 0 and rep is not None and rep["first_divergence"] is None
     assert "forward got (2, 6)" in err
+
+
+def test_forks_and_with_blocks_align_whole(archive, capsys):
+    torch.manual_seed(0)
+    path = archive(D.ForksAndNoGrad(), "script")
+    code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:ForksAndNoGrad", "--input", "float32[2,4]")
+    assert code == 0, err
+    assert rep["first_divergence"] is None and rep["outputs_close"]
+    assert rep["coverage"] == 1.0 and rep["comparable_nodes"] == 6, rep
