@@ -125,7 +125,10 @@ def short_text(value: Any, limit: int = 32) -> str:
     elif isinstance(value, torch._C.ScriptObject):
         text = "<object>"
     elif isinstance(value, dict):
-        text = f"dict[{len(value)}]"
+        if len(value) <= 4:
+            text = "{" + ", ".join(f"{k!r}: {short_text(v, limit)}" for k, v in value.items()) + "}"
+        else:
+            text = f"dict[{len(value)}]"
     else:
         text = repr(value)
     if len(text) > limit:
