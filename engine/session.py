@@ -55,6 +55,20 @@ def to_device(value: Any, device: str) -> Any:
     return value
 
 
+class RandomState:
+    """torch's global random state (CPU, and CUDA where it is in use), to start runs from."""
+
+    def __init__(self) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() \
+            else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
 @dataclass
 class RunReport:
     """What ``tsdebug run`` prints: the engine's run against the native run."""
@@ -139,6 +153,9 @@ class Session:
         self.budget = budget
         self.seed = seed
         self.breakpoints = Breakpoints()
+        # torch's random state as the first run found it: every run (engine, native,
+        # eager) starts from it, so models that draw random numbers compare bit for bit
+        self.random: RandomState | None = None
         self.inputs: tuple | None = None
         self.input_source = ""
         self.machine: Machine | None = None
@@ -212,6 +229,9 @@ class Session:
         args, source = self.resolve_inputs(specs, inputs_file, values)
         self.inputs = args
         self.input_source = source
+        if self.random is None:
+            self.random = RandomState()
+        self.random.restore()
         self.machine = Machine(
             self.program,
             clone_value(args),
@@ -229,6 +249,7 @@ class Session:
             self.inputs = tuple(values)
         if self.inputs is None:
             return self.start()
+        self.random.restore()
         self.machine = Machine(
             self.program,
             clone_value(self.inputs),
@@ -252,6 +273,8 @@ class Session:
         with torch.set_grad_enabled(self.grad), warnings.catch_warnings(record=True), \
                 contextlib.redirect_stdout(io.StringIO()):  # TorchScript's print writes to sys.stdout
             warnings.simplefilter("always")
+            if self.random is not None:
+                self.random.restore()
             t0 = time.perf_counter()
             out = fn(*clone_value(args))
             return out, time.perf_counter() - t0
@@ -286,6 +309,7 @@ class Session:
         eager_grad = self.grad
         if graph.origin == "traced" and not _has_fast_paths(self.program.root_graph(self.method, inlined=True)):
             eager_grad = True
+        self.random.restore()
         run = eager_mod.run_eager(model, clone_value(self.inputs), eager_grad)
         report = diff_mod.align(machine.timeline.records, run, rtol, atol)
         report.outputs_close, report.outputs_metrics = diff_mod.compare_outputs(
@@ -302,6 +326,7 @@ class Session:
         other = Session(other_path, device=self.device, method=self.method, inline=self.inline,
                         grad=self.grad, budget=self.budget, seed=self.seed)
         other.start(values=self.inputs)
+        other.random = self.random
         theirs = other.restart()
         theirs.run()
         if theirs.error is not None:

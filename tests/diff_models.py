@@ -99,3 +99,16 @@ class ForksAndNoGrad(nn.Module):
         with torch.no_grad():
             y = outs[0] + outs[1]
         return y
+
+
+class Sampler(nn.Module):
+    """Draws noise in forward (a VAE's reparameterization): eager and graph must draw alike."""
+
+    def __init__(self):
+        super().__init__()
+        self.mu = nn.Linear(4, 4)
+        self.logvar = nn.Linear(4, 4)
+
+    def forward(self, x):
+        mu, logvar = self.mu(x), self.logvar(x)
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)

@@ -166,3 +166,12 @@ def test_forks_and_with_blocks_align_whole(archive, capsys):
     assert code == 0, err
     assert rep["first_divergence"] is None and rep["outputs_close"]
     assert rep["coverage"] == 1.0 and rep["comparable_nodes"] == 6, rep
+
+
+@pytest.mark.parametrize("mode", ["trace", "script"])
+def test_random_draws_agree_with_the_eager_model(archive, capsys, mode):
+    torch.manual_seed(0)
+    path = archive(D.Sampler(), mode, example=(torch.randn(2, 4),))
+    code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:Sampler", "--input", "float32[2,4]")
+    assert code == 0, err
+    assert rep["first_divergence"] is None and rep["outputs_close"] and rep["outputs"]["max_abs"] == 0

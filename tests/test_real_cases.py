@@ -402,3 +402,39 @@ def test_torchscript_enums_run_where_their_class_is_imported(archive):
         report = s.run_and_compare()
         assert report.error is None and report.identical
         assert torch.equal(report.outputs, torch.full((3,), 2.0))
+
+
+class Noisy(nn.Module):
+    """Random numbers drawn inside the model: sampling noise, dropout in training mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        n = torch.empty_like(x).normal_()
+        u = torch.empty_like(x).uniform_(-1.0, 1.0)
+        b = torch.empty_like(x).bernoulli_(0.5)
+        return self.drop(self.lin(x + n + u + b)) + torch.randn_like(x)
+
+
+@pytest.mark.parametrize("mode", ["trace", "script"])
+@pytest.mark.parametrize("inline", [False, True])
+def test_models_that_draw_random_numbers_compare_bit_for_bit(tmp_path, mode, inline):
+    """Every run starts from the same random state: the engine's draws are torch's draws."""
+    module = Noisy().train()  # dropout active: the archive keeps training mode
+    x = torch.randn(3, 4)
+    path = str(tmp_path / "noisy.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ts = torch.jit.trace(module, (x,), check_trace=False) if mode == "trace" else torch.jit.script(module)
+        torch.jit.save(ts, path)
+    s = Session(path, inline=inline)
+    s.start(values=(x,))
+    first = s.run_and_compare()
+    assert first.error is None and first.identical
+    again = s.run_and_compare()
+    assert torch.equal(again.outputs, first.outputs)  # a rerun draws the same numbers
+    dropout = next(r for r in s.machine.timeline if r.node.kind == "aten::dropout")
+    assert (dropout.outputs[0] == 0).any()  # in training mode it did drop
