@@ -29,7 +29,7 @@ from engine.convert import is_torch_frame
 from engine.ir import Block, Graph, Node, SourceLoc, Value
 from engine.ops import ModelRaised
 from engine.program import ClassInstance, ObjectRef, Program, store_instance, is_script_class_copy, read_object_attr, write_object_attr
-from engine.recipes import Recompute
+from engine.recipes import AutocastRegion, Recompute, autocast_regions
 from engine.timeline import DEFAULT_BUDGET, StepRecord, Timeline, container_copy
 from engine.values import Dropped, iter_tensors, summarize
 
@@ -183,6 +183,7 @@ class Machine:
         self.stop_reason_detail = ""
         self._attr_overlay: dict[tuple, Any] = {}
         self._object_nodes: set[str] = set()  # GetAttr nodes that yield class objects
+        self._autocast: list[AutocastRegion] = []  # open ``with torch.autocast(...)`` blocks, innermost last
         n_params = len(self.graph.inputs) - 1
         if len(self.inputs) != n_params:
             names = ", ".join(v.name.split(".")[0] for v in self.graph.inputs[1:])
@@ -403,7 +404,12 @@ class Machine:
             record.lazy = True  # its inputs may be recipes (``recipes.Overwritten``)
         t0 = _perf_ns()
         try:
-            outs = op.run(args)
+            if self._autocast:
+                record.autocast = tuple(self._autocast)
+                with autocast_regions(record.autocast):
+                    outs = op.run(args)
+            else:
+                outs = op.run(args)
         except Exception as exc:  # the model's own failure, shown on its node
             record.time_ns = _perf_ns() - t0
             self.timeline.add(record)
@@ -589,11 +595,18 @@ class Machine:
     def _run_enter(self, act: Activation, node: Node) -> None:
         """``with obj:`` begins: ``prim::Enter`` calls ``obj.__enter__()`` (``torch.no_grad()`` in scripted code)."""
         obj = act.frame.env[node.in_idx[0]]
+        region = AutocastRegion.of(obj)
+        if region is not None:
+            # TorchScript's executor rewrites the ops of an autocast block to cast as eager
+            # autocast does; here they run under eager autocast itself
+            self._autocast.append(region)
         self._call_object_method(act, node, obj, "__enter__", [obj])
 
     def _run_exit(self, act: Activation, node: Node) -> None:
         """``with obj:`` ends: ``prim::Exit`` calls ``obj.__exit__(None, None, None)``."""
         obj = act.frame.env[node.in_idx[0]]
+        if self._autocast and AutocastRegion.of(obj) is not None:
+            self._autocast.pop()
         self._call_object_method(act, node, obj, "__exit__", [obj, None, None, None])
 
     def _call_object_method(self, act: Activation, node: Node, obj: Any, method: str, args: list) -> None:

@@ -10,7 +10,9 @@ decides where a recipe is sound and runs it.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -175,5 +177,43 @@ class Recompute:
         for i in op.writes:
             if isinstance(args[i], torch.Tensor):
                 args[i] = args[i].clone()  # the recipe's input is shared: write into a copy
-        with torch.set_grad_enabled(self.grad), torch.jit.optimized_execution(False):
+        with torch.set_grad_enabled(self.grad), torch.jit.optimized_execution(False), \
+                autocast_regions(getattr(record, "autocast", ())):
             return op.run(args)[slot]
+
+
+@dataclass(frozen=True)
+class AutocastRegion:
+    """An open ``with torch.autocast(...)`` block of the program: its ops run under eager autocast."""
+
+    device: str
+    dtype: torch.dtype
+    enabled: bool
+
+    @staticmethod
+    def of(obj: Any) -> "AutocastRegion | None":
+        """The region a ``prim::Enter`` opens, if ``obj`` is TorchScript's autocast object."""
+        qualname = getattr(obj, "qualname", "")
+        attrs = getattr(obj, "attrs", None)
+        if not qualname.endswith("autocast_mode.autocast") or not isinstance(attrs, dict):
+            return None
+        dtype = _SCALAR_TYPES.get(attrs.get("fast_dtype"))
+        device = attrs.get("device")
+        if dtype is None or not isinstance(device, str):
+            return None
+        return AutocastRegion(device, dtype, bool(attrs.get("_enabled", True)))
+
+
+@contextlib.contextmanager
+def autocast_regions(regions: tuple):
+    """Eager autocast as the program's open autocast blocks say, outermost first."""
+    with contextlib.ExitStack() as stack:
+        for r in regions:
+            stack.enter_context(torch.autocast(device_type=r.device, dtype=r.dtype, enabled=r.enabled))
+        yield
+
+
+#: TorchScript holds dtypes as c10::ScalarType numbers
+_SCALAR_TYPES = {0: torch.uint8, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.int64, 5: torch.float16,
+                 6: torch.float32, 7: torch.float64, 9: torch.complex64, 10: torch.complex128, 11: torch.bool,
+                 15: torch.bfloat16}

@@ -45,8 +45,9 @@ class StepRecord:
     while a call or block entered at this step is still running.
     """
 
+    # ``autocast`` is set only on ops run inside autocast blocks (read with getattr)
     __slots__ = ("index", "node", "path", "module_path", "depth", "_inputs", "_outputs", "time_ns", "status", "error",
-                 "frame", "lazy", "__weakref__")
+                 "frame", "lazy", "autocast", "__weakref__")
 
     def __init__(self, index: int, node: Node, path: tuple, module_path: str, depth: int, inputs: list,
                  frame: int = -1):

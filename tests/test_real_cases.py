@@ -438,3 +438,38 @@ def test_models_that_draw_random_numbers_compare_bit_for_bit(tmp_path, mode, inl
     assert torch.equal(again.outputs, first.outputs)  # a rerun draws the same numbers
     dropout = next(r for r in s.machine.timeline if r.node.kind == "aten::dropout")
     assert (dropout.outputs[0] == 0).any()  # in training mode it did drop
+
+
+class Autocast(nn.Module):
+    """``with torch.autocast(...)`` in scripted code: TorchScript's executor casts the block's ops."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 4)
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = self.lin(x)
+        y = y.relu_()  # overwrites the block's output: its record keeps a recipe, remade under autocast
+        return self.out(y.float())
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_autocast_blocks_cast_as_torch_does(archive, inline):
+    path = archive(Autocast(), "script")
+    x = torch.randn(3, 8)
+    s = Session(path, inline=inline)
+    s.start(values=(x,))
+    report = s.run_and_compare()
+    assert report.error is None and report.identical
+    first = s.machine
+    linears = [r for r in first.timeline if r.node.kind == "aten::linear"]
+    assert [r.outputs[0].dtype for r in linears] == [torch.bfloat16, torch.float32]
+    # the overwritten bfloat16 output, remade from its recipe, is what a copy would have kept
+    copies = s.restart()
+    copies.timeline.recompute = None
+    copies.run()
+    remade = linears[0].outputs[0]
+    kept = next(r for r in copies.timeline if r.node.kind == "aten::linear").outputs[0]
+    assert first.timeline.recipes >= 1 and torch.equal(remade, kept) and remade.dtype == torch.bfloat16
