@@ -27,7 +27,7 @@ import torch
 from engine.errors import ModelError, TsdebugError, first_error_line
 from engine.convert import is_torch_frame
 from engine.ir import Block, Graph, Node, SourceLoc, Value
-from engine.ops import ModelRaised
+from engine.ops import TRAINING, ModelRaised
 from engine.program import ClassInstance, ObjectRef, Program, store_instance, is_script_class_copy, read_object_attr, write_object_attr
 from engine.recipes import AutocastRegion, Recompute, autocast_regions
 from engine.timeline import DEFAULT_BUDGET, StepRecord, Timeline, container_copy
@@ -139,6 +139,45 @@ def has_nan_inf(values: Iterable) -> bool:
     return False
 
 
+class ModuleState:
+    """What runs change in the loaded module, kept as it was, to put back before the next run.
+
+    A model may write its buffers in place (BatchNorm's running statistics in
+    training mode, a step counter) or set attributes; torch's run of the same
+    inputs starts from the archive's state, so every engine run must too.
+    Only what a run writes is kept: a copy of a tensor before its first
+    write, an attribute's value before its first set.
+    """
+
+    def __init__(self) -> None:
+        self._tensors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._attrs: dict[tuple, Any] = {}
+
+    def before_tensor_write(self, t: torch.Tensor) -> None:
+        key = t.untyped_storage().data_ptr()
+        if key not in self._tensors:
+            base = t if t._base is None else t._base
+            self._tensors[key] = (base, base.detach().clone())
+
+    def before_setattr(self, obj: Any, name: str) -> None:
+        key = (obj, name)
+        if key not in self._attrs:
+            try:
+                self._attrs[key] = obj.getattr(name)
+            except Exception:
+                pass
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for t, original in self._tensors.values():
+                t.copy_(original)
+        for (obj, name), value in self._attrs.items():
+            try:
+                obj.setattr(name, value)
+            except Exception:
+                pass
+
+
 class Machine:
     """Executes one method of a program on one set of inputs.
 
@@ -156,8 +195,10 @@ class Machine:
         grad: bool = False,
         budget: int = DEFAULT_BUDGET,
         breakpoints: Breakpoints | None = None,
+        module_state: ModuleState | None = None,
     ):
         self.program = program
+        self.module_state = module_state
         self.method = method
         self.inline = inline
         self.grad = grad
@@ -184,6 +225,7 @@ class Machine:
         self._attr_overlay: dict[tuple, Any] = {}
         self._object_nodes: set[str] = set()  # GetAttr nodes that yield class objects
         self._autocast: list[AutocastRegion] = []  # open ``with torch.autocast(...)`` blocks, innermost last
+        self._module_storages: set[int] = set()  # tensors read from module attributes
         n_params = len(self.graph.inputs) - 1
         if len(self.inputs) != n_params:
             names = ", ".join(v.name.split(".")[0] for v in self.graph.inputs[1:])
@@ -390,7 +432,10 @@ class Machine:
         env = frame.env
         args = [env[i] for i in node.in_idx]
         op = self._leaf_ops.get(node) or self.program.leaf(node)
-        rec_inputs = self._inputs_before_write(args, op.writes) if op.writes else args
+        writes = op.writes
+        if op.training_writes and len(args) > TRAINING and args[TRAINING] is True:
+            writes = writes + op.training_writes  # a norm in training mode updates its running statistics
+        rec_inputs = self._inputs_before_write(args, writes) if writes else args
         if op.mutates:
             # the op changes these lists or dicts: its record keeps them as they were
             self.timeline.note_mutation([args[i] for i in op.mutates])
@@ -400,7 +445,7 @@ class Machine:
                 rec_inputs[i] = container_copy(args[i])
         record = StepRecord(0, node, act.path, node.module_path or frame.module_path, len(self.stack),
                             rec_inputs, frame.start)
-        if op.writes:
+        if writes:
             record.lazy = True  # its inputs may be recipes (``recipes.Overwritten``)
         t0 = _perf_ns()
         try:
@@ -430,6 +475,8 @@ class Machine:
         for i in writes:
             a = args[i]
             if isinstance(a, torch.Tensor):
+                if self.module_state is not None and a.untyped_storage().data_ptr() in self._module_storages:
+                    self.module_state.before_tensor_write(a)  # a buffer or parameter of the module
                 rec_inputs[i] = self.timeline.snapshot_input(a)
             elif isinstance(a, (list, tuple)):
                 rec_inputs[i] = [self.timeline.snapshot_input(t) if isinstance(t, torch.Tensor) else t for t in a]
@@ -478,6 +525,8 @@ class Machine:
         """Write mutated container attributes back into the module objects."""
         for (obj, name), value in self._attr_overlay.items():
             try:
+                if self.module_state is not None:
+                    self.module_state.before_setattr(obj, name)
                 obj.setattr(name, value)
             except Exception:
                 pass
@@ -503,6 +552,7 @@ class Machine:
             frame.paths[out] = f"{parent}.{name}" if parent else name
         elif isinstance(value, torch.Tensor):
             self.timeline.mark_free(value)
+            self._module_storages.add(value.untyped_storage().data_ptr())
         record._outputs = [value]
         self.timeline.add(record)
         self._advance(act)
@@ -518,6 +568,8 @@ class Machine:
             elif isinstance(value, ClassInstance) and not isinstance(obj, ClassInstance):
                 store_instance(obj, name, value)
             else:
+                if self.module_state is not None and isinstance(obj, torch._C.ScriptModule):
+                    self.module_state.before_setattr(obj, name)
                 obj.setattr(name, value)
         except Exception as exc:
             self.timeline.add(record)

@@ -328,6 +328,9 @@ def _overload_runner(node: Node, info: SchemaInfo, compiled_run: Runner, leaf: "
     if not kind.startswith(("aten::", "prim::")) or not schema or info.container_writes:
         return None
     writes = info.tensor_writes
+    # the first call runs the op twice (compiled, direct): a norm in training mode would update
+    # its running statistics twice, so the compiled run writes into copies of them
+    check_writes = writes or (RUNNING_STATS if kind in UPDATES_RUNNING_STATS else ())
     handle = node.handle
     try:
         if handle is None or handle.isNondeterministic():
@@ -415,14 +418,14 @@ def _overload_runner(node: Node, info: SchemaInfo, compiled_run: Runner, leaf: "
         # The compiled function writes into copies, the overload into the
         # program's own tensors; they must agree on the outputs and on what
         # was written, aliasing included.
-        if not all(isinstance(args[i], torch.Tensor) for i in writes):
+        if not all(isinstance(args[i], torch.Tensor) for i in check_writes):
             leaf.run = compiled_run
             return compiled_run(args)
         trial = list(args)
-        for i in writes:
+        for i in check_writes:
             trial[i] = args[i].clone()
         raw = compiled_run(trial)
-        own = {id(trial[i]): args[i] for i in writes}
+        own = {id(trial[i]): args[i] for i in check_writes}
         expected = [own.get(id(o), o) for o in raw]  # outputs that are written inputs: the program's own
         try:
             got = call(args)
@@ -430,17 +433,17 @@ def _overload_runner(node: Node, info: SchemaInfo, compiled_run: Runner, leaf: "
             got = None
         same = got is not None and _same_results(got, expected) \
             and all(a is b for a, b, r in zip(got, expected, raw) if id(r) in own) \
-            and _same_results([args[i] for i in writes], [trial[i] for i in writes])
+            and _same_results([args[i] for i in check_writes], [trial[i] for i in check_writes])
         _VERDICTS[key] = same
         if same:
             leaf.run = call
         else:
-            for i in writes:
+            for i in check_writes:
                 args[i].copy_(trial[i])  # what the compiled function wrote
             leaf.run = compiled_run
         return expected
 
-    return check_in_place if writes else check
+    return check_in_place if check_writes else check
 
 
 #: (schema, input types, output types) -> whether the direct overload call
@@ -468,13 +471,23 @@ class LeafOp:
     ``run`` may replace itself after its first call (see ``_overload_runner``).
     """
 
-    __slots__ = ("run", "writes", "mutates")
+    __slots__ = ("run", "writes", "mutates", "training_writes")
 
     def __init__(self, node: Node, messages: Messages | None = None):
         info = schema_info(node.schema)
         self.writes = info.tensor_writes
         self.mutates = info.container_writes  # inputs whose lists or dicts it changes
+        # inputs it writes when its ``training`` input is True, which its schema does not say
+        self.training_writes = RUNNING_STATS if node.kind in UPDATES_RUNNING_STATS else ()
         self.run = runner_for(node, messages, self)
+
+
+#: Norms that, with input 5 (``training``/``use_input_stats``) True, update their running
+#: statistics (inputs 3 and 4) in place: their schemas do not mark those inputs written.
+UPDATES_RUNNING_STATS = frozenset({"aten::batch_norm", "aten::instance_norm", "aten::_batch_norm_impl_index",
+                                   "aten::native_batch_norm"})
+RUNNING_STATS = (3, 4)
+TRAINING = 5
 
 
 def runner_for(node: Node, messages: Messages | None, leaf: LeafOp) -> Runner:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from engine.ops import TRAINING, UPDATES_RUNNING_STATS
 from engine.values import Dropped, summarize_tensor
 
 if TYPE_CHECKING:
@@ -121,12 +122,6 @@ _UNINITIALIZED = frozenset({"aten::empty", "aten::empty_like", "aten::new_empty"
                             "aten::new_empty_strided"})
 
 
-#: Norms whose input 5 (``training``/``use_input_stats``) makes them write
-#: their running statistics: run again, they would write them again.
-_UPDATES_RUNNING_STATS = frozenset({"aten::batch_norm", "aten::instance_norm", "aten::_batch_norm_impl_index",
-                                    "aten::native_batch_norm"})
-
-
 class Recompute:
     """Runs a recorded leaf op again on its recorded inputs (for ``Overwritten``).
 
@@ -150,7 +145,7 @@ class Recompute:
         handle = node.handle
         if handle is None or handle.isNondeterministic() or self.program.leaf(node).mutates:
             return None
-        if node.kind in _UPDATES_RUNNING_STATS and len(record._inputs) > 5 and record._inputs[5] is True:
+        if node.kind in UPDATES_RUNNING_STATS and len(record._inputs) > TRAINING and record._inputs[TRAINING] is True:
             return None  # in training mode it updates running statistics, which its schema does not say
         depth = 0
         for value in record._inputs:

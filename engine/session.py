@@ -24,7 +24,7 @@ import torch
 from engine import archive as archive_mod
 from engine import inputs as inputs_mod
 from engine.errors import InputError, ModelError, TsdebugError, first_error_line
-from engine.machine import Breakpoints, Machine
+from engine.machine import Breakpoints, Machine, ModuleState
 from engine.program import Program
 from engine.timeline import DEFAULT_BUDGET
 from engine.values import max_abs_diff, summarize, values_equal
@@ -156,6 +156,8 @@ class Session:
         # torch's random state as the first run found it: every run (engine, native,
         # eager) starts from it, so models that draw random numbers compare bit for bit
         self.random: RandomState | None = None
+        # what runs change in the module (buffers, attributes), put back before each run
+        self.module_state = ModuleState()
         self.inputs: tuple | None = None
         self.input_source = ""
         self.machine: Machine | None = None
@@ -232,6 +234,7 @@ class Session:
         if self.random is None:
             self.random = RandomState()
         self.random.restore()
+        self.module_state.restore()
         self.machine = Machine(
             self.program,
             clone_value(args),
@@ -240,6 +243,7 @@ class Session:
             grad=self.grad,
             budget=self.budget,
             breakpoints=self.breakpoints,
+            module_state=self.module_state,
         )
         return self.machine
 
@@ -250,6 +254,7 @@ class Session:
         if self.inputs is None:
             return self.start()
         self.random.restore()
+        self.module_state.restore()
         self.machine = Machine(
             self.program,
             clone_value(self.inputs),
@@ -258,6 +263,7 @@ class Session:
             grad=self.grad,
             budget=self.budget,
             breakpoints=self.breakpoints,
+            module_state=self.module_state,
         )
         return self.machine
 

@@ -473,3 +473,50 @@ def test_autocast_blocks_cast_as_torch_does(archive, inline):
     remade = linears[0].outputs[0]
     kept = next(r for r in copies.timeline if r.node.kind == "aten::linear").outputs[0]
     assert first.timeline.recipes >= 1 and torch.equal(remade, kept) and remade.dtype == torch.bfloat16
+
+
+class Stateful(nn.Module):
+    """A model that changes itself: a buffer written in place, attributes set, a list attribute
+    appended to, BatchNorm's running statistics in training mode."""
+
+    history: List[int]
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("steps", torch.zeros(1))
+        self.count = 0
+        self.history = []
+        self.bn = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        self.steps += 1
+        self.count = self.count + 1
+        self.history.append(self.count)
+        y = self.bn(x)
+        return y * self.steps + self.count + len(self.history) + self.bn.running_mean.sum()
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_every_run_starts_from_the_archives_state(tmp_path, inline):
+    """A rerun (restart, run_and_compare) must not see what the previous run wrote into the module."""
+    module = Stateful().train()
+    path = str(tmp_path / "stateful.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(module), path)
+    x = torch.randn(3, 4)
+    s = Session(path, inline=inline)
+    s.start(values=(x,))
+    outputs = []
+    for _ in range(3):
+        report = s.run_and_compare()
+        assert report.error is None and report.identical
+        outputs.append(report.outputs)
+    assert all(torch.equal(o, outputs[0]) for o in outputs)
+    with torch.no_grad():
+        assert torch.equal(outputs[0], module(x))  # the Python module's first call
+    # and a restart puts the loaded module back as the archive has it
+    s.restart()
+    loaded = s.program.module
+    assert torch.equal(loaded.getattr("steps"), torch.zeros(1)) and loaded.getattr("count") == 0
+    assert loaded.getattr("history") == [] and int(loaded.getattr("bn").getattr("num_batches_tracked")) == 0
