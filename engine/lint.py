@@ -168,6 +168,9 @@ class _Op:
     node: Node
     line: int
     module_path: str
+    # the frames between the op and this one ((file, line), op side first): ops of one
+    # iteration that come from one call on ``line`` differ here, iterations do not
+    inner: tuple = ()
 
 
 def _model_frames(node: Node) -> list[tuple[str, int, str]]:
@@ -202,12 +205,14 @@ def _collect(graph: Graph) -> dict[tuple[str, str, str], list[_Op]]:
         if node.kind in _PLUMBING_KINDS:
             continue
         path = node.module_path
+        inner: tuple = ()
         for file, line, func in _model_frames(node):
             if is_torch_frame(file):
                 if func == "_call_impl":
                     path = _parent(path)
                 continue
-            events[(file, func, path)].append(_Op(seq, node, line, path))
+            events[(file, func, path)].append(_Op(seq, node, line, path, inner))
+            inner = inner + ((file, line),)
     return events
 
 
@@ -284,15 +289,61 @@ def _loop_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: 
             head = _src(stmt.test, lines)
             why = f"a while loop on {head}"
             confidence = "high"
-        # iterations: how often the body's first op (its line and kind) recurs
-        first = (in_body[0].line, in_body[0].node.kind)
-        trips = sum(1 for o in in_body if (o.line, o.node.kind) == first)
+        trips = _iterations(stmt, in_body)
         out.append(Finding("unrolled-loop", file, stmt.lineno,
                            lines[stmt.lineno - 1].strip() if stmt.lineno <= len(lines) else None,
                            f"unrolled {trips} time{'s' if trips != 1 else ''}",
                            f"{why}; the body's ops repeat {trips}× in the graph", confidence,
                            [o.node.id for o in in_body][:20], path, method))
     return out
+
+
+def _iterations(loop: ast.For | ast.While, in_body: list[_Op]) -> int:
+    """How many times the traced body ran.
+
+    Within one iteration the body's ops move down its lines (a call or a
+    comprehension keeps them on one line); each jump back up starts the next
+    iteration, unless it stays inside a loop nested in the body. A body
+    whose ops all sit on one line repeats its pattern of calls instead.
+    """
+    nested = [(n.lineno, getattr(n, "end_lineno", n.lineno)) for n in ast.walk(loop)
+              if n is not loop and isinstance(n, (ast.For, ast.While, ast.AsyncFor))]
+    # a statement over several lines runs its ops in any order of those lines: one line per statement
+    statements = sorted(((n.lineno, getattr(n, "end_lineno", n.lineno)) for n in ast.walk(loop)
+                         if n is not loop and isinstance(n, ast.stmt)), key=lambda sp: sp[1] - sp[0])
+
+    def statement_line(line: int) -> int:
+        return next((sp[0] for sp in statements if _in(sp, line)), line)
+
+    lines = [statement_line(o.line) for o in in_body]
+    trips = 1
+    for prev, line in zip(lines, lines[1:]):
+        if line < prev and not any(_in(span, line) and _in(span, prev) for span in nested):
+            trips += 1
+    if trips == 1 and len({o.line for o in in_body}) == 1:
+        # the pattern of its computing ops; a line of shape reads alone (``x.shape[-2:]``: two
+        # aten::size) is told apart from iterations by their constant arguments
+        computing = [o for o in in_body if o.node.kind not in _SHAPE_READS]
+        signature = ([(o.inner, o.node.kind) for o in computing] if computing else
+                     [(o.inner, o.node.kind, _constant_inputs(o.node)) for o in in_body])
+        n = len(signature)
+        period = next(p for p in range(1, n + 1) if n % p == 0 and signature == signature[:p] * (n // p))
+        trips = n // period
+    return trips
+
+
+_SHAPE_READS = frozenset({"aten::size", "aten::dim", "aten::len", "aten::numel", "prim::shape"})
+
+
+def _constant_inputs(node: Node) -> tuple:
+    """The op's constant arguments (``x.shape[-2]`` and ``x.shape[-1]`` are two ops, not two iterations)."""
+    if node.handle is None:
+        return ()
+    out = []
+    for v in node.handle.inputs():
+        value = v.toIValue() if v.node().kind() == "prim::Constant" else None
+        out.append(value if isinstance(value, (int, float, bool, str, type(None))) else type(value).__name__)
+    return tuple(out)
 
 
 def _scalar_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: str, path: str,

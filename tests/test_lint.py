@@ -189,3 +189,14 @@ def test_eager_conversions_confirm_findings(tmp_path, capsys, trap, conversion):
         or any(c["conversion"] == conversion and c["line"] == line for c in rep["conversions"])
     hit = next(f for f in rep["findings"] if f["line"] == line)
     assert "confirmed" in hit["evidence"] and hit["confidence"] == "high"
+
+
+@pytest.mark.parametrize("images", [1, 3])
+def test_unrolled_loop_counts_iterations_not_repeated_ops(archive, images):
+    """One iteration whose body spans lines and calls a helper twice is one iteration."""
+    example = ([torch.randn(5, 4) for _ in range(images)],)
+    path = archive(T.PostprocessLoop(), "trace", example=example)
+    report = lint_session(Session(path))
+    loops = [f for f in report.findings if f.kind == "unrolled-loop" and f.text == T.PostprocessLoop.LINE]
+    assert len(loops) == 1
+    assert loops[0].frozen == f"unrolled {images} time{'s' if images != 1 else ''}"

@@ -138,3 +138,26 @@ TRAPS = {
     "len-list": (LenList, ([torch.randn(2), torch.randn(2), torch.randn(2)],)),
     "shape-arith": (ShapeArith, (torch.randn(2, 6),)),
 }
+
+
+def _rescale(b, h: float, w: float):
+    return b * h / w + b * w / h  # the same ops twice on one line, from one call
+
+
+class PostprocessLoop(nn.Module):
+    """Detection-style post-processing: a loop over the images whose body calls a helper
+    and spans several lines (its ops come out of line order)."""
+
+    LINE = "for boxes, size in zip(boxes_list, sizes):"
+
+    def forward(self, boxes_list: List[torch.Tensor]):
+        sizes = [(2.0, 3.0) for _ in boxes_list]
+        out = []
+        for boxes, size in zip(boxes_list, sizes):
+            scaled = torch.cat(
+                [_rescale(boxes[:, :2], size[0], size[1]),
+                 _rescale(boxes[:, 2:], size[0], size[1])],
+                dim=1,
+            )
+            out.append(scaled.shape[-2:][0] * scaled)
+        return torch.stack(out)
