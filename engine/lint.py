@@ -462,6 +462,8 @@ def _shape_findings(graph: Graph, method: str, example_dims: set[int]) -> list[F
             seen.add(key)
             text = _line_text(src)
             confidence = "high" if text and _SHAPE_TEXT.search(text) else "low"
+            if confidence == "low" and text and all(re.search(rf"(?<![\w.]){x}(?![\w.])", text) for x in hits):
+                continue  # the number is written on the line (``boxes[:, 3]``), not read from a shape
             out.append(Finding("baked-shape", src.file, src.line, text,
                                f"{', '.join(map(str, hits))} in {n.kind}",
                                f"a constant equal to a dimension of the example inputs feeds a shape argument "

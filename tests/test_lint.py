@@ -200,3 +200,10 @@ def test_unrolled_loop_counts_iterations_not_repeated_ops(archive, images):
     loops = [f for f in report.findings if f.kind == "unrolled-loop" and f.text == T.PostprocessLoop.LINE]
     assert len(loops) == 1
     assert loops[0].frozen == f"unrolled {images} time{'s' if images != 1 else ''}"
+
+
+def test_numbers_written_in_the_code_are_not_baked_shapes(archive):
+    """(3, 4) boxes: the index 3 equals a dimension of the example, but the code says 3."""
+    path = archive(T.WrittenIndex(), "trace", example=(torch.randn(3, 4),))
+    report = lint_session(Session(path))
+    assert [f for f in report.findings if f.kind == "baked-shape"] == []
