@@ -139,6 +139,8 @@ def _depends_on_data(test_expr: ast.AST, test: str, local_names: set[str]) -> st
     """
     if "self.training" in test:
         return "python-state"
+    if _only_type_checks(test_expr):
+        return None  # ``x is None``, ``isinstance(x, Tensor)``: a trace fixes its arguments' types
     if _SCALAR_TEXT.search(test):
         return "scalar"
     if _SHAPE_TEXT.search(test):
@@ -149,12 +151,55 @@ def _depends_on_data(test_expr: ast.AST, test: str, local_names: set[str]) -> st
     return None
 
 
+def _unreached(fn: ast.FunctionDef, stmt: ast.AST, op_lines: set[int]) -> bool:
+    """``stmt`` sits in a side of an enclosing ``if`` from which no op came."""
+    for outer in ast.walk(fn):
+        if not isinstance(outer, ast.If) or outer is stmt:
+            continue
+        for side in (outer.body, outer.orelse):
+            span = _span(side)
+            if span and _in(span, stmt.lineno) and not any(_in(span, line) for line in op_lines):
+                return True
+    return False
+
+
+def _only_type_checks(expr: ast.AST) -> bool:
+    """The test asks what kind of value it has, not what is in it."""
+    if isinstance(expr, ast.BoolOp):
+        return all(_only_type_checks(v) for v in expr.values)
+    if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.Not):
+        return _only_type_checks(expr.operand)
+    if isinstance(expr, ast.Compare):
+        return all(isinstance(op, (ast.Is, ast.IsNot)) for op in expr.ops) and \
+            all(isinstance(c, ast.Constant) and c.value is None for c in expr.comparators)
+    if isinstance(expr, ast.Call):
+        f = expr.func
+        if isinstance(f, ast.Name) and f.id == "isinstance":
+            return True
+        return isinstance(f, ast.Attribute) and f.attr in ("is_floating_point", "is_complex", "is_sparse")
+    return False
+
+
 def _local_names(fn: ast.FunctionDef) -> set[str]:
-    names = {a.arg for a in fn.args.args + fn.args.kwonlyargs} - {"self"}
+    """Names whose values can change from run to run: arguments and locals, less the
+    arguments annotated as plain Python numbers, strings or flags (``idx: int``), which a
+    trace sees as fixed by its caller."""
+    args = fn.args.args + fn.args.kwonlyargs
+    names = {a.arg for a in args} - {"self"}
     for node in ast.walk(fn):
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             names.add(node.id)
-    return names
+    plain = {a.arg for a in args if isinstance(a.annotation, ast.Name) and a.annotation.id in _PLAIN_ANNOTATIONS}
+    # ``for i, m in enumerate(self.blocks)``: the same on every run
+    static = {n.id for loop in ast.walk(fn) if isinstance(loop, ast.For) and _STATIC_ITER.fullmatch(ast.unparse(loop.iter))
+              for n in ast.walk(loop.target) if isinstance(n, ast.Name)}
+    return names - plain - static
+
+
+_STATIC_ITER = re.compile(r"self\.[\w.]+|range\(\s*(\d+|self\.[\w.]+)\s*\)|enumerate\(self\.[\w.]+\)")
+
+
+_PLAIN_ANNOTATIONS = frozenset({"int", "float", "bool", "str"})
 
 
 # --------------------------------------------------------------- the events
@@ -223,9 +268,12 @@ def _branch_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file
                      method: str) -> list[Finding]:
     out = []
     local = _local_names(fn)
+    op_lines = {o.line for o in ops}
     for stmt in ast.walk(fn):
         if not isinstance(stmt, (ast.If, ast.IfExp)):
             continue
+        if _unreached(fn, stmt, op_lines):
+            continue  # inside a branch the trace never entered: that outer `if` is the finding
         test = _src(stmt.test, lines)
         why = _depends_on_data(stmt.test, test, local)
         test_line = stmt.test.lineno
@@ -278,8 +326,7 @@ def _loop_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: 
             continue
         if isinstance(stmt, ast.For):
             head = _src(stmt.iter, lines)
-            static = re.fullmatch(r"(self\.[\w.]+|range\(\s*(\d+|self\.[\w.]+)\s*\)|enumerate\(self\.[\w.]+\))", head)
-            if static:
+            if _STATIC_ITER.fullmatch(head):
                 continue  # a module list or a fixed count: the same every run
             why = "the trip count comes from " + ("a shape" if _SHAPE_TEXT.search(head) else
                                                   "tensor data" if _SCALAR_TEXT.search(head) else

@@ -207,3 +207,11 @@ def test_numbers_written_in_the_code_are_not_baked_shapes(archive):
     path = archive(T.WrittenIndex(), "trace", example=(torch.randn(3, 4),))
     report = lint_session(Session(path))
     assert [f for f in report.findings if f.kind == "baked-shape"] == []
+
+
+def test_branches_a_trace_keeps_right_are_not_findings(archive):
+    x = torch.ones(2, 4)  # sum > 0: the frozen branch is the one on data
+    path = archive(T.Configured(), "trace", example=(x,))
+    report = lint_session(Session(path))
+    branches = [f for f in report.findings if f.kind == "frozen-branch"]
+    assert [f.text for f in branches] == [T.Configured.LINE]

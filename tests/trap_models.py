@@ -4,7 +4,7 @@ Each trap's ``LINE`` names the line lint must report (matched by text, so
 edits above do not break the tests).
 """
 
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -168,3 +168,35 @@ class WrittenIndex(nn.Module):
 
     def forward(self, boxes):
         return (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 2] - boxes[:, 0])
+
+
+class Configured(nn.Module):
+    """Branches a trace keeps right (types, an int argument, a module list's index, a side the
+    trace never entered) beside one it freezes (on tensor data)."""
+
+    LINE = "if x.sum() > 0:"
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+
+    def pick(self, x, idx: int):
+        if idx < 0:
+            idx += len(self.blocks)
+        out = x
+        for i, block in enumerate(self.blocks):
+            if i == idx:
+                out = block(x)
+        return out
+
+    def forward(self, x, mask: Optional[torch.Tensor] = None):
+        if mask is not None:
+            x = x * mask
+            if mask.sum() > 2:
+                x = x * 2
+        if not x.is_floating_point():
+            x = x.float()
+        y = self.pick(x, -1)
+        if x.sum() > 0:
+            y = y + 1
+        return y
