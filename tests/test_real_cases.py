@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from engine import Session
+from diff_models import ForksAndNoGrad as Forks
 from fixtures_cuda import CudaConvNet
 from tsdebug.cli import main
 
@@ -256,34 +257,9 @@ def test_structured_outputs_are_shown_and_saved(archive, capsys, tmp_path):
     assert d["kind"] == "dict" and d["keys"] == ["'y'", "'z'"] and d["items"][1]["shape"] == []
 
 
-class Branch(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-
-    def forward(self, x):
-        return torch.relu(self.lin(x))
-
-
-class Forks(nn.Module):
-    """torch.jit.fork / wait, as models that run branches in parallel use them."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = Branch()
-        self.b = Branch()
-
-    def forward(self, x):
-        fa = torch.jit.fork(self.a, x)
-        fb = torch.jit.fork(self.b, x * 2)
-        futures: List[torch.jit.Future[torch.Tensor]] = [fa, fb]
-        outs = [torch.jit.wait(f) for f in futures]
-        return outs[0] + outs[1]
-
-
 @pytest.mark.parametrize("inline", [False, True])
 def test_fork_runs_as_a_call_one_can_step_into(archive, inline):
-    module = Forks().eval()
+    module = Forks().eval()  # torch.jit.fork / wait, and a no_grad block after them
     path = archive(module, "script")
     x = torch.randn(2, 4)
     s = Session(path, inline=inline)
