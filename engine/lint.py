@@ -480,6 +480,15 @@ def _line_text(src) -> str | None:
     return lines[src.line - 1].strip() if src.line and src.line <= len(lines) else None
 
 
+def _axis_arguments(node: Node) -> set[int]:
+    """Positions of the op's ``dim`` arguments (``aten::slice(self, dim, start, end, step)``)."""
+    try:
+        args = torch._C.parse_schema(node.schema).arguments if node.schema else []
+    except Exception:
+        return set()
+    return {i for i, a in enumerate(args) if a.name in ("dim", "dims")}
+
+
 def _shape_findings(graph: Graph, method: str, example_dims: set[int]) -> list[Finding]:
     out = []
     seen = set()
@@ -489,7 +498,10 @@ def _shape_findings(graph: Graph, method: str, example_dims: set[int]) -> list[F
         frames = _model_frames(n)
         if not frames or is_torch_frame(frames[0][0]):
             continue  # torch's own shape logic
-        for v in n.inputs:
+        axes = _axis_arguments(n)
+        for k, v in enumerate(n.inputs):
+            if k in axes:
+                continue  # which dimension, not how big: a rank, which a trace may keep
             p = graph.producer(v)
             vals = []
             if p is not None and p.kind == "prim::Constant" and isinstance(p.attrs.get("value"), int):

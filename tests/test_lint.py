@@ -215,3 +215,13 @@ def test_branches_a_trace_keeps_right_are_not_findings(archive):
     report = lint_session(Session(path))
     branches = [f for f in report.findings if f.kind == "frozen-branch"]
     assert [f.text for f in branches] == [T.Configured.LINE]
+
+
+def test_text_report_shows_a_line_frozen_in_several_modules_once(archive, capsys):
+    from tsdebug.cli import main
+
+    path = archive(T.TwoGates(), "trace", example=(torch.ones(3),))
+    assert main(["lint", path]) == 1
+    out = capsys.readouterr().out
+    assert "findings   2 at 1 line of Python" in out
+    assert out.count("if x.sum() > 0:") == 1 and "[first, second]" in out

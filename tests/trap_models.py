@@ -200,3 +200,22 @@ class Configured(nn.Module):
         if x.sum() > 0:
             y = y + 1
         return y
+
+
+class Gate(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+class TwoGates(nn.Module):
+    """One block used twice: its frozen line is one finding per instance, shown once."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = Gate()
+        self.second = Gate()
+
+    def forward(self, x):
+        return self.second(self.first(x))

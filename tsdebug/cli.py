@@ -335,10 +335,21 @@ def cmd_lint(args: argparse.Namespace) -> int:
     if not report.findings:
         print("findings   none")
         return 0
-    print(f"findings   {len(report.findings)}")
+    # One entry per line of Python: a block used in 12 places froze the same line 12 times.
+    groups: dict[tuple, list] = {}
     for f in report.findings:
+        groups.setdefault((f.kind, f.confidence, f.where, f.text, f.frozen, f.evidence, f.counterexample), []).append(f)
+    places = (f" at {len(groups)} line{'s' if len(groups) != 1 else ''} of Python"
+              if len(groups) < len(report.findings) else "")
+    print(f"findings   {len(report.findings)}{places}")
+    for same in groups.values():
+        f = same[0]
         where = f.where if f.file else "(no source line)"
-        inst = f"  [{f.module_path}]" if f.module_path else ""
+        paths = [g.module_path for g in same if g.module_path]
+        inst = ""
+        if paths:
+            shown = ", ".join(paths[:2]) + (f", … ({len(paths)} modules)" if len(paths) > 2 else "")
+            inst = f"  [{shown}]"
         print(f"\n{f.kind} ({f.confidence})  {where}{inst}")
         if f.text:
             print(f"    {f.text}")
