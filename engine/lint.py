@@ -141,14 +141,25 @@ def _depends_on_data(test_expr: ast.AST, test: str, local_names: set[str]) -> st
         return "python-state"
     if _only_type_checks(test_expr):
         return None  # ``x is None``, ``isinstance(x, Tensor)``: a trace fixes its arguments' types
+    if "is_tracing" in test:
+        return None  # written for tracing: the trace takes the path its authors meant it to
     if _SCALAR_TEXT.search(test):
         return "scalar"
     if _SHAPE_TEXT.search(test):
         return "shape"
-    names = {n.id for n in ast.walk(test_expr) if isinstance(n, ast.Name)} - _NOT_DATA
+    names = {n.id for n in _data_parts(test_expr) if isinstance(n, ast.Name)} - _NOT_DATA
     if names & local_names:
         return "tensor data"
     return None
+
+
+def _data_parts(expr: ast.AST):
+    """The nodes of a test outside its type checks (``and x is not None`` reads no data)."""
+    if _only_type_checks(expr):
+        return
+    yield expr
+    for child in ast.iter_child_nodes(expr):
+        yield from _data_parts(child)
 
 
 def _unreached(fn: ast.FunctionDef, stmt: ast.AST, op_lines: set[int]) -> bool:
@@ -170,8 +181,12 @@ def _only_type_checks(expr: ast.AST) -> bool:
     if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.Not):
         return _only_type_checks(expr.operand)
     if isinstance(expr, ast.Compare):
-        return all(isinstance(op, (ast.Is, ast.IsNot)) for op in expr.ops) and \
-            all(isinstance(c, ast.Constant) and c.value is None for c in expr.comparators)
+        if all(isinstance(op, (ast.Is, ast.IsNot)) for op in expr.ops) and \
+                all(isinstance(c, ast.Constant) and c.value is None for c in expr.comparators):
+            return True
+        # ``x.device.type == "cuda"``, ``x.dtype == torch.float16``: what kind of tensor, not its data
+        return any(isinstance(n, ast.Attribute) and n.attr in ("device", "dtype", "is_cuda", "layout")
+                   for n in ast.walk(expr.left))
     if isinstance(expr, ast.Call):
         f = expr.func
         if isinstance(f, ast.Name) and f.id == "isinstance":
@@ -189,7 +204,12 @@ def _local_names(fn: ast.FunctionDef) -> set[str]:
     for node in ast.walk(fn):
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             names.add(node.id)
-    plain = {a.arg for a in args if isinstance(a.annotation, ast.Name) and a.annotation.id in _PLAIN_ANNOTATIONS}
+    plain = {a.arg for a in args if _plain_annotation(a.annotation)}
+    # locals that hold only what a type check or is_tracing() said
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                and (_only_type_checks(node.value) or "is_tracing" in ast.unparse(node.value)):
+            plain.add(node.targets[0].id)
     # ``for i, m in enumerate(self.blocks)``: the same on every run
     static = {n.id for loop in ast.walk(fn) if isinstance(loop, ast.For) and _STATIC_ITER.fullmatch(ast.unparse(loop.iter))
               for n in ast.walk(loop.target) if isinstance(n, ast.Name)}
@@ -200,6 +220,15 @@ _STATIC_ITER = re.compile(r"self\.[\w.]+|range\(\s*(\d+|self\.[\w.]+)\s*\)|enume
 
 
 _PLAIN_ANNOTATIONS = frozenset({"int", "float", "bool", "str"})
+
+
+def _plain_annotation(annotation: ast.AST | None) -> bool:
+    """``int``, ``bool``, ``Optional[bool]``: a Python value its caller fixes for the trace."""
+    if isinstance(annotation, ast.Name):
+        return annotation.id in _PLAIN_ANNOTATIONS
+    if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) in ("Optional", "typing.Optional"):
+        return _plain_annotation(annotation.slice)
+    return False
 
 
 # --------------------------------------------------------------- the events

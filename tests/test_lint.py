@@ -225,3 +225,9 @@ def test_text_report_shows_a_line_frozen_in_several_modules_once(archive, capsys
     out = capsys.readouterr().out
     assert "findings   2 at 1 line of Python" in out
     assert out.count("if x.sum() > 0:") == 1 and "[first, second]" in out
+
+
+def test_tests_on_flags_types_and_tracing_are_not_findings(archive):
+    path = archive(T.TransformersStyle(), "trace", example=(torch.ones(2, 3),))
+    report = lint_session(Session(path))
+    assert [f.text for f in report.findings] == [T.TransformersStyle.LINE]

@@ -219,3 +219,24 @@ class TwoGates(nn.Module):
 
     def forward(self, x):
         return self.second(self.first(x))
+
+
+class TransformersStyle(nn.Module):
+    """Tests as Hugging Face models write them: on optional arguments, on flags, on the
+    device, on is_tracing(); and one on data."""
+
+    LINE = "if x.mean() > 0:"
+
+    def forward(self, x, enc: Optional[torch.Tensor] = None, output_attentions: Optional[bool] = False):
+        is_cross = enc is not None
+        h = enc if is_cross else x
+        if output_attentions or enc is not None:
+            h = h * 3
+        if x.device.type == "cuda" and enc is not None:
+            h = h.contiguous()
+        is_tracing = torch.jit.is_tracing()
+        if not is_tracing and torch.all(x == 1):
+            h = h + 0
+        if x.mean() > 0:
+            h = h * 2
+        return h
