@@ -150,14 +150,15 @@ class ModuleState:
     """
 
     def __init__(self) -> None:
-        self._tensors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # storage pointer -> (the storage, a copy of its bytes): views of any shape restore whole
+        self._storages: dict[int, tuple[Any, Any]] = {}
         self._attrs: dict[tuple, Any] = {}
 
     def before_tensor_write(self, t: torch.Tensor) -> None:
-        key = t.untyped_storage().data_ptr()
-        if key not in self._tensors:
-            base = t if t._base is None else t._base
-            self._tensors[key] = (base, base.detach().clone())
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key not in self._storages:
+            self._storages[key] = (storage, storage.clone())
 
     def before_setattr(self, obj: Any, name: str) -> None:
         key = (obj, name)
@@ -168,9 +169,8 @@ class ModuleState:
                 pass
 
     def restore(self) -> None:
-        with torch.no_grad():
-            for t, original in self._tensors.values():
-                t.copy_(original)
+        for storage, original in self._storages.values():
+            storage.copy_(original)
         for (obj, name), value in self._attrs.items():
             try:
                 obj.setattr(name, value)
