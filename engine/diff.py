@@ -197,8 +197,7 @@ def _shape(t: Any) -> tuple | None:
     if isinstance(t, torch.Tensor):
         return tuple(t.shape)
     if isinstance(t, Dropped):
-        ts = getattr(t.summary, "tensor", None) or t.summary
-        return tuple(getattr(ts, "shape", ()) or ())
+        return t.summary.shape
     return None
 
 

@@ -27,7 +27,7 @@ import torch
 from engine.errors import ModelError, TsdebugError, first_error_line
 from engine.convert import is_torch_frame
 from engine.ir import Block, Graph, Node, SourceLoc, Value
-from engine.ops import TRAINING, ModelRaised
+from engine.ops import ModelRaised
 from engine.program import ClassInstance, ObjectRef, Program, store_instance, is_script_class_copy, read_object_attr, write_object_attr
 from engine.recipes import AutocastRegion, Recompute, autocast_regions
 from engine.timeline import DEFAULT_BUDGET, StepRecord, Timeline, container_copy
@@ -129,10 +129,8 @@ def has_nan_inf(values: Iterable) -> bool:
     """Any NaN or Inf in these values: tensors, or the summaries of values dropped over the budget."""
     for v in values:
         for x in (v if type(v) in (list, tuple) else (v,)):
-            if isinstance(x, Dropped):
-                found = summarize(x).tensor
-                if found is not None and (found.nan or found.inf):
-                    return True
+            if isinstance(x, Dropped) and (x.summary.nan or x.summary.inf):
+                return True
         for t in iter_tensors(v):
             if (t.is_floating_point() or t.is_complex()) and t.numel() and not bool(torch.isfinite(t).all()):
                 return True
@@ -432,9 +430,7 @@ class Machine:
         env = frame.env
         args = [env[i] for i in node.in_idx]
         op = self._leaf_ops.get(node) or self.program.leaf(node)
-        writes = op.writes
-        if op.training_writes and len(args) > TRAINING and args[TRAINING] is True:
-            writes = writes + op.training_writes  # a norm in training mode updates its running statistics
+        writes = op.writes_now(args) if op.training_writes else op.writes
         rec_inputs = self._inputs_before_write(args, writes) if writes else args
         if op.mutates:
             # the op changes these lists or dicts: its record keeps them as they were
@@ -551,8 +547,7 @@ class Machine:
             parent = frame.paths.get(node.in_idx[0], frame.module_path)
             frame.paths[out] = f"{parent}.{name}" if parent else name
         elif isinstance(value, torch.Tensor):
-            self.timeline.mark_free(value)
-            self._module_storages.add(value.untyped_storage().data_ptr())
+            self._module_storages.add(self.timeline.mark_free(value))
         record._outputs = [value]
         self.timeline.add(record)
         self._advance(act)

@@ -330,7 +330,7 @@ def _overload_runner(node: Node, info: SchemaInfo, compiled_run: Runner, leaf: "
     writes = info.tensor_writes
     # the first call runs the op twice (compiled, direct): a norm in training mode would update
     # its running statistics twice, so the compiled run writes into copies of them
-    check_writes = writes or (RUNNING_STATS if kind in UPDATES_RUNNING_STATS else ())
+    check_writes = writes or leaf.training_writes
     handle = node.handle
     try:
         if handle is None or handle.isNondeterministic():
@@ -482,6 +482,12 @@ class LeafOp:
         # inputs it writes when its ``training`` input is True, which its schema does not say
         self.training_writes = RUNNING_STATS if node.kind in UPDATES_RUNNING_STATS else ()
         self.run = runner_for(node, messages, self)
+
+    def writes_now(self, args: list) -> tuple[int, ...]:
+        """The inputs this call overwrites: its schema's, and a norm's statistics in training mode."""
+        if self.training_writes and len(args) > TRAINING and args[TRAINING] is True:
+            return self.writes + self.training_writes
+        return self.writes
 
 
 #: Norms that, with input 5 (``training``/``use_input_stats``) True, update their running

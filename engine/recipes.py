@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engine.ops import TRAINING, UPDATES_RUNNING_STATS
 from engine.values import Dropped, summarize_tensor
 
 if TYPE_CHECKING:
@@ -143,10 +142,11 @@ class Recompute:
                 or node.kind in _UNINITIALIZED:
             return None
         handle = node.handle
-        if handle is None or handle.isNondeterministic() or self.program.leaf(node).mutates:
+        op = self.program.leaf(node)
+        if handle is None or handle.isNondeterministic() or op.mutates:
             return None
-        if node.kind in UPDATES_RUNNING_STATS and len(record._inputs) > TRAINING and record._inputs[TRAINING] is True:
-            return None  # in training mode it updates running statistics, which its schema does not say
+        if op.writes_now(record._inputs) != op.writes:
+            return None  # in training mode it updates running statistics: run again, it would again
         depth = 0
         for value in record._inputs:
             kind = type(value)

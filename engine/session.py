@@ -233,19 +233,7 @@ class Session:
         self.input_source = source
         if self.random is None:
             self.random = RandomState()
-        self.random.restore()
-        self.module_state.restore()
-        self.machine = Machine(
-            self.program,
-            clone_value(args),
-            method=self.method,
-            inline=self.inline,
-            grad=self.grad,
-            budget=self.budget,
-            breakpoints=self.breakpoints,
-            module_state=self.module_state,
-        )
-        return self.machine
+        return self._new_machine()
 
     def restart(self, values: tuple | None = None) -> Machine:
         """Back to the first node, with the same inputs unless new ones are given."""
@@ -253,6 +241,10 @@ class Session:
             self.inputs = tuple(values)
         if self.inputs is None:
             return self.start()
+        return self._new_machine()
+
+    def _new_machine(self) -> Machine:
+        """A machine on the first node, from the state every run starts from (random, module)."""
         self.random.restore()
         self.module_state.restore()
         self.machine = Machine(

@@ -205,10 +205,13 @@ class Timeline:
     def over_budget(self) -> bool:
         return self.kept_bytes > self.budget
 
-    def mark_free(self, value: Any) -> None:
-        """Memory the model holds anyway (parameters, inputs): never counted."""
+    def mark_free(self, value: Any) -> int | None:
+        """Memory the model holds anyway (parameters, inputs): never counted.  Returns its storage's key."""
         if isinstance(value, torch.Tensor):
-            self._free.add(_storage_ptr(value))
+            ptr = _storage_ptr(value)
+            self._free.add(ptr)
+            return ptr
+        return None
 
     def add(self, record: StepRecord) -> StepRecord:
         records = self.records

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -186,9 +187,7 @@ def summarize_tensor(t: torch.Tensor, stats: bool = True) -> TensorSummary:
         # or overwrites in place: every check and attribute read below costs a little after a big
         # kernel has evicted the caches.
         numel = t.numel()
-        found = _tensor_stats(t) if stats and numel else None
-        if found is None:
-            return TensorSummary(tuple(t.shape), _DTYPE_NAMES[t.dtype], "cpu", numel, numel * t.element_size())
+        found = (_tensor_stats(t) if stats and numel else None) or ()
         return TensorSummary(tuple(t.shape), _DTYPE_NAMES[t.dtype], "cpu", numel, numel * t.element_size(), *found)
     numel = t.numel()
     shape = tuple(t.shape)
@@ -262,7 +261,7 @@ _DTYPE_NAMES = {d: str(d).replace("torch.", "") for d in (
 def summarize(value: Any, depth: int = 0) -> ValueSummary:
     """Describe any runtime value without keeping it alive."""
     if isinstance(value, Dropped):
-        return summarize(value.summary, depth) if not isinstance(value.summary, ValueSummary) else value.summary
+        return summarize(value.summary, depth)
     if isinstance(value, ValueSummary):
         return value
     if isinstance(value, TensorSummary):
@@ -294,14 +293,12 @@ def summarize(value: Any, depth: int = 0) -> ValueSummary:
             length=len(value),
         )
     if isinstance(value, dict):
-        items = (
-            tuple(summarize(v, depth + 1) for _, v in list(value.items())[:16]) if depth < 3 else ()
-        )
-        shown = list(value)[:4]
+        names = list(itertools.islice(value, 16))
+        items = tuple(summarize(value[k], depth + 1) for k in names) if depth < 3 else ()
         # keys with their values' short forms: keys alone would read as a set
-        pairs = ", ".join(f"{k!r}: {items[i].short() if i < len(items) else '…'}" for i, k in enumerate(shown))
+        pairs = ", ".join(f"{k!r}: {items[i].short() if i < len(items) else '…'}" for i, k in enumerate(names[:4]))
         more = ", …" if len(value) > 4 else ""
-        keys = tuple(repr(k) for k in list(value)[: len(items)])
+        keys = tuple(repr(k) for k in names[: len(items)])
         return ValueSummary(kind="dict", text=f"{{{pairs}{more}}}", items=items, length=len(value), keys=keys)
     if isinstance(value, torch.device):
         return ValueSummary(kind="device", text=str(value))
