@@ -91,6 +91,15 @@ def _pickle_globals(data: bytes, limit: int = 2000) -> list[str]:
 
 def _describe_torch_save(data_pkl: bytes) -> str:
     globs = _pickle_globals(data_pkl)
+    scripted = next((g for g in globs if g.startswith("__torch__.")), None)
+    if scripted is not None:
+        # torch.jit.save writes the module's data before its code: a save that
+        # failed (a Python call it cannot export) or was cut short leaves this
+        return (
+            f"an incomplete TorchScript archive: it holds the data of {scripted} but not its code "
+            "(torch.jit.save stopped before writing it, after an error or an interruption); "
+            "fix what torch.jit.save reported and save the model again"
+        )
     module_classes = [
         g for g in globs
         if g.startswith("torch.nn.modules.") or (not g.startswith(("torch.", "collections.", "builtins.", "_codecs.", "numpy.")))

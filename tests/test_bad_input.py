@@ -37,6 +37,17 @@ def assert_one_line_error(code, err, *needles):
         assert n in lines[0], lines[0]
 
 
+class CallsPython(torch.nn.Module):
+    """Scripts, but torch.jit.save cannot export its call into Python."""
+
+    @torch.jit.ignore
+    def helper(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+
+    def forward(self, x):
+        return self.helper(x)
+
+
 class Lin(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -79,6 +90,9 @@ def make_bad_files(tmp_path, good):
     files["directory"].mkdir()
     files["pickle"] = tmp_path / "obj.pkl"
     files["pickle"].write_bytes(pickle.dumps({"a": 1}))
+    files["failed_save"] = tmp_path / "failed.pt"
+    with pytest.raises(RuntimeError, match="Could not export Python function"):
+        torch.jit.save(torch.jit.script(CallsPython()), str(files["failed_save"]))
     files["text"] = tmp_path / "notes.txt"
     files["text"].write_text("hello")
     return files
@@ -96,6 +110,7 @@ EXPECT = {
     "directory": "directory",
     "pickle": "pickle",
     "text": "not a TorchScript archive",
+    "failed_save": "incomplete TorchScript archive",
 }
 
 
