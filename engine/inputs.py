@@ -345,6 +345,30 @@ def _static_value(graph, value, module) -> Any:
     return obj
 
 
+# Ops whose output has the shape of one of their tensor inputs (the slot): a weight
+# standardized or scaled before use (timm's ScaledStdConv2d, weight norm) has its
+# parameter's shape.
+_SAME_SHAPE_AS = {"aten::reshape_as": 1, "aten::view_as": 1, "aten::expand_as": 1}
+_SAME_SHAPE = frozenset({"aten::mul", "aten::div", "aten::add", "aten::sub", "aten::neg", "aten::clone",
+                         "aten::contiguous", "aten::detach", "aten::to", "aten::type_as"})
+
+
+def _static_weight(graph, value, module, depth: int = 0) -> torch.Tensor | None:
+    """A parameter with the shape and dtype ``value`` will have, when ``value`` is
+    a parameter or made from one by shape-preserving ops; None otherwise."""
+    w = _static_value(graph, value, module)
+    if isinstance(w, torch.Tensor) or depth > 8:
+        return w if isinstance(w, torch.Tensor) else None
+    n = graph.producer(value)
+    if n is None:
+        return None
+    if n.kind in _SAME_SHAPE_AS:
+        return _static_weight(graph, n.inputs[_SAME_SHAPE_AS[n.kind]], module, depth + 1)
+    if n.kind in _SAME_SHAPE and n.inputs:
+        return _static_weight(graph, n.inputs[0], module, depth + 1)
+    return None
+
+
 def infer_inputs(program, method: str, params: list[Param], seed: int) -> tuple | None:
     """Guess one input per tensor parameter from the first op that consumes it."""
     graph = program.root_graph(method, inlined=True)
@@ -390,7 +414,7 @@ def infer_inputs(program, method: str, params: list[Param], seed: int) -> tuple 
 def _guess_from_use(graph, node, slot, module, seed, k) -> torch.Tensor | None:
     kind = node.kind
     if kind in ("aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d") and slot == 0:
-        w = _static_value(graph, node.inputs[1], module)
+        w = _static_weight(graph, node.inputs[1], module)
         if not isinstance(w, torch.Tensor):
             return None
         groups = 1
@@ -407,7 +431,7 @@ def _guess_from_use(graph, node, slot, module, seed, k) -> torch.Tensor | None:
         side = 224 if c_in == 3 and spatial_dims == 2 else 32
         return random_tensor((1, c_in) + (side,) * spatial_dims, w.dtype, seed, k)
     if kind == "aten::linear" and slot == 0:
-        w = _static_value(graph, node.inputs[1], module)
+        w = _static_weight(graph, node.inputs[1], module)
         if isinstance(w, torch.Tensor):
             return random_tensor((1, w.shape[1]), w.dtype, seed, k)
     if kind == "aten::layer_norm" and slot == 0:

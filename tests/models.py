@@ -166,3 +166,28 @@ class OptionalArgs(nn.Module):
 class TupleInput(nn.Module):
     def forward(self, pair: Tuple[torch.Tensor, torch.Tensor], d: Dict[str, torch.Tensor]) -> torch.Tensor:
         return pair[0] + pair[1] + d["a"]
+
+
+class StdConv(nn.Conv2d):
+    """timm's ScaledStdConv2d: the weight is standardized on every call, so the conv never sees a parameter."""
+
+    def __init__(self, cin: int, cout: int, k: int):
+        super().__init__(cin, cout, k, padding=k // 2)
+        self.gain = nn.Parameter(torch.full((cout,), 1.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                              weight=self.gain, training=True, momentum=0.0, eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class StandardizedConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = StdConv(3, 8, 3)
+        self.g = nn.Parameter(torch.full((4, 8), 0.5))
+        self.head = nn.Parameter(torch.randn(4, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.adaptive_avg_pool2d(torch.relu(self.stem(x)), 1).flatten(1)
+        return F.linear(y, self.head * self.g)

@@ -83,6 +83,8 @@ def test_traced_inputs_are_read(archive):
     [
         (M.ConvNet, (1, 3, 224, 224)),
         (M.LSTMNet, (1, 8, 6)),
+        # the conv's weight is computed from the parameter (standardized), not read from it
+        (M.StandardizedConvNet, (1, 3, 224, 224)),
     ],
 )
 def test_inputs_inferred_for_scripted(archive, make, shape):
