@@ -210,13 +210,43 @@ def _local_names(fn: ast.FunctionDef) -> set[str]:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
                 and (_only_type_checks(node.value) or "is_tracing" in ast.unparse(node.value)):
             plain.add(node.targets[0].id)
-    # ``for i, m in enumerate(self.blocks)``: the same on every run
-    static = {n.id for loop in ast.walk(fn) if isinstance(loop, ast.For) and _STATIC_ITER.fullmatch(ast.unparse(loop.iter))
-              for n in ast.walk(loop.target) if isinstance(n, ast.Name)}
-    return names - plain - static
+    return names - plain - _static_loop_names(fn)
 
 
-_STATIC_ITER = re.compile(r"self\.[\w.]+|range\(\s*(\d+|self\.[\w.]+)\s*\)|enumerate\(self\.[\w.]+\)")
+_STATIC_ITER = re.compile(r"self(\.[\w.]+)?|range\(\s*(\d+|self\.[\w.]+)\s*\)|enumerate\(self\.[\w.]+\)")
+
+
+def _static_iterable(expr: ast.AST, static: set[str]) -> bool:
+    """``expr`` yields the same items on every run: a module list (``self.blocks``), a fixed
+    range, a name bound by such a loop (``for f in fuse_outer`` inside ``for fuse_outer in
+    self.fuse_layers``), or enumerate/zip/reversed of those."""
+    if _STATIC_ITER.fullmatch(ast.unparse(expr)):
+        return True
+    while isinstance(expr, ast.Attribute):
+        expr = expr.value
+    if isinstance(expr, ast.Name):
+        return expr.id in static
+    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) \
+            and expr.func.id in ("enumerate", "zip", "reversed") and expr.args and not expr.keywords:
+        return all(_static_iterable(a, static) for a in expr.args)
+    return False
+
+
+def _static_loop_names(fn: ast.FunctionDef) -> set[str]:
+    """The targets of loops over static iterables (``for i, m in enumerate(self.blocks)``),
+    nested ones included: the same values on every run."""
+    loops = [n for n in ast.walk(fn) if isinstance(n, ast.For)]
+    static: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for loop in loops:
+            if _static_iterable(loop.iter, static):
+                names = {n.id for n in ast.walk(loop.target) if isinstance(n, ast.Name)}
+                if not names <= static:
+                    static |= names
+                    changed = True
+    return static
 
 
 _PLAIN_ANNOTATIONS = frozenset({"int", "float", "bool", "str"})
@@ -346,6 +376,7 @@ def _branch_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file
 def _loop_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: str, path: str,
                    method: str) -> list[Finding]:
     out = []
+    static = _static_loop_names(fn)
     for stmt in ast.walk(fn):
         if not isinstance(stmt, (ast.For, ast.While)):
             continue
@@ -355,7 +386,7 @@ def _loop_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: 
             continue
         if isinstance(stmt, ast.For):
             head = _src(stmt.iter, lines)
-            if _STATIC_ITER.fullmatch(head):
+            if _static_iterable(stmt.iter, static):
                 continue  # a module list or a fixed count: the same every run
             why = "the trip count comes from " + ("a shape" if _SHAPE_TEXT.search(head) else
                                                   "tensor data" if _SCALAR_TEXT.search(head) else

@@ -231,3 +231,12 @@ def test_tests_on_flags_types_and_tracing_are_not_findings(archive):
     path = archive(T.TransformersStyle(), "trace", example=(torch.ones(2, 3),))
     report = lint_session(Session(path))
     assert [f.text for f in report.findings] == [T.TransformersStyle.LINE]
+
+
+def test_loops_over_module_lists_are_not_findings(archive):
+    """``for module in self`` and a module-list loop nested in another (HRNet) are the
+    architecture; only the loop on data is frozen (one finding per instance)."""
+    path = archive(T.FuseNet(), "trace", example=(torch.ones(2, 4), torch.ones(2, 4)))
+    report = lint_session(Session(path))
+    assert [f.text for f in report.findings] == [T.Fuse.LINE, T.Fuse.LINE]
+    assert all(f.frozen == "unrolled 2 times" for f in report.findings)

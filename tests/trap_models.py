@@ -240,3 +240,42 @@ class TransformersStyle(nn.Module):
         if x.mean() > 0:
             h = h * 2
         return h
+
+
+class Chain(nn.Sequential):
+    """``for module in self``: a Sequential that passes a list along."""
+
+    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        for module in self:
+            xs = module(xs)
+        return xs
+
+
+class Fuse(nn.Module):
+    """HRNet's fuse layers: a loop over a module list nested in another; then a loop on data."""
+
+    LINE = "for i in range(int(xs[0].sum() > 0) + 1):"
+
+    def __init__(self):
+        super().__init__()
+        self.fuse_layers = nn.ModuleList([nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)]) for _ in range(2)])
+
+    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        out = []
+        for i, fuse_outer in enumerate(self.fuse_layers):
+            y = None
+            for j, f in enumerate(fuse_outer):
+                y = f(xs[j]) if y is None else y + f(xs[j])
+            out.append(y)
+        for i in range(int(xs[0].sum() > 0) + 1):
+            out[0] = out[0] * 2
+        return out
+
+
+class FuseNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stages = Chain(Fuse(), Fuse())
+
+    def forward(self, a, b):
+        return self.stages([a, b])
