@@ -261,7 +261,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.against:
         print(f"against    {args.against}")
     else:
-        print(f"eager      {args.eager}  (grad {'on' if result.eager_grad else 'off'})")
+        if result.eager_grad and not args.grad:
+            grad = "autograd on, as when torch.jit.trace recorded the graph"
+        else:
+            grad = f"autograd {'on' if result.eager_grad else 'off'}"
+        print(f"eager      {args.eager}  ({grad})")
     print(f"inputs     {', '.join(summarize(x).short() for x in session.inputs)}  ({session.input_source})")
     grouped = f" + {r.grouped} inside fused or composite ops" if r.grouped else ""
     print(f"aligned    {len(r.aligned)}{grouped} of {r.comparable} comparable nodes ({r.coverage:.1%})")
