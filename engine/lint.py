@@ -143,14 +143,16 @@ def _depends_on_data(test_expr: ast.AST, test: str, local_names: set[str]) -> st
         return None  # ``x is None``, ``isinstance(x, Tensor)``: a trace fixes its arguments' types
     if "is_tracing" in test:
         return None  # written for tracing: the trace takes the path its authors meant it to
+    if _reads_only_rank(test_expr, local_names):
+        return "rank"
+    names = {n.id for n in _data_parts(test_expr) if isinstance(n, ast.Name)} - _NOT_DATA
+    if not names & local_names:
+        return None  # ``len(self.blocks) - 1``, a loop index over a module list: configuration
     if _SCALAR_TEXT.search(test):
         return "scalar"
     if _SHAPE_TEXT.search(test):
         return "shape"
-    names = {n.id for n in _data_parts(test_expr) if isinstance(n, ast.Name)} - _NOT_DATA
-    if names & local_names:
-        return "tensor data"
-    return None
+    return "tensor data"
 
 
 def _data_parts(expr: ast.AST):
@@ -189,7 +191,7 @@ def _only_type_checks(expr: ast.AST) -> bool:
                    for n in ast.walk(expr.left))
     if isinstance(expr, ast.Call):
         f = expr.func
-        if isinstance(f, ast.Name) and f.id == "isinstance":
+        if isinstance(f, ast.Name) and f.id in ("isinstance", "hasattr", "callable"):
             return True
         return isinstance(f, ast.Attribute) and f.attr in ("is_floating_point", "is_complex", "is_sparse")
     return False
@@ -197,19 +199,34 @@ def _only_type_checks(expr: ast.AST) -> bool:
 
 def _local_names(fn: ast.FunctionDef) -> set[str]:
     """Names whose values can change from run to run: arguments and locals, less the
-    arguments annotated as plain Python numbers, strings or flags (``idx: int``), which a
-    trace sees as fixed by its caller."""
-    args = fn.args.args + fn.args.kwonlyargs
+    Python values a trace sees as fixed by its caller or its configuration: arguments
+    annotated as plain numbers, strings or flags (``idx: int``) or given such a default
+    (``residual=True``), and locals set only from those, from ``self``'s attributes,
+    constants or type checks (``using_eager = self.config.impl == "eager"``)."""
+    args = fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs
     names = {a.arg for a in args} - {"self"}
+    stores: dict[str, int] = defaultdict(int)
     for node in ast.walk(fn):
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             names.add(node.id)
-    plain = {a.arg for a in args if _plain_annotation(a.annotation)}
-    # locals that hold only what a type check or is_tracing() said
+            stores[node.id] += 1
+    plain = {a.arg for a in args if _plain_annotation(a.annotation)} | _flag_arguments(fn)
+    assigned: dict[str, list[ast.AST]] = defaultdict(list)
     for node in ast.walk(fn):
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
-                and (_only_type_checks(node.value) or "is_tracing" in ast.unparse(node.value)):
-            plain.add(node.targets[0].id)
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            assigned[node.targets[0].id].append(node.value)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            assigned[node.target.id].append(node.value)
+    # only ``name = value`` statements set them (no loop target, unpacking or ``+=``)
+    simple = {n: values for n, values in assigned.items() if len(values) == stores[n] and n not in names & {
+        a.arg for a in args}}
+    changed = True
+    while changed:
+        changed = False
+        for name, values in simple.items():
+            if name not in plain and all(_fixed_value(v, plain, names) for v in values):
+                plain.add(name)
+                changed = True
     return names - plain - _static_loop_names(fn)
 
 
@@ -235,18 +252,78 @@ def _static_iterable(expr: ast.AST, static: set[str]) -> bool:
 def _static_loop_names(fn: ast.FunctionDef) -> set[str]:
     """The targets of loops over static iterables (``for i, m in enumerate(self.blocks)``),
     nested ones included: the same values on every run."""
-    loops = [n for n in ast.walk(fn) if isinstance(n, ast.For)]
+    # (target, where its values come from, is it a loop): ``for i, x in enumerate(zip(self.a, self.b))``,
+    # then ``a, b = x``
+    bindings = [(n.target, n.iter, True) for n in ast.walk(fn) if isinstance(n, ast.For)]
+    bindings += [(n.targets[0], n.value, False) for n in ast.walk(fn)
+                 if isinstance(n, ast.Assign) and len(n.targets) == 1]
     static: set[str] = set()
     changed = True
     while changed:
         changed = False
-        for loop in loops:
-            if _static_iterable(loop.iter, static):
-                names = {n.id for n in ast.walk(loop.target) if isinstance(n, ast.Name)}
+        for target, source, loop in bindings:
+            if _static_iterable(source, static) if loop else _static_item(source, static):
+                names = {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
                 if not names <= static:
                     static |= names
                     changed = True
     return static
+
+
+def _static_item(expr: ast.AST, static: set[str]) -> bool:
+    """``expr`` is one of those static things, or part of one (``x``, ``x[0]``, ``x.blocks``)."""
+    while isinstance(expr, (ast.Attribute, ast.Subscript)):
+        expr = expr.value
+    return isinstance(expr, ast.Name) and expr.id in static
+
+
+def _fixed_value(expr: ast.AST, plain: set[str], local: set[str]) -> bool:
+    """``expr`` says only what a trace keeps fixed: type checks, is_tracing(), values made
+    of constants, ``self``'s attributes, module-level names and other such names."""
+    if _only_type_checks(expr) or "is_tracing" in ast.unparse(expr):
+        return True
+    if isinstance(expr, ast.BoolOp):
+        return all(_fixed_value(v, plain, local) for v in expr.values)
+    if isinstance(expr, ast.UnaryOp):
+        return _fixed_value(expr.operand, plain, local)
+    return all(n.id in plain or n.id in _NOT_DATA or n.id not in local
+               for n in ast.walk(expr) if isinstance(n, ast.Name))
+
+
+def _flag_arguments(fn: ast.FunctionDef) -> set[str]:
+    """Arguments without annotation whose default is a bool, number or string (``residual=True``)."""
+    positional = fn.args.posonlyargs + fn.args.args
+    pairs = list(zip(positional[len(positional) - len(fn.args.defaults):], fn.args.defaults))
+    pairs += [(a, d) for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults) if d is not None]
+    return {a.arg for a, d in pairs if a.annotation is None and isinstance(d, ast.Constant)
+            and type(d.value) in (bool, int, float, str)}
+
+
+def _reads_only_rank(expr: ast.AST, local_names: set[str]) -> bool:
+    """The test's data is the rank of tensors (``mask.dim() == 4``, ``x.ndim < 3``), beside type checks."""
+    found = False
+
+    def rank_read(n: ast.AST) -> bool:
+        if isinstance(n, ast.Attribute) and n.attr == "ndim":
+            return True
+        if isinstance(n, ast.Call) and not n.args and isinstance(n.func, ast.Attribute) and n.func.attr == "dim":
+            return True
+        return (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "len" and len(n.args) == 1
+                and isinstance(n.args[0], (ast.Attribute, ast.Call))
+                and ast.unparse(n.args[0]).endswith((".shape", ".size()")))
+
+    def visit(n: ast.AST) -> bool:
+        nonlocal found
+        if _only_type_checks(n):
+            return True
+        if rank_read(n):
+            found = True
+            return True
+        if isinstance(n, ast.Name) and n.id in local_names:
+            return False
+        return all(visit(c) for c in ast.iter_child_nodes(n))
+
+    return visit(expr) and found
 
 
 _PLAIN_ANNOTATIONS = frozenset({"int", "float", "bool", "str"})
@@ -345,6 +422,9 @@ def _branch_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file
         in_else = [o for o in ops if _in(orelse, o.line) and o.line != test_line]
         if why is None and not (test_ops and any(o.node.kind.startswith("aten::") for o in test_ops)):
             continue  # a configuration branch: tracing keeps it right
+        if not test_ops and isinstance(stmt, ast.If) and not stmt.orelse \
+                and all(isinstance(s, ast.Raise) for s in stmt.body):
+            continue  # a check of Python values that did not fail: the graph lacks only the raise
         if in_body and in_else:
             continue  # both sides ran (a loop around it): nothing frozen
         end = getattr(stmt, "end_lineno", stmt.lineno)
@@ -360,6 +440,10 @@ def _branch_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file
             kinds = ", ".join(sorted({o.node.kind for o in test_ops}))
             evidence = f"the test computed tensors ({kinds}) and became a Python bool"
             confidence = "high"
+        elif why == "rank":
+            evidence = (f"the test reads the rank of a tensor ({test}): the trace keeps its example's ranks, "
+                        "only a caller passing another rank would take the other side")
+            confidence = "low"
         else:
             what = "tensor data" if why == "tensor data" else f"a {why}"
             evidence = f"the test reads {what} ({test})"

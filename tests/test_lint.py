@@ -239,4 +239,11 @@ def test_loops_over_module_lists_are_not_findings(archive):
     path = archive(T.FuseNet(), "trace", example=(torch.ones(2, 4), torch.ones(2, 4)))
     report = lint_session(Session(path))
     assert [f.text for f in report.findings] == [T.Fuse.LINE, T.Fuse.LINE]
-    assert all(f.frozen == "unrolled 2 times" for f in report.findings)
+    assert [f.frozen for f in report.findings] == ["unrolled 2 times"] * 2
+
+
+def test_configuration_tests_are_not_findings_and_rank_tests_are_low(archive):
+    path = archive(T.ConfigTests(), "trace", example=(torch.ones(2, 4), torch.ones(2, 1, 4)))
+    report = lint_session(Session(path))
+    found = sorted((f.text, f.confidence) for f in report.findings)
+    assert found == sorted([(T.ConfigTests.LINE, "medium"), (T.ConfigTests.RANK, "low")]), found

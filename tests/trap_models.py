@@ -254,7 +254,7 @@ class Chain(nn.Sequential):
 class Fuse(nn.Module):
     """HRNet's fuse layers: a loop over a module list nested in another; then a loop on data."""
 
-    LINE = "for i in range(int(xs[0].sum() > 0) + 1):"
+    LINE = "for i in range(int(xs[0].abs().sum() > 0) + 1):"
 
     def __init__(self):
         super().__init__()
@@ -267,7 +267,7 @@ class Fuse(nn.Module):
             for j, f in enumerate(fuse_outer):
                 y = f(xs[j]) if y is None else y + f(xs[j])
             out.append(y)
-        for i in range(int(xs[0].sum() > 0) + 1):
+        for i in range(int(xs[0].abs().sum() > 0) + 1):
             out[0] = out[0] * 2
         return out
 
@@ -279,3 +279,55 @@ class FuseNet(nn.Module):
 
     def forward(self, a, b):
         return self.stages([a, b])
+
+
+MODE_EAGER = "eager"
+
+
+class ConfigTests(nn.Module):
+    """What Hugging Face models test besides data: attributes present, flag defaults,
+    locals set from the configuration, a check that raises, module-list indices; a rank
+    test (low); and one branch on data."""
+
+    LINE = "if h.mean() > 0:"
+    RANK = "if mask.dim() == 3:"
+
+    def __init__(self):
+        super().__init__()
+        self.impl = "sdpa"
+        self.upcast = False
+        self.projs = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+        self.norms = nn.ModuleList([nn.LayerNorm(4), nn.LayerNorm(4)])
+
+    def post(self, h, residual=True, output_attentions=False):
+        if residual:
+            h = h + 1
+        if output_attentions:
+            h = h * 0
+        return h
+
+    def forward(self, x, mask: Optional[torch.Tensor] = None, head_mask: Optional[torch.Tensor] = None):
+        if len(x.shape) > 5:
+            raise ValueError("at most 5 dims")
+        using_eager = self.impl == MODE_EAGER
+        use_fast = self.impl == "sdpa" and head_mask is None
+        if using_eager and self.upcast:
+            x = x.double()
+        if use_fast:
+            x = x * 2
+        if hasattr(self, "scale"):
+            x = x * 3
+        h = x
+        for idx, pair in enumerate(zip(self.projs, self.norms)):
+            proj, norm = pair
+            h = proj(h)
+            if idx != len(self.projs) - 1:
+                h = norm(h)
+        if mask is not None:
+            if mask.dim() == 3:
+                mask = mask[:, 0]
+            h = h * mask
+        h = self.post(h)
+        if h.mean() > 0:
+            h = h * 2
+        return h
