@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from engine.eager import EagerOp, EagerRun
+from engine.eager import UNINITIALIZED, EagerOp, EagerRun
 from engine.timeline import StepRecord
 from engine.values import Dropped
 
@@ -210,7 +210,7 @@ def comparable_records(records: list[StepRecord]) -> list[StepRecord]:
     out = []
     for r in records:
         kind = r.node.kind
-        if kind.startswith("prim::") or kind in PLUMBING or r.status != "done":
+        if kind.startswith("prim::") or kind in PLUMBING or r.status != "done" or canon(kind) in UNINITIALIZED:
             continue
         t = _first_tensor(r.outputs)
         if t is None:

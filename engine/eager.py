@@ -170,6 +170,11 @@ _SKIP = frozenset({"size", "dim", "numel", "__bool__", "item", "tolist", "__len_
                    "__hash__", "requires_grad_", "__iter__", "element_size"})
 
 
+#: Ops whose output is uninitialized memory: its bits mean nothing on either side.
+UNINITIALIZED = frozenset({"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided",
+                           "empty_permuted"})
+
+
 class _Recorder(TorchFunctionMode):
     def __init__(self, run: EagerRun, stack: list[str]):
         super().__init__()
@@ -181,7 +186,7 @@ class _Recorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = getattr(func, "__name__", str(func))
-        if self.paused or name in _SKIP:
+        if self.paused or name in _SKIP or name in UNINITIALIZED:
             return out
         tensors = _tensors(out)
         if not tensors:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from engine import Session
+from engine.diff import comparable_records
 from tsdebug.cli import main
 import diff_models as D
 import models as M
@@ -175,3 +176,17 @@ def test_random_draws_agree_with_the_eager_model(archive, capsys, mode):
     code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:Sampler", "--input", "float32[2,4]")
     assert code == 0, err
     assert rep["first_divergence"] is None and rep["outputs_close"] and rep["outputs"]["max_abs"] == 0
+
+
+@pytest.mark.parametrize("mode", ["trace", "script"])
+def test_uninitialized_memory_is_not_compared(archive, capsys, mode):
+    """torch.empty's output is whatever the allocator had: not a divergence, on either side."""
+    path = archive(D.EmptyThenFilled(), mode, example=(torch.randn(3, 4),))
+    code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:EmptyThenFilled", "--input", "float32[3,4]")
+    assert code == 0, err
+    assert rep["first_divergence"] is None and rep["outputs_close"]
+    session = Session(path)
+    session.start(values=(torch.randn(3, 4),))
+    session.machine.run()
+    kinds = {r.node.kind for r in comparable_records(session.machine.timeline.records)}
+    assert kinds and not kinds & {"aten::empty", "aten::empty_like"}, kinds
