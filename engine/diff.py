@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from engine.convert import is_torch_frame
 from engine.eager import UNINITIALIZED, EagerOp, EagerRun
 from engine.timeline import StepRecord
 from engine.values import Dropped
@@ -237,46 +238,8 @@ def align(records: list[StepRecord], eager: EagerRun, rtol: float, atol: float) 
     pairs: list[tuple[StepRecord, EagerOp]] = []
     for path, g_ops in by_path_g.items():
         e_ops = by_path_e.get(path, [])
-        if not e_ops:
-            continue
-        # name and shape: a transpose of another shape is another transpose
-        g_tok = [f"{canon(r.node.kind)}:{_shape(_first_tensor(r.outputs))}" for r in g_ops]
-        e_tok = [f"{canon(o.name)}:{_shape(o.outputs[0] if o.outputs else None)}" for o in e_ops]
-        sm = SequenceMatcher(None, g_tok, e_tok, autojunk=False)
-        for tag, i1, i2, j1, j2 in sm.get_opcodes():
-            if tag == "equal":
-                pairs.extend(zip(g_ops[i1:i2], e_ops[j1:j2]))
-            elif tag == "replace" and i2 - i1 == j2 - j1 and all(
-                _same_shape(g, e) for g, e in zip(g_ops[i1:i2], e_ops[j1:j2])
-            ):
-                # one op swapped for another (relu for gelu): compare them, it may be the cause
-                pairs.extend(zip(g_ops[i1:i2], e_ops[j1:j2]))
-            elif tag == "replace" and i2 - i1 > j2 - j1:
-                # Python-level composites (F.multi_head_attention_forward) are one call
-                # eagerly and many nodes in the graph: each eager call meets the last
-                # node of the run producing its shape; the nodes before it are covered.
-                start = i1
-                for e in e_ops[j1:j2]:
-                    hit = None
-                    for k in range(start, i2):
-                        if _same_shape(g_ops[k], e):
-                            hit = k
-                    if hit is None:
-                        continue
-                    pairs.append((g_ops[hit], e))
-                    report.grouped += hit - start
-                    start = hit + 1
-            elif tag == "replace" and all(g.node.kind.startswith("aten::_") for g in g_ops[i1:i2]):
-                # the other way: one fused graph op (aten::_transformer_encoder_layer_fwd)
-                # for many eager calls; a plain op here is a substitution, not a fusion
-                start = j1
-                for n, g in enumerate(g_ops[i1:i2]):
-                    hits = [k for k in range(start, j2) if _same_shape(g, e_ops[k])]
-                    if not hits:
-                        continue
-                    hit = hits[-1] if n == i2 - i1 - 1 else hits[0]
-                    pairs.append((g, e_ops[hit]))
-                    start = hit + 1
+        if e_ops:
+            _align_path(g_ops, e_ops, pairs, report)
     pairs.sort(key=lambda p: p[0].index)
     for rec, op in pairs:
         a = _first_tensor(rec.outputs)
@@ -303,3 +266,80 @@ def align(records: list[StepRecord], eager: EagerRun, rtol: float, atol: float) 
             r for r in graph_ops if g_start < r.index < report.first.record.index and r.index not in aligned_graph
         ]
     return report
+
+
+def _located(rec: StepRecord) -> str | None:
+    """``file:line`` of a graph node written in the user's Python (not inside torch), else None."""
+    src = rec.node.source
+    if src is None or not src.file or not src.line or is_torch_frame(src.file):
+        return None
+    return f"{src.file}:{src.line}"
+
+
+def _align_path(g_ops: list[StepRecord], e_ops: list[EagerOp], pairs: list, report: "DiffReport") -> None:
+    """Pair the graph's ops with the eager ops of one module path.
+
+    First by name, shape and source line, where the graph node has the user's line
+    (eager ops always do): that keeps a small op (``torch.tensor(0.5)``) with its own
+    line rather than with a look-alike elsewhere.  The gaps between those anchors
+    are then matched by name and shape alone (ops inside torch's own Python, fused
+    ops, composites).
+    """
+    g_loc = [_located(r) for r in g_ops]
+    g_tok = [f"{canon(r.node.kind)}:{_shape(_first_tensor(r.outputs))}@{loc}" if loc else f"#{k}"
+             for k, (r, loc) in enumerate(zip(g_ops, g_loc))]
+    e_tok = [f"{canon(o.name)}:{_shape(o.outputs[0] if o.outputs else None)}@{o.file}:{o.line}" for o in e_ops]
+    gi = gj = 0
+    for block in SequenceMatcher(None, g_tok, e_tok, autojunk=False).get_matching_blocks():
+        _align_by_name(g_ops[gi:block.a], e_ops[gj:block.b], pairs, report)
+        pairs.extend(zip(g_ops[block.a:block.a + block.size], e_ops[block.b:block.b + block.size]))
+        gi, gj = block.a + block.size, block.b + block.size
+
+
+def _meets(g: StepRecord, e: EagerOp) -> bool:
+    """``g`` may stand for ``e``: the same shape, and the same line where the graph knows the user's."""
+    loc = _located(g)
+    return _same_shape(g, e) and (loc is None or loc == f"{e.file}:{e.line}")
+
+
+def _align_by_name(g_ops: list[StepRecord], e_ops: list[EagerOp], pairs: list, report: "DiffReport") -> None:
+    if not g_ops or not e_ops:
+        return
+    # name and shape: a transpose of another shape is another transpose
+    g_tok = [f"{canon(r.node.kind)}:{_shape(_first_tensor(r.outputs))}" for r in g_ops]
+    e_tok = [f"{canon(o.name)}:{_shape(o.outputs[0] if o.outputs else None)}" for o in e_ops]
+    sm = SequenceMatcher(None, g_tok, e_tok, autojunk=False)
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag == "equal":
+            pairs.extend(zip(g_ops[i1:i2], e_ops[j1:j2]))
+        elif tag == "replace" and i2 - i1 == j2 - j1 and all(
+            _meets(g, e) for g, e in zip(g_ops[i1:i2], e_ops[j1:j2])
+        ):
+            # one op swapped for another (relu for gelu): compare them, it may be the cause
+            pairs.extend(zip(g_ops[i1:i2], e_ops[j1:j2]))
+        elif tag == "replace" and i2 - i1 > j2 - j1:
+            # Python-level composites (F.multi_head_attention_forward) are one call
+            # eagerly and many nodes in the graph: each eager call meets the last
+            # node of the run producing its shape; the nodes before it are covered.
+            start = i1
+            for e in e_ops[j1:j2]:
+                hit = None
+                for k in range(start, i2):
+                    if _meets(g_ops[k], e):
+                        hit = k
+                if hit is None:
+                    continue
+                pairs.append((g_ops[hit], e))
+                report.grouped += hit - start
+                start = hit + 1
+        elif tag == "replace" and all(g.node.kind.startswith("aten::_") for g in g_ops[i1:i2]):
+            # the other way: one fused graph op (aten::_transformer_encoder_layer_fwd)
+            # for many eager calls; a plain op here is a substitution, not a fusion
+            start = j1
+            for n, g in enumerate(g_ops[i1:i2]):
+                hits = [k for k in range(start, j2) if _meets(g, e_ops[k])]
+                if not hits:
+                    continue
+                hit = hits[-1] if n == i2 - i1 - 1 else hits[0]
+                pairs.append((g, e_ops[hit]))
+                start = hit + 1

@@ -124,3 +124,14 @@ class EmptyThenFilled(nn.Module):
         scratch = torch.empty_like(x)
         scratch.copy_(x)
         return buf * 2 + scratch[:, :4]
+
+
+class LookAlikes(nn.Module):
+    """A frozen branch whose ops look like the ones after it: each op must meet its own line."""
+
+    SCALE_LINE = "return x * torch.full_like(x, 0.5)"
+
+    def forward(self, x):
+        if x.mean() > 0:
+            x = x * torch.full_like(x, 3.0)
+        return x * torch.full_like(x, 0.5)

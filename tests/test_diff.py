@@ -190,3 +190,15 @@ def test_uninitialized_memory_is_not_compared(archive, capsys, mode):
     session.machine.run()
     kinds = {r.node.kind for r in comparable_records(session.machine.timeline.records)}
     assert kinds and not kinds & {"aten::empty", "aten::empty_like"}, kinds
+
+
+def test_ops_meet_their_own_source_lines(archive, capsys):
+    """Traced on the skipped side; eagerly the branch runs ops of the same names and shapes
+    before the ones the graph has: the graph's ops meet the eager ops of their own line."""
+    path = archive(D.LookAlikes(), "trace", example=(-torch.ones(2, 4),))
+    code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:LookAlikes", "--input", "float32[2,4]:1..2")
+    assert code == 1, err
+    first = rep["first_divergence"]
+    with open(DIFF_MODELS) as f:
+        line = next(n for n, text in enumerate(f, 1) if text.strip() == D.LookAlikes.SCALE_LINE)
+    assert first["kind"] == "aten::mul" and first["eager_source"].endswith(f"diff_models.py:{line}"), first
