@@ -128,8 +128,24 @@ def build_eager(spec: str, kwargs: dict[str, Any] | None = None) -> torch.nn.Mod
 
 
 def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
-    """Load weights strictly; a key mismatch is one clear line."""
+    """Load weights strictly; a key mismatch is one clear line.
+
+    An archive keeps every buffer, the non-persistent ones too (Hugging Face's
+    ``position_ids``, GPT-2's causal ``bias``), which ``state_dict`` leaves out:
+    those are copied into the eager model's buffers of the same name and shape,
+    so that both sides run with the archive's values.
+    """
     own = model.state_dict()
+    buffers = dict(model.named_buffers())
+    state = dict(state)
+    for k in [k for k in state if k not in own and k in buffers]:
+        value = state.pop(k)
+        if tuple(value.shape) == tuple(buffers[k].shape) and value.dtype == buffers[k].dtype:
+            with torch.no_grad():
+                buffers[k].copy_(value)
+        else:
+            raise EagerError(f"weights do not fit the eager model: buffer {k} is {_describe(value)} in {source}, "
+                             f"{_describe(buffers[k])} in the eager model")
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
@@ -145,6 +161,10 @@ def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
         raise EagerError(f"weights do not fit the eager model: {k} is {tuple(state[k].shape)} in {source}, "
                          f"{tuple(own[k].shape)} in the eager model")
     model.load_state_dict(state, strict=True)
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"{str(t.dtype).replace('torch.', '')}{list(t.shape)}"
 
 
 def _user_frame() -> tuple[str | None, int | None]:

@@ -135,3 +135,15 @@ class LookAlikes(nn.Module):
         if x.mean() > 0:
             x = x * torch.full_like(x, 3.0)
         return x * torch.full_like(x, 0.5)
+
+
+class NonPersistent(nn.Module):
+    """A buffer left out of state_dict (Hugging Face's position_ids): the archive keeps it all the same."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("offsets", torch.arange(4.0), persistent=False)
+
+    def forward(self, x):
+        return self.lin(x) + self.offsets

@@ -202,3 +202,12 @@ def test_ops_meet_their_own_source_lines(archive, capsys):
     with open(DIFF_MODELS) as f:
         line = next(n for n, text in enumerate(f, 1) if text.strip() == D.LookAlikes.SCALE_LINE)
     assert first["kind"] == "aten::mul" and first["eager_source"].endswith(f"diff_models.py:{line}"), first
+
+
+def test_non_persistent_buffers_come_from_the_archive(archive, capsys):
+    model = D.NonPersistent()
+    model.offsets.fill_(7.0)  # the archive's value, not the one the class builds
+    path = archive(model, "trace", example=(torch.randn(2, 4),))
+    code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:NonPersistent", "--input", "float32[2,4]")
+    assert code == 0, err
+    assert rep["outputs_close"] and rep["outputs"]["max_abs"] == 0 and rep["first_divergence"] is None
