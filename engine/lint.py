@@ -942,7 +942,7 @@ def trace_warnings(session: Any, report: LintReport, eager_spec: str, eager_args
         if key in known or key in added or is_torch_frame(w.filename or ""):
             continue
         added.add(key)
-        message = str(w.message).split(".")[0]
+        message = re.split(r"\.(?:\s|$)", str(w.message).strip(), maxsplit=1)[0]  # its first sentence
         _, lines = _parse(w.filename) if w.filename and os.path.exists(w.filename) else (None, [])
         text = lines[w.lineno - 1].strip() if lines and w.lineno <= len(lines) else None
         report.findings.append(Finding("trace-warning", w.filename, w.lineno, text, message,

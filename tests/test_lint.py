@@ -247,3 +247,15 @@ def test_configuration_tests_are_not_findings_and_rank_tests_are_low(archive):
     report = lint_session(Session(path))
     found = sorted((f.text, f.confidence) for f in report.findings)
     assert found == sorted([(T.ConfigTests.LINE, "medium"), (T.ConfigTests.RANK, "low")]), found
+
+
+def test_trace_warning_is_named_by_its_first_sentence(tmp_path, capsys):
+    import trap_models as T2
+
+    path = trace_to(tmp_path / "tc.pt", T2.TensorConstant, (torch.ones(3),))
+    eager = os.path.join(HERE, "trap_models.py") + ":TensorConstant"
+    assert main(["lint", path, "--eager", eager, "--input", "float32[3]", "--json"]) == 1
+    rep = json.loads(capsys.readouterr().out)
+    warned = [f for f in rep["findings"] if f["kind"] == "trace-warning"]
+    assert [f["frozen"] for f in warned] == ["torch.tensor results are registered as constants in the trace"]
+    assert warned[0]["text"] == "scale = torch.tensor(2.0)"

@@ -331,3 +331,11 @@ class ConfigTests(nn.Module):
         if h.mean() > 0:
             h = h * 2
         return h
+
+
+class TensorConstant(nn.Module):
+    """torch.tensor in forward: tracing warns that it becomes a constant."""
+
+    def forward(self, x):
+        scale = torch.tensor(2.0)
+        return x * scale
