@@ -34,6 +34,12 @@ def is_torch_frame(path: str) -> bool:
     return any(d in path for d in _TORCH_DIRS)
 
 
+def is_user_file(path: str | None) -> bool:
+    """A file of the user's Python: not torch's own, not the archive's serialized code, not
+    code made at run time (``<string>``)."""
+    return bool(path) and not is_torch_frame(path) and not path.startswith(("code/__torch__", "<"))
+
+
 @lru_cache(maxsize=65536)
 def parse_source_range(text: str) -> SourceLoc | None:
     """Read the text of ``Node.sourceRange()``.

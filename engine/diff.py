@@ -13,15 +13,17 @@ aligned node before it was.
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
+from functools import lru_cache
 from typing import Any
 
 import torch
 
-from engine.convert import is_torch_frame
+from engine.convert import is_user_file
 from engine.eager import UNINITIALIZED, EagerOp, EagerRun
 from engine.timeline import StepRecord
 from engine.values import Dropped
@@ -271,9 +273,40 @@ def align(records: list[StepRecord], eager: EagerRun, rtol: float, atol: float) 
 def _located(rec: StepRecord) -> str | None:
     """``file:line`` of a graph node written in the user's Python (not inside torch), else None."""
     src = rec.node.source
-    if src is None or not src.file or not src.line or is_torch_frame(src.file):
+    if src is None or not src.line or not is_user_file(src.file):
         return None
-    return f"{src.file}:{src.line}"
+    return f"{src.file}:{_statement_line(src.file, src.line)}"
+
+
+@lru_cache(maxsize=256)
+def _statement_starts(path: str) -> dict[int, int]:
+    """Line -> the first line of the statement it belongs to (for a compound statement, of
+    its header): a call over several lines is one place, whichever of its lines torch or
+    Python names (TorchScript says where the expression starts, a frame where the call is)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except Exception:
+        return {}
+    spans = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.stmt):
+            continue
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+            end = body[0].lineno - 1  # the header of an if, for, with, def …
+        else:
+            end = getattr(node, "end_lineno", node.lineno) or node.lineno
+        spans.append((node.lineno, max(end, node.lineno)))
+    starts: dict[int, int] = {}
+    for first, last in sorted(spans, key=lambda sp: sp[0] - sp[1]):  # widest first, innermost wins
+        for line in range(first, last + 1):
+            starts[line] = first
+    return starts
+
+
+def _statement_line(path: str, line: int) -> int:
+    return _statement_starts(path).get(line, line)
 
 
 def _align_path(g_ops: list[StepRecord], e_ops: list[EagerOp], pairs: list, report: "DiffReport") -> None:
@@ -288,7 +321,8 @@ def _align_path(g_ops: list[StepRecord], e_ops: list[EagerOp], pairs: list, repo
     g_loc = [_located(r) for r in g_ops]
     g_tok = [f"{canon(r.node.kind)}:{_shape(_first_tensor(r.outputs))}@{loc}" if loc else f"#{k}"
              for k, (r, loc) in enumerate(zip(g_ops, g_loc))]
-    e_tok = [f"{canon(o.name)}:{_shape(o.outputs[0] if o.outputs else None)}@{o.file}:{o.line}" for o in e_ops]
+    e_tok = [f"{canon(o.name)}:{_shape(o.outputs[0] if o.outputs else None)}@{_where(o)}" if _where(o) else f"#e{k}"
+             for k, o in enumerate(e_ops)]
     gi = gj = 0
     for block in SequenceMatcher(None, g_tok, e_tok, autojunk=False).get_matching_blocks():
         _align_by_name(g_ops[gi:block.a], e_ops[gj:block.b], pairs, report)
@@ -298,8 +332,17 @@ def _align_path(g_ops: list[StepRecord], e_ops: list[EagerOp], pairs: list, repo
 
 def _meets(g: StepRecord, e: EagerOp) -> bool:
     """``g`` may stand for ``e``: the same shape, and the same line where the graph knows the user's."""
-    loc = _located(g)
-    return _same_shape(g, e) and (loc is None or loc == f"{e.file}:{e.line}")
+    return _same_shape(g, e) and _lines_agree(g, e)
+
+
+def _where(e: EagerOp) -> str | None:
+    return f"{e.file}:{_statement_line(e.file, e.line)}" if e.file and e.line else None
+
+
+def _lines_agree(g: StepRecord, e: EagerOp) -> bool:
+    """No line of the user's code tells them apart (either side may not know its line)."""
+    loc, where = _located(g), _where(e)
+    return loc is None or where is None or loc == where
 
 
 def _align_by_name(g_ops: list[StepRecord], e_ops: list[EagerOp], pairs: list, report: "DiffReport") -> None:
@@ -311,7 +354,8 @@ def _align_by_name(g_ops: list[StepRecord], e_ops: list[EagerOp], pairs: list, r
     sm = SequenceMatcher(None, g_tok, e_tok, autojunk=False)
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag == "equal":
-            pairs.extend(zip(g_ops[i1:i2], e_ops[j1:j2]))
+            # a look-alike on another line of the user's code is another op
+            pairs.extend((g, e) for g, e in zip(g_ops[i1:i2], e_ops[j1:j2]) if _lines_agree(g, e))
         elif tag == "replace" and i2 - i1 == j2 - j1 and all(
             _meets(g, e) for g, e in zip(g_ops[i1:i2], e_ops[j1:j2])
         ):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from engine.convert import is_torch_frame
+from engine.convert import is_torch_frame, is_user_file
 from engine.errors import EagerError, first_error_line
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -227,13 +227,25 @@ def run_from_records(records: list) -> EagerRun:
 
     run = EagerRun()
     for rec in comparable_records(records):
-        src = rec.node.source
+        file, line = _user_line(records, rec)
         tensors = [v for v in rec.outputs if isinstance(v, torch.Tensor)]
         if not tensors:
             continue
-        run.ops.append(EagerOp(len(run.ops), rec.node.kind, rec.module_path,
-                               src.file if src else None, src.line if src else None, tensors[:1]))
+        run.ops.append(EagerOp(len(run.ops), rec.node.kind, rec.module_path, file, line, tensors[:1]))
     return run
+
+
+def _user_line(records: list, rec: Any) -> tuple[str | None, int | None]:
+    """Where the user's Python made ``rec``, as an eager run would say: its own line, or for
+    an op inside torch's Python (a scripted ``nn.Linear``) the line that called into it;
+    (None, None) where the archive does not say (a call whose line is the archive's own code)."""
+    src = rec.node.source
+    while src is not None and src.file and is_torch_frame(src.file) and 0 <= rec.frame < len(records):
+        rec = records[rec.frame]
+        src = rec.node.source
+    if src is None or not is_user_file(src.file):
+        return None, None
+    return src.file, src.line
 
 
 CONVERSIONS = frozenset({"__bool__", "__index__", "__len__", "__int__", "__float__", "item", "tolist", "size",
@@ -277,11 +289,21 @@ def run_eager(model: torch.nn.Module, args: tuple, grad: bool) -> EagerRun:
     run = EagerRun()
     stack = [""]
     names = {m: n for n, m in model.named_modules()}
+    # A module shared by several parents (CoaT's conv position encodings) runs under the
+    # path it is called through, as in the archive's call tree: its parent's path and its
+    # name there; its first registered name only when its caller does not hold it.
+    by_path = dict(model.named_modules(remove_duplicate=False))
+    children = {m: {c: n for n, c in m.named_children()} for m in names}
     handles = []
     recorder = _Recorder(run, stack)
 
     def pre(mod, _inp):
-        stack.append(names.get(mod, "?"))
+        parent = stack[-1]
+        child = children.get(by_path.get(parent), {}).get(mod)
+        if child is not None:
+            stack.append(f"{parent}.{child}" if parent else child)
+        else:
+            stack.append(names.get(mod, "?"))
 
     def post(mod, _inp, out):
         path = stack.pop()

@@ -147,3 +147,41 @@ class NonPersistent(nn.Module):
 
     def forward(self, x):
         return self.lin(x) + self.offsets
+
+
+class SharedUser(nn.Module):
+    def __init__(self, pos: nn.Module):
+        super().__init__()
+        self.pos = pos
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(self.pos(x))
+
+
+class SharedModule(nn.Module):
+    """One module held by the root and by each block (CoaT's position encodings): each call
+    is compared with the call made through the same path."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos = nn.Linear(4, 4)
+        self.blocks = nn.ModuleList([SharedUser(self.pos) for _ in range(2)])
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.pos(x)
+
+
+class LongStatement(nn.Module):
+    """A call chain over several lines: TorchScript and Python name different lines of it."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).view(
+            x.shape[0], 3, -1).split([1, 1, 1], dim=1)
+        return q * k + v

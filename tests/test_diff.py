@@ -211,3 +211,18 @@ def test_non_persistent_buffers_come_from_the_archive(archive, capsys):
     code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:NonPersistent", "--input", "float32[2,4]")
     assert code == 0, err
     assert rep["outputs_close"] and rep["outputs"]["max_abs"] == 0 and rep["first_divergence"] is None
+
+
+def test_a_shared_module_is_compared_call_by_call(archive, capsys):
+    path = archive(D.SharedModule(), "script")
+    code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:SharedModule", "--input", "float32[2,4]")
+    assert code == 0, err
+    assert rep["first_divergence"] is None and rep["coverage"] == 1.0, rep
+
+
+@pytest.mark.parametrize("mode", ["trace", "script"])
+def test_a_statement_over_several_lines_is_one_place(archive, capsys, mode):
+    path = archive(D.LongStatement(), mode, example=(torch.randn(2, 8),))
+    code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:LongStatement", "--input", "float32[2,8]")
+    assert code == 0, err
+    assert rep["first_divergence"] is None and rep["coverage"] == 1.0, rep
