@@ -137,12 +137,12 @@ def _depends_on_data(test_expr: ast.AST, test: str, local_names: set[str]) -> st
     every run, tracing keeps them right.  A test that reads the function's
     arguments or locals (tensors, shapes, lists) is not.
     """
+    if "is_tracing" in test:
+        return None  # written for tracing: the trace takes the path its authors meant it to
     if "self.training" in test:
         return "python-state"
     if _only_type_checks(test_expr):
         return None  # ``x is None``, ``isinstance(x, Tensor)``: a trace fixes its arguments' types
-    if "is_tracing" in test:
-        return None  # written for tracing: the trace takes the path its authors meant it to
     if _reads_only_rank(test_expr, local_names):
         return "rank"
     names = {n.id for n in _data_parts(test_expr) if isinstance(n, ast.Name)} - _NOT_DATA
@@ -678,6 +678,30 @@ def _shape_findings(graph: Graph, method: str, example_dims: set[int]) -> list[F
 # ------------------------------------------------------------------ driver
 
 
+def _weigh_training_mode(findings: list[Finding], module: Any) -> None:
+    """A branch on ``self.training`` traced in eval mode froze what inference wants: low.
+    Traced in training mode, dropout and batch statistics as in training are in the
+    archive for good, which is rarely meant: high."""
+    for f in findings:
+        if f.kind != "python-state":
+            continue
+        mod = module
+        try:
+            for part in filter(None, f.module_path.split(".")):
+                mod = getattr(mod, part)
+            training = bool(mod.training)
+        except Exception:
+            continue
+        if training:
+            f.evidence = ("the test reads self.training and the model was traced in training mode: dropout and "
+                          "batch statistics as in training are in the archive for good; trace after model.eval()")
+            f.confidence = "high"
+        else:
+            f.evidence = ("the test reads self.training and the model was traced in eval mode: the archive "
+                          "always runs as after model.eval() and cannot be trained")
+            f.confidence = "low"
+
+
 def lint_session(session: Any) -> LintReport:
     """Findings for every traced method of the session's archive."""
     report = LintReport(methods=session.method_kinds())
@@ -715,6 +739,7 @@ def lint_session(session: Any) -> LintReport:
         for f in sorted(missing_files):
             report.notes.append(f"{f} is not on disk: branches cannot be seen there, loops only from repeats")
         report.findings += _dedupe(findings)
+    _weigh_training_mode(report.findings, session.archive.module)
     report.findings.sort(key=lambda f: (f.method, f.file or "", f.line or 0, f.module_path, f.kind))
     return report
 

@@ -259,3 +259,17 @@ def test_trace_warning_is_named_by_its_first_sentence(tmp_path, capsys):
     warned = [f for f in rep["findings"] if f["kind"] == "trace-warning"]
     assert [f["frozen"] for f in warned] == ["torch.tensor results are registered as constants in the trace"]
     assert warned[0]["text"] == "scale = torch.tensor(2.0)"
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_training_branch_weighs_the_mode_it_was_traced_in(tmp_path, training):
+    """Traced in eval mode, `if self.training:` froze what inference wants (low); traced in
+    training mode, dropout is in the archive for good (high)."""
+    model = T.TrainingFlag().train(training)
+    path = str(tmp_path / "m.pt")
+    torch.jit.save(torch.jit.trace(model, (torch.randn(3),), check_trace=False), path)
+    found = [f for f in lint_session(Session(path)).findings if f.kind == "python-state"]
+    assert [f.text for f in found] == [T.TrainingFlag.LINE]
+    assert found[0].confidence == ("high" if training else "low")
+    assert ("trace after model.eval()" in found[0].evidence) == training
+    assert found[0].frozen == ("took the if branch" if training else "took neither: the branch was skipped")
