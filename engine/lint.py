@@ -230,7 +230,8 @@ def _local_names(fn: ast.FunctionDef) -> set[str]:
     return names - plain - _static_loop_names(fn)
 
 
-_STATIC_ITER = re.compile(r"self(\.[\w.]+)?|range\(\s*(\d+|self\.[\w.]+)\s*\)|enumerate\(self\.[\w.]+\)")
+_STATIC_ITER = re.compile(r"self(\.[\w.]+)?(\.(children|modules|named_children|named_modules|values|items|keys)\(\))?"
+                          r"|range\(\s*(\d+|self\.[\w.]+)\s*\)|enumerate\(self\.[\w.]+\)")
 
 
 def _static_iterable(expr: ast.AST, static: set[str]) -> bool:

@@ -272,13 +272,33 @@ class Fuse(nn.Module):
         return out
 
 
+class Tail(nn.Module):
+    """RegNet's ``for block in self.children()`` and a ModuleDict's items."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.heads = nn.ModuleDict({"x": nn.Linear(4, 4), "y": nn.Linear(4, 4)})
+
+    def forward(self, x):
+        for block in self.children():
+            if isinstance(block, nn.Linear):
+                x = block(x)
+        for _name, head in self.heads.items():
+            x = head(x)
+        return x
+
+
 class FuseNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.stages = Chain(Fuse(), Fuse())
+        self.tail = Tail()
 
     def forward(self, a, b):
-        return self.stages([a, b])
+        xs = self.stages([a, b])
+        return self.tail(xs[0])
 
 
 MODE_EAGER = "eager"
