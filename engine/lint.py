@@ -543,6 +543,7 @@ def _scalar_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file
     out = []
     ran = {o.line for o in ops}
     last = getattr(fn, "end_lineno", fn.lineno)
+    local = _local_names(fn)
     for stmt in ast.walk(fn):
         if not isinstance(stmt, ast.Call):
             continue
@@ -551,6 +552,10 @@ def _scalar_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file
         if name not in ("item", "tolist", "int", "float", "bool", "len"):
             continue
         if name in ("int", "float", "bool", "len") and not stmt.args:
+            continue
+        # what is converted: ``float(-100.0)`` or ``int(self.n)`` hold no value of this run
+        converted = stmt.args if name in ("int", "float", "bool", "len") else [stmt.func.value]
+        if not any(isinstance(n, ast.Name) and n.id in local for a in converted for n in ast.walk(a)):
             continue
         line = stmt.lineno
         text = lines[line - 1].strip() if line <= len(lines) else ""

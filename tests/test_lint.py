@@ -273,3 +273,9 @@ def test_training_branch_weighs_the_mode_it_was_traced_in(tmp_path, training):
     assert found[0].confidence == ("high" if training else "low")
     assert ("trace after model.eval()" in found[0].evidence) == training
     assert found[0].frozen == ("took the if branch" if training else "took neither: the branch was skipped")
+
+
+def test_numbers_that_are_not_tensors_are_not_baked_scalars(archive):
+    path = archive(T.Literals(), "trace", example=(torch.randn(2, 3),))
+    found = [(f.kind, f.text) for f in lint_session(Session(path)).findings]
+    assert found == [("baked-scalar", T.Literals.LINE)], found

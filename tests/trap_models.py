@@ -359,3 +359,19 @@ class TensorConstant(nn.Module):
     def forward(self, x):
         scale = torch.tensor(2.0)
         return x * scale
+
+
+class Literals(nn.Module):
+    """float() of a literal and int() of an attribute convert no tensor; float() of a sum does."""
+
+    LINE = "total = float(x.sum())"
+
+    def __init__(self):
+        super().__init__()
+        self.n = 3
+
+    def forward(self, x):
+        x = x.masked_fill(x != 0, float(-100.0)).masked_fill(x == 0, float(0.0))
+        x = x * int(self.n)
+        total = float(x.sum())
+        return x / total
