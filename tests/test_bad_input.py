@@ -302,3 +302,11 @@ def test_output_cut_short_by_the_reader_is_not_an_error(good):
     code = proc.wait(timeout=120)
     assert "Traceback" not in err and "internal error" not in err, err
     assert code in (0, 141)
+
+
+@pytest.mark.parametrize("argv", [["run"], ["run", "m.pt", "--record-budget", "lots"], ["lint", "m.pt", "--min-confidence", "some"],
+                                  ["m.pt", "--seed", "x"]])
+def test_usage_mistakes_are_one_line(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "error:" in err and "--help" in err, err

@@ -279,3 +279,15 @@ def test_numbers_that_are_not_tensors_are_not_baked_scalars(archive):
     path = archive(T.Literals(), "trace", example=(torch.randn(2, 3),))
     found = [(f.kind, f.text) for f in lint_session(Session(path)).findings]
     assert found == [("baked-scalar", T.Literals.LINE)], found
+
+
+def test_min_confidence_filters_the_report_and_the_exit_code(tmp_path, capsys):
+    """A model traced in eval mode with only a self.training branch: a low finding."""
+    path = trace_to(tmp_path / "tf.pt", T.TrainingFlag, (torch.randn(3),))
+    assert main(["lint", path]) == 1
+    assert "python-state (low)" in capsys.readouterr().out
+    assert main(["lint", path, "--min-confidence", "medium"]) == 0
+    out = capsys.readouterr().out
+    assert "findings   none" in out and "1 finding under confidence medium not shown" in out
+    assert main(["lint", path, "--min-confidence", "medium", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["findings"] == []

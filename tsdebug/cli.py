@@ -18,6 +18,7 @@ from typing import Sequence
 from tsdebug.progress import Status, steps_of
 
 COMMANDS = ("run", "diff", "lint", "render", "demo")
+CONFIDENCES = ("low", "medium", "high")
 
 
 def _json_stdout(args: argparse.Namespace):
@@ -70,8 +71,15 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default: 0)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line, saying where the help is (argparse prints the whole usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tsdebug",
         description="A terminal debugger for TorchScript programs.",
         epilog="tsdebug MODEL [options] opens the debugger on MODEL. "
@@ -105,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "disagree. Exit 0 with no findings, 1 with findings, 2 on error.")
     _model_options(lint)
     _eager_options(lint)
+    lint.add_argument("--min-confidence", choices=CONFIDENCES, default="low",
+                      help="report (and exit 1 for) only findings this sure or surer (default: low, all of them)")
     lint.add_argument("--json", action="store_true", help="print one JSON object")
     render = sub.add_parser("render", help="export the node graph (SVG, PNG, PDF, DOT) with what a run found",
                             description="Draw MODEL's graph: clusters for modules and If/Loop blocks, shapes on "
@@ -140,7 +150,7 @@ def _eager_options(p: argparse.ArgumentParser, required: bool = False) -> None:
 
 
 def build_open_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tsdebug",
         description="Open the TorchScript debugger on MODEL. Other commands: tsdebug run|demo (tsdebug run --help).",
     )
@@ -327,6 +337,12 @@ def cmd_lint(args: argparse.Namespace) -> int:
             status.show("trying inputs that take the other branches…")
             counterexamples(session, report, args.eager, kwargs, args.eager_weights,
                             args.input or None, args.rtol, args.atol)
+    least = CONFIDENCES.index(args.min_confidence)
+    below = [f for f in report.findings if CONFIDENCES.index(f.confidence) < least]
+    if below:
+        report.findings = [f for f in report.findings if CONFIDENCES.index(f.confidence) >= least]
+        report.notes.append(f"{len(below)} finding{'s' if len(below) != 1 else ''} under confidence "
+                            f"{args.min_confidence} not shown")
     if args.json:
         out = report.to_json()
         out["model"] = session.path
