@@ -193,8 +193,11 @@ def _only_type_checks(expr: ast.AST) -> bool:
         f = expr.func
         if isinstance(f, ast.Name) and f.id in ("isinstance", "hasattr", "callable"):
             return True
-        return isinstance(f, ast.Attribute) and f.attr in ("is_floating_point", "is_complex", "is_sparse")
-    return False
+        return isinstance(f, ast.Attribute) and f.attr in ("is_floating_point", "is_complex", "is_sparse",
+                                                           "is_scripting")
+    # ``input.is_quantized``: what kind of tensor
+    return isinstance(expr, ast.Attribute) and expr.attr in ("is_quantized", "is_cuda", "is_sparse", "is_mkldnn",
+                                                             "is_meta", "is_nested")
 
 
 def _local_names(fn: ast.FunctionDef) -> set[str]:
@@ -473,10 +476,14 @@ def _loop_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: 
             head = _src(stmt.iter, lines)
             if _static_iterable(stmt.iter, static):
                 continue  # a module list or a fixed count: the same every run
-            why = "the trip count comes from " + ("a shape" if _SHAPE_TEXT.search(head) else
-                                                  "tensor data" if _SCALAR_TEXT.search(head) else
-                                                  f"the Python value {head}")
-            confidence = "high" if _SHAPE_TEXT.search(head) or _SCALAR_TEXT.search(head) else "medium"
+            if _reads_only_rank(stmt.iter, _local_names(fn)):
+                # ``range(x.dim())``: the trace keeps its example's ranks
+                why, confidence = f"the trip count comes from the rank of a tensor ({head})", "low"
+            else:
+                why = "the trip count comes from " + ("a shape" if _SHAPE_TEXT.search(head) else
+                                                      "tensor data" if _SCALAR_TEXT.search(head) else
+                                                      f"the Python value {head}")
+                confidence = "high" if _SHAPE_TEXT.search(head) or _SCALAR_TEXT.search(head) else "medium"
         else:
             head = _src(stmt.test, lines)
             why = f"a while loop on {head}"

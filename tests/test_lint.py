@@ -291,3 +291,9 @@ def test_min_confidence_filters_the_report_and_the_exit_code(tmp_path, capsys):
     assert "findings   none" in out and "1 finding under confidence medium not shown" in out
     assert main(["lint", path, "--min-confidence", "medium", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["findings"] == []
+
+
+def test_kind_of_tensor_is_not_data_and_rank_loops_are_low(archive):
+    path = archive(T.KindOfTensor(), "trace", example=(torch.randn(2, 3),))
+    found = [(f.kind, f.text, f.confidence) for f in lint_session(Session(path)).findings]
+    assert found == [("unrolled-loop", T.KindOfTensor.LOOP, "low")], found

@@ -375,3 +375,16 @@ class Literals(nn.Module):
         x = x * int(self.n)
         total = float(x.sum())
         return x / total
+
+
+class KindOfTensor(nn.Module):
+    """Asks what kind of tensor it has (quantized, scripting) and loops over its rank (low)."""
+
+    LOOP = "for i in range(x.dim()):"
+
+    def forward(self, x):
+        if not torch.jit.is_scripting() and x.is_quantized:
+            x = x.dequantize()
+        for i in range(x.dim()):
+            x = x.cumsum(i)
+        return x
