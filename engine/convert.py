@@ -165,7 +165,10 @@ class _Converter:
                 try:
                     attrs["value"] = n.output().toIValue()
                 except Exception:
-                    pass
+                    if out_type.kind() == "EnumType":  # its Python class is not imported
+                        from engine.program import enum_constant
+
+                        attrs["value"] = enum_constant(n)
             elif out_type.kind() == "FunctionType":
                 attrs["function"] = str(out_type)
             else:

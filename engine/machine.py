@@ -28,7 +28,8 @@ from engine.errors import ModelError, TsdebugError, first_error_line
 from engine.convert import is_torch_frame
 from engine.ir import Block, Graph, Node, SourceLoc, Value
 from engine.ops import ModelRaised
-from engine.program import ClassInstance, ObjectRef, Program, store_instance, is_script_class_copy, read_object_attr, write_object_attr
+from engine.program import (ClassInstance, ObjectRef, Program, is_enum_type, is_script_class_copy, read_enum_attr,
+                            read_object_attr, store_instance, write_object_attr)
 from engine.recipes import AutocastRegion, Recompute, autocast_regions
 from engine.timeline import DEFAULT_BUDGET, StepRecord, Timeline, container_copy
 from engine.values import Dropped, iter_tensors, summarize
@@ -496,6 +497,9 @@ class Machine:
             try:
                 value = obj.getattr(name)
             except RuntimeError:
+                ty = node.handle.output().type()
+                if is_enum_type(ty):
+                    return read_enum_attr(self.program.attr_chains, obj, (), name, ty)
                 if not is_class:
                     raise
                 self._object_nodes.add(node.id)  # a class object torch cannot hand over

@@ -288,6 +288,32 @@ class Messages:
         self.lines.append(" ".join(str(a) for a in args))
 
 
+#: What the interpreter does itself with an enum member torch could not hand over (``EnumMember``).
+ENUM_OPS: dict[str, Callable] = {
+    "prim::EnumName": lambda a: a[0].name,
+    "prim::EnumValue": lambda a: a[0].value,
+    "aten::eq": lambda a: a[0] == a[1],
+    "aten::ne": lambda a: a[0] != a[1],
+}
+
+
+def _enum_runner(node: Node, leaf: "LeafOp") -> Runner:
+    """Enum ops: on ``EnumMember`` values here; on members of an imported class, compiled."""
+    from engine.program import EnumMember
+
+    ours = ENUM_OPS[node.kind]
+    compiled: list[Runner] = []
+
+    def run(args: list) -> list:
+        if any(isinstance(a, EnumMember) for a in args):
+            return [ours(args)]
+        if not compiled:
+            compiled.append(_compiled_runner(node))
+        return compiled[0](args)
+
+    return run
+
+
 def _is_object(x: Any) -> bool:
     from engine.program import ClassInstance, ObjectRef
 
@@ -514,6 +540,8 @@ def runner_for(node: Node, messages: Messages | None, leaf: LeafOp) -> Runner:
 
     if kind in ("prim::ListUnpack", "prim::TupleUnpack"):
         return lambda args: list(args[0])
+    if kind in ENUM_OPS and (kind.startswith("prim::") or "AnyEnumType" in (node.schema or "")):
+        return _enum_runner(node, leaf)
     prim = PRIM_OPS.get(kind)
     if prim is not None:
         return lambda args: [prim(args)]

@@ -101,6 +101,87 @@ class ObjectRef:
         return f"<{self.short_name} object at self.{'.'.join(n for n, _ in self.steps)}>"
 
 
+class EnumMember:
+    """A TorchScript enum value whose Python class is not imported.
+
+    torch hands an enum to Python only as a member of its Python class; a
+    loaded archive does not bring the class along.  The interpreter then
+    holds the member's class name, name and value, read by a small compiled
+    function (``prim::EnumName``, ``prim::EnumValue``), and runs the enum
+    ops itself (``ops.ENUM_OPS``).
+    """
+
+    __slots__ = ("qualname", "name", "value")
+
+    def __init__(self, qualname: str, name: str, value: Any):
+        self.qualname = qualname
+        self.name = name
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EnumMember) and other.qualname == self.qualname and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash((self.qualname, self.name))
+
+    def __repr__(self) -> str:
+        return f"{self.qualname.rsplit('.', 1)[-1]}.{self.name}"
+
+
+def _enum_function(g: Any, value: Any) -> Any:
+    """Finish graph ``g`` to return (name, value) of the enum ``value``, and compile it."""
+    ty = value.type()
+    if ty.kind() == "OptionalType":
+        ty = ty.getElementType()
+    value_type = ty.containedTypes()[0]
+    name = g.create("prim::EnumName", [value], 1)
+    g.insertNode(name)
+    name.output().setType(torch._C.StringType.get())
+    val = g.create("prim::EnumValue", [value], 1)
+    g.insertNode(val)
+    val.output().setType(value_type)
+    tup = g.create("prim::TupleConstruct", [name.output(), val.output()], 1)
+    g.insertNode(tup)
+    tup.output().setType(torch._C.TupleType([torch._C.StringType.get(), value_type]))
+    g.registerOutput(tup.output())
+    return torch._C._create_function_from_graph("tsdebug_enum", g)
+
+
+def enum_constant(node: Any) -> EnumMember:
+    """The value of a ``prim::Constant`` of enum type (a torch node)."""
+    g = torch._C.Graph()
+    const = g.createClone(node, lambda v: v)
+    g.insertNode(const)
+    name, value = _enum_function(g, const.output())()
+    return EnumMember(node.output().type().annotation_str, name, value)
+
+
+def is_enum_type(ty: Any) -> bool:
+    if ty.kind() == "OptionalType":
+        ty = ty.getElementType()
+    return ty.kind() == "EnumType"
+
+
+def read_enum_attr(cache: dict, root: Any, steps: tuple, name: str, ty: Any) -> EnumMember | None:
+    """``root.a.b.name`` where it holds an enum member (None where it holds None)."""
+    key = ("enum", root._type().qualified_name(), tuple(n for n, _ in steps), name)
+    fn = cache.get(key)
+    if fn is None:
+        g = torch._C.Graph()
+        v = g.addInput()
+        v.setType(root._type())
+        for step, step_ty in list(steps) + [(name, ty)]:
+            n = g.create("prim::GetAttr", [v], 1)
+            n.s_("name", step)
+            g.insertNode(n)
+            n.output().setType(step_ty.getElementType() if step_ty.kind() == "OptionalType" else step_ty)
+            v = n.output()
+        fn = cache[key] = _enum_function(g, v)
+    member_name, value = fn(root)
+    enum_ty = ty.getElementType() if ty.kind() == "OptionalType" else ty
+    return EnumMember(enum_ty.annotation_str, member_name, value)
+
+
 def _chain_function(cache: dict, root: Any, steps: tuple, final: tuple, write_type: Any = None):
     """Compile ``root.a.b.final`` (read), or ``root.a.b.final = v`` (write when ``write_type``).
 
@@ -143,6 +224,12 @@ def _chain_function(cache: dict, root: Any, steps: tuple, final: tuple, write_ty
 
 
 def read_object_attr(cache: dict, ref: ObjectRef, name: str, ty: Any) -> Any:
+    if is_enum_type(ty):
+        try:
+            fn = _chain_function(cache, ref.root, ref.steps, (name, ty))
+            return fn(ref.root)  # the class is imported: torch hands over its member
+        except RuntimeError:
+            return read_enum_attr(cache, ref.root, ref.steps, name, ty)
     fn = _chain_function(cache, ref.root, ref.steps, (name, ty))
     try:
         value = fn(ref.root)

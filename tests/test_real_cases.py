@@ -1,5 +1,6 @@
 """Cases found on real archives: CUDA-made archives, TorchScript classes, ops without outputs."""
 
+import json
 import os
 import warnings
 from enum import Enum
@@ -355,29 +356,63 @@ class EnumAttribute(nn.Module):
         return x * 2 if self.mode == Mode.SLOW else x
 
 
-@pytest.mark.parametrize("model, needle", [(EnumArgument, "the default of parameter 'mode'"),
-                                           (EnumAttribute, "TorchScript enum __torch__")])
-def test_torchscript_enums_are_a_clear_error(archive, model, needle):
-    """A loaded archive cannot hand its enums to Python where their class is not imported
-    (a fresh process: this one has the class, having scripted the model)."""
+class Color(Enum):
+    RED = "r"
+    BLUE = "b"
+
+
+class EnumRich(nn.Module):
+    """Enum attributes, constants, a method taking a member, its name and value."""
+
+    def __init__(self):
+        super().__init__()
+        self.mode = Mode.FAST
+        self.color = Color.BLUE
+
+    def pick(self, m: Mode) -> int:
+        return m.value * 10
+
+    def forward(self, x):
+        y = x * self.pick(self.mode)
+        if self.color == Color.BLUE and self.mode != Mode.SLOW:
+            y = y + len(self.color.name) + len(self.color.value)
+        return y
+
+
+def _fresh_process_run(path: str, *extra: str):
+    """``tsdebug run`` in a process that never imported the enum classes (this one has them,
+    having scripted the models)."""
     import subprocess
     import sys
 
+    return subprocess.run([sys.executable, "-m", "tsdebug.cli", "run", path, "--input", "float32[3]", *extra],
+                          capture_output=True, text=True, env={**os.environ, "TSDEBUG_NO_STATUS": "1"})
+
+
+def test_an_enum_argument_without_its_class_is_a_clear_error(archive):
+    """torch cannot hand a forward's enum default to Python, nor take one from it."""
     from test_bad_input import assert_one_line_error
 
-    path = archive(model(), "script")
-    res = subprocess.run([sys.executable, "-m", "tsdebug.cli", "run", path, "--input", "float32[3]"],
-                         capture_output=True, text=True, env={**os.environ, "TSDEBUG_NO_STATUS": "1"})
-    assert_one_line_error(res.returncode, res.stderr, needle)
+    res = _fresh_process_run(archive(EnumArgument(), "script"))
+    assert_one_line_error(res.returncode, res.stderr, "the default of parameter 'mode'")
+
+
+@pytest.mark.parametrize("model", [EnumAttribute, EnumRich])
+@pytest.mark.parametrize("view", [[], ["--inline"]])
+def test_enums_inside_the_model_run_without_their_class(archive, model, view):
+    res = _fresh_process_run(archive(model(), "script"), "--json", *view)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["identical"] is True, report
 
 
 def test_torchscript_enums_run_where_their_class_is_imported(archive):
-    for model in (EnumArgument(), EnumAttribute()):
+    for model, expected in ((EnumArgument(), 2.0), (EnumAttribute(), 2.0), (EnumRich(), 15.0)):
         s = Session(archive(model, "script"))
         s.start(values=(torch.ones(3),))
         report = s.run_and_compare()
         assert report.error is None and report.identical
-        assert torch.equal(report.outputs, torch.full((3,), 2.0))
+        assert torch.equal(report.outputs, torch.full((3,), expected))
 
 
 class Noisy(nn.Module):
