@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import itertools
 import math
 from dataclasses import asdict, dataclass, field
@@ -304,10 +305,13 @@ def summarize(value: Any, depth: int = 0) -> ValueSummary:
         return ValueSummary(kind="device", text=str(value))
     if isinstance(value, torch.dtype):
         return ValueSummary(kind="dtype", text=str(value).replace("torch.", ""))
-    from engine.program import ClassInstance, ObjectRef
+    from engine.program import ClassInstance, EnumMember, ObjectRef
 
     if isinstance(value, (ClassInstance, ObjectRef)):
         return ValueSummary(kind="object", text=f"<{value.short_name}>")
+    if isinstance(value, (EnumMember, enum.Enum)):
+        return ValueSummary(kind="enum", text=f"{type(value).__name__}.{value.name}"
+                            if isinstance(value, enum.Enum) else repr(value))
     if isinstance(value, torch._C.Future):
         if not value.done():
             return ValueSummary(kind="object", text="Future (pending)")

@@ -531,3 +531,16 @@ def test_every_run_starts_from_the_archives_state(tmp_path, inline):
     loaded = s.program.module
     assert torch.equal(loaded.getattr("steps"), torch.zeros(1)) and loaded.getattr("count") == 0
     assert loaded.getattr("history") == [] and int(loaded.getattr("bn").getattr("num_batches_tracked")) == 0
+
+
+def test_enum_members_read_as_class_dot_name(archive):
+    from engine.program import EnumMember
+    from engine.values import summarize
+
+    s = Session(archive(EnumRich(), "script"))
+    s.start(values=(torch.ones(3),))
+    s.machine.run()
+    got = [summarize(r.outputs[0]).to_json() for r in s.machine.timeline
+           if r.node.kind == "prim::GetAttr" and r.node.attrs["name"] == "mode"]
+    assert got and got[0] == {"kind": "enum", "text": "Mode.FAST"}
+    assert summarize(EnumMember("__torch__.Color", "BLUE", "b")).to_json() == {"kind": "enum", "text": "Color.BLUE"}
