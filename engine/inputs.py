@@ -382,7 +382,8 @@ def infer_inputs(program, method: str, params: list[Param], seed: int) -> tuple 
                 for r, o in zip(b.returns, n.outputs):
                     flows.setdefault(r.index, []).append(o)
     passthrough = {"aten::contiguous", "aten::to", "aten::float", "aten::type_as", "aten::detach",
-                   "aten::transpose", "aten::permute", "aten::unsqueeze"}
+                   "aten::transpose", "aten::permute", "aten::unsqueeze",
+                   "aten::quantize_per_tensor", "aten::quantize_per_channel"}  # a quantized model's float input
     out = []
     for k, (p, v) in enumerate(zip(params, graph.inputs[1:])):
         if p.type != "Tensor":
@@ -411,8 +412,32 @@ def infer_inputs(program, method: str, params: list[Param], seed: int) -> tuple 
     return tuple(out)
 
 
+def _quantized_weight(graph, node, module) -> tuple[torch.Tensor, int] | None:
+    """The (weight, groups) a quantized conv or linear holds in its packed parameters."""
+    packed = _static_value(graph, node.inputs[1], module)
+    if not isinstance(packed, torch._C.ScriptObject):
+        return None
+    try:
+        if node.kind.startswith("quantized::conv"):
+            return packed.unpack()[0], int(packed.groups())
+        return torch.ops.quantized.linear_unpack(packed)[0], 1
+    except Exception:
+        return None
+
+
 def _guess_from_use(graph, node, slot, module, seed, k) -> torch.Tensor | None:
     kind = node.kind
+    if slot == 0 and kind.startswith(("quantized::conv1d", "quantized::conv2d", "quantized::conv3d",
+                                      "quantized::linear")):
+        found = _quantized_weight(graph, node, module)
+        if found is None:
+            return None
+        w, groups = found
+        if kind.startswith("quantized::linear"):
+            return random_tensor((1, w.shape[1]), torch.float32, seed, k)
+        c_in, spatial_dims = w.shape[1] * groups, w.dim() - 2
+        side = 224 if c_in == 3 and spatial_dims == 2 else 32
+        return random_tensor((1, c_in) + (side,) * spatial_dims, torch.float32, seed, k)
     if kind in ("aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d") and slot == 0:
         w = _static_weight(graph, node.inputs[1], module)
         if not isinstance(w, torch.Tensor):

@@ -160,3 +160,21 @@ def test_optimize_for_inference_archive_is_explained(tmp_path, capsys):
     code = main(["run", path])
     assert_one_line_error(code, capsys.readouterr().err, "optimize_for_inference", "before")
     assert digest(path) == before
+
+
+def test_inputs_of_scripted_quantized_archives_are_inferred(tmp_path):
+    """Scripted archives keep no example shapes: the input comes from the first quantized
+    conv's or linear's packed weights, behind the float input's quantize_per_tensor."""
+    path = export(quantized_net(), "script", (), tmp_path / "q.pt")
+    s = Session(path)
+    s.start()
+    assert s.input_source == "inferred from the graph"
+    assert s.inputs[0].dtype == torch.float32 and tuple(s.inputs[0].shape[:2]) == (1, 3)
+    torch.manual_seed(0)
+    mlp = Q.quantize_dynamic(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)).eval(), {nn.Linear},
+                             dtype=torch.qint8)
+    path = export(mlp, "script", (), tmp_path / "dq.pt")
+    s = Session(path)
+    s.start()
+    assert tuple(s.inputs[0].shape) == (1, 16)
+    assert s.run_and_compare().identical
