@@ -402,3 +402,43 @@ def test_messages_with_brackets_are_shown_whole(archive):
             assert "--input '[float32[3,224,224]]'" in app.load_error
 
     asyncio.run(run())
+
+
+def test_findings_pane_lists_the_surest_first(tmp_path):
+    """A self.training check traced in eval mode (low) after a branch on data (medium)."""
+    import warnings
+
+    import trap_models as T
+
+    class Both(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.flag = T.TrainingFlag()
+            self.data = T.DataBranch()
+
+        def forward(self, x):
+            return self.data(self.flag(x))
+
+    path = str(tmp_path / "both.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(Both().eval(), (torch.ones(2, 3),), check_trace=False), path)
+
+    async def run():
+        from textual.widgets import Label, OptionList
+
+        app = TsdebugApp(args_for(path))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            await pilot.press("L")
+            await pilot.pause()
+            head = str(app.screen.query(Label).first().render())
+            assert head.startswith("2 findings (1 medium, 1 low) of what tracing froze"), head
+            options = app.screen.query_one(OptionList)
+            first = options.get_option_at_index(0)
+            assert "frozen-branch" in str(first.prompt) and "medium" in str(first.prompt)
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.query_one(ProgramView).selected_node.id in app._lint.findings[int(first.id)].nodes
+
+    asyncio.run(run())

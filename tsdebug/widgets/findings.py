@@ -21,6 +21,10 @@ KIND_STYLE = {"frozen-branch": "bold red", "unrolled-loop": "bold yellow", "bake
               "trace-warning": "yellow"}
 
 
+CONFIDENCES = ("high", "medium", "low")
+CONFIDENCE_STYLE = {"high": "bold", "medium": "", "low": "#8a8a8a"}
+
+
 class FindingsScreen(ModalScreen[int | None]):
     BINDINGS = [Binding("escape,q,L", "close", "close")]
 
@@ -31,15 +35,24 @@ class FindingsScreen(ModalScreen[int | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="findings-box"):
-            head = f"{len(self.findings)} finding(s): what tracing froze (Enter shows it, Esc closes)"
+            counts = ", ".join(f"{n} {c}" for c in CONFIDENCES
+                               if (n := sum(f.confidence == c for f in self.findings)))
+            head = (f"{len(self.findings)} finding{'s' if len(self.findings) != 1 else ''} ({counts}) of what "
+                    "tracing froze, surest first; Enter shows one, Esc closes")
             yield Label(head, markup=False)
             for note in self.notes:
                 yield Label(note, markup=False, classes="hint")
             options = []
-            for i, f in enumerate(self.findings):
+            # the surest first: a model full of eval-mode ``self.training`` checks (low) keeps
+            # its one frozen branch on data (medium) at the top
+            order = sorted(range(len(self.findings)), key=lambda i: CONFIDENCES.index(self.findings[i].confidence)
+                           if self.findings[i].confidence in CONFIDENCES else len(CONFIDENCES))
+            for i in order:
+                f = self.findings[i]
                 t = Text(no_wrap=True, overflow="ellipsis")
                 t.append(f"{f.kind:14}", style=KIND_STYLE.get(f.kind, "bold"))
-                t.append(f" {f.where}", style="#87afd7")
+                t.append(f" {f.confidence:6}", style=CONFIDENCE_STYLE.get(f.confidence, ""))
+                t.append(f" {_short(f.where)}", style="#87afd7")
                 if f.module_path:
                     t.append(f" [{f.module_path}]", style="#af87d7")
                 t.append(f"  {f.frozen}")
@@ -53,3 +66,11 @@ class FindingsScreen(ModalScreen[int | None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+def _short(where: str) -> str:
+    """An installed package's file from its package down (``timm/models/mobilevit.py:539``)."""
+    for marker in ("site-packages/", "dist-packages/"):
+        if marker in where:
+            return where.split(marker, 1)[1]
+    return where
