@@ -60,6 +60,14 @@ class Param:
     def default_value(self) -> Any:
         """The default, or an ``InputError`` when Python cannot hold it."""
         if isinstance(self.default, _Unreadable):
+            if self.type.startswith("__torch__."):
+                module, _, cls = self.type[len("__torch__."):].rpartition(".")
+                where = f"import {module} (it defines {cls})" if module else f"import the script that defines {cls}"
+                raise InputError(
+                    f"the default of parameter {self.name!r} is a member of the TorchScript enum or class "
+                    f"{self.type}, which torch hands to Python only where its class is imported: {where} "
+                    "and run the model from Python with engine.Session (see the README)"
+                )
             raise InputError(
                 f"the default of parameter {self.name!r} ({self.type}) cannot be handed to Python "
                 f"({self.default.reason}); tsdebug cannot run a method with such a parameter yet"

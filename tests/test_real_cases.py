@@ -394,7 +394,7 @@ def test_an_enum_argument_without_its_class_is_a_clear_error(archive):
     from test_bad_input import assert_one_line_error
 
     res = _fresh_process_run(archive(EnumArgument(), "script"))
-    assert_one_line_error(res.returncode, res.stderr, "the default of parameter 'mode'")
+    assert_one_line_error(res.returncode, res.stderr, "the default of parameter 'mode'", "import test_real_cases (it defines Mode)")
 
 
 @pytest.mark.parametrize("model", [EnumAttribute, EnumRich])
