@@ -44,7 +44,8 @@ _SYNONYMS = {
     "max_pool2d_with_indices": "max_pool2d",
     "t": "transpose", "permute": "transpose", "transpose": "transpose",
     "select": "index", "slice": "index", "getitem": "index", "index": "index",
-    "iadd": "add", "radd": "add", "isub": "sub", "rsub": "sub", "imul": "mul", "rmul": "mul",
+    "iadd": "add", "radd": "add", "isub": "sub", "rsub": "sub", "imul": "mul", "rmul": "mul", "rpow": "pow",
+    "ipow": "pow", "floordiv": "floor_divide", "rfloordiv": "floor_divide", "ifloordiv": "floor_divide",
     "truediv": "div", "itruediv": "div", "rtruediv": "div", "div": "div",
     "matmul": "matmul", "mm": "matmul", "bmm": "matmul",
     "lt": "lt", "gt": "gt",
@@ -209,6 +210,13 @@ def _same_shape(rec: StepRecord, op: EagerOp) -> bool:
     return isinstance(a, torch.Tensor) and bool(op.outputs) and tuple(a.shape) == tuple(op.outputs[0].shape)
 
 
+#: Views and copies that hand back their input whole when the output has its shape and dtype
+#: (``x[:, :, :]``, a trace's ``slice(x, 0, 0, 9223372036854775807)``): the eager side has nothing for them.
+_VIEWS = frozenset({"aten::slice", "aten::view", "aten::reshape", "aten::expand", "aten::to", "aten::clone",
+                    "aten::alias", "aten::expand_as", "aten::view_as", "aten::reshape_as", "aten::type_as",
+                    "aten::flatten"})
+
+
 def comparable_records(records: list[StepRecord]) -> list[StepRecord]:
     out = []
     for r in records:
@@ -218,8 +226,25 @@ def comparable_records(records: list[StepRecord]) -> list[StepRecord]:
         t = _first_tensor(r.outputs)
         if t is None:
             continue
+        if kind in _VIEWS and _whole(r._inputs[0] if r._inputs else None, t):
+            continue
         out.append(r)
     return out
+
+
+def _whole(source: Any, out: Any) -> bool:
+    """``out`` is ``source`` again: the same shape and dtype (tensors or their summaries)."""
+    def meta(x):
+        if isinstance(x, torch.Tensor):
+            return tuple(x.shape), x.dtype
+        if isinstance(x, Dropped):
+            return x.summary.shape, x.summary.dtype
+        summary = getattr(x, "meta", None)  # a recipe
+        return (summary.shape, summary.dtype) if summary is not None else None
+    a, b = meta(source), meta(out)
+    if a is None or b is None:
+        return False
+    return a[0] == b[0] and str(a[1]).replace("torch.", "") == str(b[1]).replace("torch.", "")
 
 
 def align(records: list[StepRecord], eager: EagerRun, rtol: float, atol: float) -> DiffReport:
@@ -325,6 +350,11 @@ def _align_path(g_ops: list[StepRecord], e_ops: list[EagerOp], pairs: list, repo
              for k, o in enumerate(e_ops)]
     gi = gj = 0
     for block in SequenceMatcher(None, g_tok, e_tok, autojunk=False).get_matching_blocks():
+        if gj == block.b and block.size:
+            # graph nodes on the statement of the op that follows, with no eager op of their own:
+            # steps of one Python call (``x[:, a:b, 0:1]`` is three slices in a trace)
+            anchor = g_loc[block.a]
+            report.grouped += sum(1 for k in range(gi, block.a) if g_loc[k] == anchor)
         _align_by_name(g_ops[gi:block.a], e_ops[gj:block.b], pairs, report)
         pairs.extend(zip(g_ops[block.a:block.a + block.size], e_ops[block.b:block.b + block.size]))
         gi, gj = block.a + block.size, block.b + block.size

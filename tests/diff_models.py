@@ -185,3 +185,19 @@ class LongStatement(nn.Module):
         q, k, v = self.qkv(x).view(
             x.shape[0], 3, -1).split([1, 1, 1], dim=1)
         return q * k + v
+
+
+class Chunks(nn.Module):
+    """Attention over windows (CANINE): ``x[:, a:b, :]`` is three slices in a trace, two of them whole."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x):
+        outs = []
+        for start in range(0, x.shape[1], 2):
+            chunk = x[:, start:start + 2, :]
+            mask = x[:, start:start + 2, 0:1]
+            outs.append(self.proj(chunk) * mask)
+        return torch.cat(outs, dim=1)

@@ -226,3 +226,10 @@ def test_a_statement_over_several_lines_is_one_place(archive, capsys, mode):
     code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:LongStatement", "--input", "float32[2,8]")
     assert code == 0, err
     assert rep["first_divergence"] is None and rep["coverage"] == 1.0, rep
+
+
+def test_whole_views_are_not_compared(archive, capsys):
+    path = archive(D.Chunks(), "trace", example=(torch.randn(2, 6, 8),))
+    code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:Chunks", "--input", "float32[2,6,8]")
+    assert code == 0, err
+    assert rep["first_divergence"] is None and rep["coverage"] == 1.0, rep
