@@ -130,7 +130,8 @@ _NOT_DATA = frozenset({"self", "len", "int", "float", "bool", "isinstance", "Non
                        "range", "abs", "min", "max", "any", "all", "str", "hasattr", "getattr"})
 
 
-def _depends_on_data(test_expr: ast.AST, test: str, local_names: set[str]) -> str | None:
+def _depends_on_data(test_expr: ast.AST, test: str, local_names: set[str],
+                     rank_names: frozenset | set = frozenset()) -> str | None:
     """Why an ``if``/``while`` test depends on what tracing cannot keep, or None.
 
     ``self.flag`` and ``self.sub is not None`` are configuration: the same on
@@ -143,7 +144,7 @@ def _depends_on_data(test_expr: ast.AST, test: str, local_names: set[str]) -> st
         return "python-state"
     if _only_type_checks(test_expr):
         return None  # ``x is None``, ``isinstance(x, Tensor)``: a trace fixes its arguments' types
-    if _reads_only_rank(test_expr, local_names):
+    if _reads_only_rank(test_expr, local_names, rank_names):
         return "rank"
     names = {n.id for n in _data_parts(test_expr) if isinstance(n, ast.Name)} - _NOT_DATA
     if not names & local_names:
@@ -220,6 +221,12 @@ def _local_names(fn: ast.FunctionDef) -> set[str]:
             assigned[node.targets[0].id].append(node.value)
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
             assigned[node.target.id].append(node.value)
+    # Hugging Face's ``output_attentions = output_attentions if output_attentions is not None
+    # else self.config.output_attentions``: a None-default argument that falls back to the configuration
+    for a in _none_default_arguments(fn):
+        values = assigned.get(a.arg, [])
+        if values and len(values) == stores[a.arg] and all(_config_fallback(v, a.arg) for v in values):
+            plain.add(a.arg)
     # only ``name = value`` statements set them (no loop target, unpacking or ``+=``)
     simple = {n: values for n, values in assigned.items() if len(values) == stores[n] and n not in names & {
         a.arg for a in args}}
@@ -243,6 +250,9 @@ def _static_iterable(expr: ast.AST, static: set[str]) -> bool:
     self.fuse_layers``), or enumerate/zip/reversed of those."""
     if _STATIC_ITER.fullmatch(ast.unparse(expr)):
         return True
+    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id == "range" and not expr.keywords:
+        # ``range(0, self.config.num_blocks)``: numbers and configuration
+        return all(_static_item(a, static | {"self"}) or isinstance(a, ast.Constant) for a in expr.args)
     while isinstance(expr, ast.Attribute):
         expr = expr.value
     if isinstance(expr, ast.Name):
@@ -274,6 +284,10 @@ def _static_loop_names(fn: ast.FunctionDef) -> set[str]:
     return static
 
 
+def _names(expr: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(expr) if isinstance(n, ast.Name)}
+
+
 def _static_item(expr: ast.AST, static: set[str]) -> bool:
     """``expr`` is one of those static things, or part of one (``x``, ``x[0]``, ``x.blocks``)."""
     while isinstance(expr, (ast.Attribute, ast.Subscript)):
@@ -303,18 +317,65 @@ def _flag_arguments(fn: ast.FunctionDef) -> set[str]:
             and type(d.value) in (bool, int, float, str)}
 
 
-def _reads_only_rank(expr: ast.AST, local_names: set[str]) -> bool:
+def _none_default_arguments(fn: ast.FunctionDef) -> list[ast.arg]:
+    positional = fn.args.posonlyargs + fn.args.args
+    pairs = list(zip(positional[len(positional) - len(fn.args.defaults):], fn.args.defaults))
+    pairs += [(a, d) for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults) if d is not None]
+    return [a for a, d in pairs if isinstance(d, ast.Constant) and d.value is None
+            and (a.annotation is None or _plain_annotation(a.annotation))]
+
+
+def _config_fallback(expr: ast.AST, name: str) -> bool:
+    """``name if name is not None else self.config.x`` (or with ``or``): the argument or a configuration value."""
+    if isinstance(expr, ast.IfExp) and _only_type_checks(expr.test):
+        parts = [expr.body, expr.orelse]
+    elif isinstance(expr, ast.BoolOp) and isinstance(expr.op, ast.Or):
+        parts = list(expr.values)
+    else:
+        return False
+    for part in parts:
+        if isinstance(part, ast.Name) and part.id == name:
+            continue
+        if isinstance(part, ast.Constant):
+            continue
+        root = part
+        while isinstance(root, ast.Attribute):
+            root = root.value
+        if not (isinstance(root, ast.Name) and root.id == "self"):
+            return False
+    return True
+
+
+def _rank_locals(fn: ast.FunctionDef) -> set[str]:
+    """Locals set only from a tensor's rank (``ndim = tensor.ndim``)."""
+    stores: dict[str, int] = defaultdict(int)
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            stores[node.id] += 1
+    found: dict[str, int] = defaultdict(int)
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                and _is_rank_read(node.value):
+            found[node.targets[0].id] += 1
+    return {n for n, k in found.items() if k == stores[n]}
+
+
+def _is_rank_read(n: ast.AST) -> bool:
+    if isinstance(n, ast.Attribute) and n.attr == "ndim":
+        return True
+    if isinstance(n, ast.Call) and not n.args and isinstance(n.func, ast.Attribute) and n.func.attr == "dim":
+        return True
+    return (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "len" and len(n.args) == 1
+            and isinstance(n.args[0], (ast.Attribute, ast.Call))
+            and ast.unparse(n.args[0]).endswith((".shape", ".size()")))
+
+
+def _reads_only_rank(expr: ast.AST, local_names: set[str], rank_names: frozenset | set = frozenset()) -> bool:
     """The test's data is the rank of tensors (``mask.dim() == 4``, ``x.ndim < 3``), beside type checks."""
     found = False
 
     def rank_read(n: ast.AST) -> bool:
-        if isinstance(n, ast.Attribute) and n.attr == "ndim":
-            return True
-        if isinstance(n, ast.Call) and not n.args and isinstance(n.func, ast.Attribute) and n.func.attr == "dim":
-            return True
-        return (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "len" and len(n.args) == 1
-                and isinstance(n.args[0], (ast.Attribute, ast.Call))
-                and ast.unparse(n.args[0]).endswith((".shape", ".size()")))
+        return _is_rank_read(n) or (isinstance(n, ast.Name) and n.id in rank_names)
 
     def visit(n: ast.AST) -> bool:
         nonlocal found
@@ -408,6 +469,7 @@ def _branch_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file
                      method: str) -> list[Finding]:
     out = []
     local = _local_names(fn)
+    ranks = _rank_locals(fn)
     op_lines = {o.line for o in ops}
     for stmt in ast.walk(fn):
         if not isinstance(stmt, (ast.If, ast.IfExp)):
@@ -415,7 +477,7 @@ def _branch_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file
         if _unreached(fn, stmt, op_lines):
             continue  # inside a branch the trace never entered: that outer `if` is the finding
         test = _src(stmt.test, lines)
-        why = _depends_on_data(stmt.test, test, local)
+        why = _depends_on_data(stmt.test, test, local, ranks)
         test_line = stmt.test.lineno
         test_ops = [o for o in ops if o.line == test_line and test_line != getattr(stmt.body, "lineno", -1)]
         if isinstance(stmt, ast.If):
@@ -465,6 +527,7 @@ def _loop_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: 
                    method: str) -> list[Finding]:
     out = []
     static = _static_loop_names(fn)
+    local = _local_names(fn)
     for stmt in ast.walk(fn):
         if not isinstance(stmt, (ast.For, ast.While)):
             continue
@@ -474,8 +537,8 @@ def _loop_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: 
             continue
         if isinstance(stmt, ast.For):
             head = _src(stmt.iter, lines)
-            if _static_iterable(stmt.iter, static):
-                continue  # a module list or a fixed count: the same every run
+            if _static_iterable(stmt.iter, static) or not _names(stmt.iter) & local:
+                continue  # a module list, a fixed count, a configuration list: the same every run
             if _reads_only_rank(stmt.iter, _local_names(fn)):
                 # ``range(x.dim())``: the trace keeps its example's ranks
                 why, confidence = f"the trip count comes from the rank of a tensor ({head})", "low"
@@ -704,7 +767,7 @@ def _weigh_training_mode(findings: list[Finding], module: Any) -> None:
                 mod = getattr(mod, part)
             training = bool(mod.training)
         except Exception:
-            continue
+            training = bool(getattr(module, "training", False))  # a path lint could not follow: the model's mode
         if training:
             f.evidence = ("the test reads self.training and the model was traced in training mode: dropout and "
                           "batch statistics as in training are in the archive for good; trace after model.eval()")

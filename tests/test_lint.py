@@ -297,3 +297,9 @@ def test_kind_of_tensor_is_not_data_and_rank_loops_are_low(archive):
     path = archive(T.KindOfTensor(), "trace", example=(torch.randn(2, 3),))
     found = [(f.kind, f.text, f.confidence) for f in lint_session(Session(path)).findings]
     assert found == [("unrolled-loop", T.KindOfTensor.LOOP, "low")], found
+
+
+def test_hugging_face_idioms_are_not_findings(archive):
+    path = archive(T.HFIdioms(), "trace", example=(torch.ones(2, 4),))
+    found = sorted((f.text, f.confidence) for f in lint_session(Session(path)).findings)
+    assert found == sorted([(T.HFIdioms.RANK, "low"), (T.HFIdioms.LINE, "medium")]), found

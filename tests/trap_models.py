@@ -388,3 +388,46 @@ class KindOfTensor(nn.Module):
         for i in range(x.dim()):
             x = x.cumsum(i)
         return x
+
+
+PRIMES = [31, 43, 59, 61]
+
+
+class IdiomConfig:
+    output_attentions = False
+    num_blocks = 2
+
+
+class HFIdioms(nn.Module):
+    """A None-default flag falling back to the configuration, a loop over range(0, config),
+    a configuration list sliced by an int, a rank kept in a local (low); one test on data."""
+
+    RANK = "if ndim == 3:"
+    LINE = "if x.amax() > 100:"
+
+    def __init__(self):
+        super().__init__()
+        self.config = IdiomConfig()
+        self.lin = nn.Linear(4, 4)
+
+    def hashes(self, x, num_hashes: int):
+        primes = PRIMES[:num_hashes]
+        out = []
+        for prime in primes:
+            out.append(x * prime)
+        return out
+
+    def forward(self, x, output_attentions=None):
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        ndim = x.ndim
+        if ndim == 3:
+            x = x[0]
+        for block_index in range(0, self.config.num_blocks):
+            if block_index == 0:
+                x = self.lin(x)
+        if output_attentions:
+            x = x * 2
+        x = sum(self.hashes(x, num_hashes=2))
+        if x.amax() > 100:
+            x = x / 100
+        return x * 3
