@@ -196,9 +196,8 @@ def _only_type_checks(expr: ast.AST) -> bool:
             return True
         return isinstance(f, ast.Attribute) and f.attr in ("is_floating_point", "is_complex", "is_sparse",
                                                            "is_scripting")
-    # ``input.is_quantized``: what kind of tensor
-    return isinstance(expr, ast.Attribute) and expr.attr in ("is_quantized", "is_cuda", "is_sparse", "is_mkldnn",
-                                                             "is_meta", "is_nested")
+    # ``input.is_quantized``, ``cache.is_compileable``: what kind of value, a flag it carries
+    return isinstance(expr, ast.Attribute) and expr.attr.startswith(("is_", "has_"))
 
 
 def _local_names(fn: ast.FunctionDef) -> set[str]:
@@ -304,6 +303,8 @@ def _fixed_value(expr: ast.AST, plain: set[str], local: set[str]) -> bool:
         return all(_fixed_value(v, plain, local) for v in expr.values)
     if isinstance(expr, ast.UnaryOp):
         return _fixed_value(expr.operand, plain, local)
+    if isinstance(expr, ast.IfExp):
+        return all(_fixed_value(v, plain, local) for v in (expr.test, expr.body, expr.orelse))
     return all(n.id in plain or n.id in _NOT_DATA or n.id not in local
                for n in ast.walk(expr) if isinstance(n, ast.Name))
 
