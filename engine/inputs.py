@@ -411,6 +411,14 @@ def infer_inputs(program, method: str, params: list[Param], seed: int) -> tuple 
                 if node.kind in passthrough and node.outputs:
                     frontier.append(node.outputs[0])
                     continue
+                if node.kind == "prim::TupleConstruct":
+                    # ``return x, n`` from a helper, then ``[0]``: follow the item out of the tuple
+                    for user, _ in uses.get(node.outputs[0].index, []):
+                        if user.kind == "prim::TupleUnpack":
+                            frontier.append(user.outputs[slot])
+                        elif user.kind == "prim::TupleIndex" and _constant_of(graph, user.inputs[1]) == slot:
+                            frontier.append(user.outputs[0])
+                    continue
                 guess = _guess_from_use(graph, node, slot, program.module, seed, k)
                 if guess is not None:
                     break
@@ -418,6 +426,15 @@ def infer_inputs(program, method: str, params: list[Param], seed: int) -> tuple 
             return None
         out.append(guess)
     return tuple(out)
+
+
+def _spatial(c_in: int, dims: int) -> tuple[int, ...]:
+    """The size a conv's input most likely has: RGB images at 224, RGB clips of 16 frames."""
+    if c_in == 3 and dims == 2:
+        return (224, 224)
+    if c_in == 3 and dims == 3:
+        return (16, 224, 224)
+    return (32,) * dims
 
 
 def _quantized_weight(graph, node, module) -> tuple[torch.Tensor, int] | None:
@@ -444,8 +461,7 @@ def _guess_from_use(graph, node, slot, module, seed, k) -> torch.Tensor | None:
         if kind.startswith("quantized::linear"):
             return random_tensor((1, w.shape[1]), torch.float32, seed, k)
         c_in, spatial_dims = w.shape[1] * groups, w.dim() - 2
-        side = 224 if c_in == 3 and spatial_dims == 2 else 32
-        return random_tensor((1, c_in) + (side,) * spatial_dims, torch.float32, seed, k)
+        return random_tensor((1, c_in) + _spatial(c_in, spatial_dims), torch.float32, seed, k)
     if kind in ("aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d") and slot == 0:
         w = _static_weight(graph, node.inputs[1], module)
         if not isinstance(w, torch.Tensor):
@@ -461,8 +477,7 @@ def _guess_from_use(graph, node, slot, module, seed, k) -> torch.Tensor | None:
         transposed = _constant_of(graph, node.inputs[6]) if kind == "aten::_convolution" else False
         c_in = w.shape[0] if transposed else w.shape[1] * groups
         spatial_dims = w.dim() - 2
-        side = 224 if c_in == 3 and spatial_dims == 2 else 32
-        return random_tensor((1, c_in) + (side,) * spatial_dims, w.dtype, seed, k)
+        return random_tensor((1, c_in) + _spatial(c_in, spatial_dims), w.dtype, seed, k)
     if kind == "aten::linear" and slot == 0:
         w = _static_weight(graph, node.inputs[1], module)
         if isinstance(w, torch.Tensor):

@@ -191,3 +191,34 @@ class StandardizedConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.adaptive_avg_pool2d(torch.relu(self.stem(x)), 1).flatten(1)
         return F.linear(y, self.head * self.g)
+
+
+@torch.jit.script
+def _as_clip(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    """torchvision's video models: an image becomes a one-frame clip; the helper returns a tuple."""
+    dim = x.dim()
+    if dim == 4:
+        x = x.unsqueeze(2)
+    return x, dim
+
+
+class ClipNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _as_clip(x)[0]
+        return self.conv(x).mean((2, 3, 4))
+
+
+class FixedHead(nn.Module):
+    """A conv net whose head fits one input size only (32x32)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 32 * 32, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).flatten(1))

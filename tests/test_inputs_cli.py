@@ -85,6 +85,8 @@ def test_traced_inputs_are_read(archive):
         (M.LSTMNet, (1, 8, 6)),
         # the conv's weight is computed from the parameter (standardized), not read from it
         (M.StandardizedConvNet, (1, 3, 224, 224)),
+        # through a helper's returned tuple to a 3-D conv on RGB: a 16-frame clip
+        (M.ClipNet, (1, 3, 16, 224, 224)),
     ],
 )
 def test_inputs_inferred_for_scripted(archive, make, shape):
@@ -175,3 +177,13 @@ def test_status_line_on_a_terminal_only(archive, tmp_path):
     assert "identical to module(*inputs)" in out and "running" not in out
     piped = subprocess.run(cmd[:-2], capture_output=True, text=True, timeout=300)  # without --record-budget 0
     assert piped.returncode == 0 and piped.stderr == ""
+
+
+def test_a_failure_on_a_guessed_input_says_it_was_guessed(archive, capsys):
+    from tsdebug.cli import main
+
+    path = archive(M.FixedHead(), "script")
+    assert main(["run", path]) == 2
+    err = capsys.readouterr().err
+    assert "aten::linear" in err and "guessed from the graph: give the model's own with --input" in err
+    assert main(["run", path, "--input", "float32[1,3,32,32]"]) == 0

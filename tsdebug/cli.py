@@ -226,7 +226,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.save_outputs and report.error is None:
             print(f"saved      outputs to {args.save_outputs}")
     if report.error is not None:
-        print(f"tsdebug: error: {report.error.message}", file=sys.stderr)
+        hint = ""
+        if report.input_source == "inferred from the graph":
+            shapes = ", ".join(summarize(x).short() for x in report.inputs)
+            hint = f" (the input {shapes} was guessed from the graph: give the model's own with --input)"
+        print(f"tsdebug: error: {report.error.message}{hint}", file=sys.stderr)
         return 2
     if report.native_error is not None:
         print(f"tsdebug: native run failed: {report.native_error}", file=sys.stderr)
