@@ -233,3 +233,16 @@ def test_whole_views_are_not_compared(archive, capsys):
     code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:Chunks", "--input", "float32[2,6,8]")
     assert code == 0, err
     assert rep["first_divergence"] is None and rep["coverage"] == 1.0, rep
+
+
+def test_drift_that_does_not_reach_the_outputs_is_called_rounding(archive, capsys, tmp_path):
+    torch.manual_seed(0)
+    model = D.Signs()
+    path = archive(model, "script")
+    drifted = {k: v + 1e-4 for k, v in model.state_dict().items()}
+    torch.save(drifted, tmp_path / "drifted.pt")
+    code = main(["diff", path, "--eager", f"{DIFF_MODELS}:Signs", "--eager-weights", str(tmp_path / "drifted.pt"),
+                 "--input", "float32[2,4]"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "aten::linear" in out and "off by rounding only" in out, out
