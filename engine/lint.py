@@ -187,6 +187,9 @@ def _only_type_checks(expr: ast.AST) -> bool:
         if all(isinstance(op, (ast.Is, ast.IsNot)) for op in expr.ops) and \
                 all(isinstance(c, ast.Constant) and c.value is None for c in expr.comparators):
             return True
+        # ``fmt == Format.NHWC``: an enum member, set by the caller (tensors are not compared with those)
+        if all(_enum_member(c) for c in expr.comparators):
+            return True
         # ``x.device.type == "cuda"``, ``x.dtype == torch.float16``: what kind of tensor, not its data
         return any(isinstance(n, ast.Attribute) and n.attr in ("device", "dtype", "is_cuda", "layout")
                    for n in ast.walk(expr.left))
@@ -198,6 +201,12 @@ def _only_type_checks(expr: ast.AST) -> bool:
                                                            "is_scripting")
     # ``input.is_quantized``, ``cache.is_compileable``: what kind of value, a flag it carries
     return isinstance(expr, ast.Attribute) and expr.attr.startswith(("is_", "has_"))
+
+
+def _enum_member(expr: ast.AST) -> bool:
+    """``Format.NHWC``, ``Mode.FAST``: a capitalized class's CONSTANT_CASE member."""
+    return (isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id[:1].isupper()
+            and expr.attr.isupper())
 
 
 def _local_names(fn: ast.FunctionDef) -> set[str]:

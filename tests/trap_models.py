@@ -393,6 +393,13 @@ class KindOfTensor(nn.Module):
 PRIMES = [31, 43, 59, 61]
 
 
+class Mode:
+    """timm's Format: members compared against a parameter."""
+
+    NCHW = "NCHW"
+    NHWC = "NHWC"
+
+
 class IdiomConfig:
     output_attentions = False
     num_blocks = 2
@@ -417,7 +424,13 @@ class HFIdioms(nn.Module):
             out.append(x * prime)
         return out
 
+    def layout(self, x, fmt: "Mode"):
+        if fmt == Mode.NHWC:
+            x = x.flip(-1)
+        return x + 1
+
     def forward(self, x, output_attentions=None, cache=None):
+        x = self.layout(x, Mode.NCHW)
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         using_cache = cache.is_compileable if cache is not None else False
         if using_cache:
