@@ -216,12 +216,8 @@ def _local_names(fn: ast.FunctionDef) -> set[str]:
     (``residual=True``), and locals set only from those, from ``self``'s attributes,
     constants or type checks (``using_eager = self.config.impl == "eager"``)."""
     args = fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs
-    names = {a.arg for a in args} - {"self"}
-    stores: dict[str, int] = defaultdict(int)
-    for node in ast.walk(fn):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            names.add(node.id)
-            stores[node.id] += 1
+    stores = _stores(fn)
+    names = ({a.arg for a in args} - {"self"}) | set(stores)
     plain = {a.arg for a in args if _plain_annotation(a.annotation)} | _flag_arguments(fn)
     assigned: dict[str, list[ast.AST]] = defaultdict(list)
     for node in ast.walk(fn):
@@ -318,20 +314,21 @@ def _fixed_value(expr: ast.AST, plain: set[str], local: set[str]) -> bool:
                for n in ast.walk(expr) if isinstance(n, ast.Name))
 
 
-def _flag_arguments(fn: ast.FunctionDef) -> set[str]:
-    """Arguments without annotation whose default is a bool, number or string (``residual=True``)."""
+def _defaults(fn: ast.FunctionDef) -> list[tuple[ast.arg, ast.AST]]:
+    """The arguments that have a default, with it."""
     positional = fn.args.posonlyargs + fn.args.args
     pairs = list(zip(positional[len(positional) - len(fn.args.defaults):], fn.args.defaults))
-    pairs += [(a, d) for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults) if d is not None]
-    return {a.arg for a, d in pairs if a.annotation is None and isinstance(d, ast.Constant)
+    return pairs + [(a, d) for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults) if d is not None]
+
+
+def _flag_arguments(fn: ast.FunctionDef) -> set[str]:
+    """Arguments without annotation whose default is a bool, number or string (``residual=True``)."""
+    return {a.arg for a, d in _defaults(fn) if a.annotation is None and isinstance(d, ast.Constant)
             and type(d.value) in (bool, int, float, str)}
 
 
 def _none_default_arguments(fn: ast.FunctionDef) -> list[ast.arg]:
-    positional = fn.args.posonlyargs + fn.args.args
-    pairs = list(zip(positional[len(positional) - len(fn.args.defaults):], fn.args.defaults))
-    pairs += [(a, d) for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults) if d is not None]
-    return [a for a, d in pairs if isinstance(d, ast.Constant) and d.value is None
+    return [a for a, d in _defaults(fn) if isinstance(d, ast.Constant) and d.value is None
             and (a.annotation is None or _plain_annotation(a.annotation))]
 
 
@@ -356,12 +353,18 @@ def _config_fallback(expr: ast.AST, name: str) -> bool:
     return True
 
 
-def _rank_locals(fn: ast.FunctionDef) -> set[str]:
-    """Locals set only from a tensor's rank (``ndim = tensor.ndim``)."""
+def _stores(fn: ast.FunctionDef) -> dict[str, int]:
+    """How many times each name is bound in the function (assignments, loop targets, ``+=``)."""
     stores: dict[str, int] = defaultdict(int)
     for node in ast.walk(fn):
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             stores[node.id] += 1
+    return stores
+
+
+def _rank_locals(fn: ast.FunctionDef) -> set[str]:
+    """Locals set only from a tensor's rank (``ndim = tensor.ndim``)."""
+    stores = _stores(fn)
     found: dict[str, int] = defaultdict(int)
     for node in ast.walk(fn):
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
@@ -475,10 +478,9 @@ def _collect(graph: Graph) -> dict[tuple[str, str, str], list[_Op]]:
 # ---------------------------------------------------------------- detectors
 
 
-def _branch_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: str, path: str,
+def _branch_findings(fn: ast.FunctionDef, local: set[str], ops: list[_Op], lines: list[str], file: str, path: str,
                      method: str) -> list[Finding]:
     out = []
-    local = _local_names(fn)
     ranks = _rank_locals(fn)
     op_lines = {o.line for o in ops}
     for stmt in ast.walk(fn):
@@ -533,11 +535,10 @@ def _branch_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file
     return out
 
 
-def _loop_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: str, path: str,
+def _loop_findings(fn: ast.FunctionDef, local: set[str], ops: list[_Op], lines: list[str], file: str, path: str,
                    method: str) -> list[Finding]:
     out = []
     static = _static_loop_names(fn)
-    local = _local_names(fn)
     for stmt in ast.walk(fn):
         if not isinstance(stmt, (ast.For, ast.While)):
             continue
@@ -549,7 +550,7 @@ def _loop_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: 
             head = _src(stmt.iter, lines)
             if _static_iterable(stmt.iter, static) or not _names(stmt.iter) & local:
                 continue  # a module list, a fixed count, a configuration list: the same every run
-            if _reads_only_rank(stmt.iter, _local_names(fn)):
+            if _reads_only_rank(stmt.iter, local):
                 # ``range(x.dim())``: the trace keeps its example's ranks
                 why, confidence = f"the trip count comes from the rank of a tensor ({head})", "low"
             else:
@@ -618,12 +619,11 @@ def _constant_inputs(node: Node) -> tuple:
     return tuple(out)
 
 
-def _scalar_findings(fn: ast.FunctionDef, ops: list[_Op], lines: list[str], file: str, path: str,
+def _scalar_findings(fn: ast.FunctionDef, local: set[str], ops: list[_Op], lines: list[str], file: str, path: str,
                      method: str, constants: list[Node]) -> list[Finding]:
     out = []
     ran = {o.line for o in ops}
     last = getattr(fn, "end_lineno", fn.lineno)
-    local = _local_names(fn)
     for stmt in ast.walk(fn):
         if not isinstance(stmt, ast.Call):
             continue
@@ -806,6 +806,7 @@ def lint_session(session: Any) -> LintReport:
         events = _collect(graph)
         constants = [n for n in graph.walk() if n.kind == "prim::Constant"]
         missing_files = set()
+        local_names: dict[ast.AST, set[str]] = {}  # one analysis of a function serves all its module instances
         for (file, func, path), ops in events.items():
             tree, lines = _parse(file) if os.path.exists(file) else (None, [])
             if tree is None:
@@ -819,9 +820,12 @@ def lint_session(session: Any) -> LintReport:
                 end = getattr(fn, "end_lineno", fn.lineno)
                 if not any(fn.lineno <= l <= end for l in used):
                     continue
-                findings += _branch_findings(fn, ops, lines, file, path, method)
-                findings += _loop_findings(fn, ops, lines, file, path, method)
-                findings += _scalar_findings(fn, ops, lines, file, path, method, constants)
+                local = local_names.get(fn)
+                if local is None:
+                    local = local_names[fn] = _local_names(fn)
+                findings += _branch_findings(fn, local, ops, lines, file, path, method)
+                findings += _loop_findings(fn, local, ops, lines, file, path, method)
+                findings += _scalar_findings(fn, local, ops, lines, file, path, method, constants)
         for f in sorted(missing_files):
             report.notes.append(f"{f} is not on disk: branches cannot be seen there, loops only from repeats")
         report.findings += _dedupe(findings)
