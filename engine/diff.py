@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from engine.convert import is_user_file
-from engine.eager import UNINITIALIZED, EagerOp, EagerRun
+from engine.eager import EagerOp, EagerRun
+from engine.recipes import UNINITIALIZED
 from engine.timeline import StepRecord
 from engine.values import Dropped
 

@@ -23,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 from engine.convert import is_torch_frame, is_user_file
 from engine.errors import EagerError, first_error_line
+from engine.recipes import UNINITIALIZED
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -188,11 +189,6 @@ def _tensors(value: Any) -> list:
 _SKIP = frozenset({"size", "dim", "numel", "__bool__", "item", "tolist", "__len__", "__index__", "__int__",
                    "__float__", "__format__", "__repr__", "__get__", "__set__", "data_ptr", "stride", "is_contiguous",
                    "__hash__", "requires_grad_", "__iter__", "element_size"})
-
-
-#: Ops whose output is uninitialized memory: its bits mean nothing on either side.
-UNINITIALIZED = frozenset({"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided",
-                           "empty_permuted"})
 
 
 class _Recorder(TorchFunctionMode):

@@ -116,9 +116,11 @@ def described(value: Any) -> Any:
 _SCALARS = (int, float, bool, str, type(None), torch.device, torch.dtype, torch.layout, torch.memory_format)
 
 
-#: Ops whose output is whatever was in memory: made again, it would differ.
-_UNINITIALIZED = frozenset({"aten::empty", "aten::empty_like", "aten::new_empty", "aten::empty_strided",
-                            "aten::new_empty_strided"})
+#: Ops whose output is whatever was in memory: made again it would differ, and compared
+#: (``diff``) its bits mean nothing.  Their names in torch's Python and after ``aten::``.
+UNINITIALIZED = frozenset({"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided",
+                           "empty_permuted"})
+_UNINITIALIZED = frozenset(f"aten::{name}" for name in UNINITIALIZED)
 
 
 class Recompute:
