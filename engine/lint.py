@@ -48,6 +48,10 @@ _SHAPE_TEXT = re.compile(r"\.(size|shape|dim|ndim|numel|nelement)\b|\blen\(")
 _SCALAR_TEXT = re.compile(r"\.item\(\)|\.tolist\(\)|\b(int|float|bool)\(")
 
 
+#: How sure a finding is, least first.
+CONFIDENCES = ("low", "medium", "high")
+
+
 @dataclass
 class Finding:
     kind: str
@@ -56,7 +60,7 @@ class Finding:
     text: str | None
     frozen: str  # what was frozen: the branch taken, the trip count, the constant
     evidence: str
-    confidence: str  # high, medium, low
+    confidence: str  # one of CONFIDENCES
     nodes: list[str] = field(default_factory=list)
     module_path: str = ""
     method: str = "forward"

@@ -18,7 +18,6 @@ from typing import Sequence
 from tsdebug.progress import Status, steps_of
 
 COMMANDS = ("run", "diff", "lint", "render", "demo")
-CONFIDENCES = ("low", "medium", "high")
 
 
 def _json_stdout(args: argparse.Namespace):
@@ -113,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "disagree. Exit 0 with no findings, 1 with findings, 2 on error.")
     _model_options(lint)
     _eager_options(lint)
-    lint.add_argument("--min-confidence", choices=CONFIDENCES, default="low",
+    # engine.lint.CONFIDENCES, written out: importing the engine loads torch, too slow for --help
+    lint.add_argument("--min-confidence", choices=("low", "medium", "high"), default="low",
                       help="report (and exit 1 for) only findings this sure or surer (default: low, all of them)")
     lint.add_argument("--json", action="store_true", help="print one JSON object")
     render = sub.add_parser("render", help="export the node graph (SVG, PNG, PDF, DOT) with what a run found",
@@ -327,7 +327,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_lint(args: argparse.Namespace) -> int:
     from engine.eager import parse_eager_args
-    from engine.lint import lint_session
+    from engine.lint import CONFIDENCES, lint_session
 
     with Status() as status, _json_stdout(args):
         status.show(f"loading {args.model}…")

@@ -14,14 +14,13 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
-from engine.lint import Finding
+from engine.lint import CONFIDENCES, Finding
 
 KIND_STYLE = {"frozen-branch": "bold red", "unrolled-loop": "bold yellow", "baked-shape": "bold magenta",
               "baked-scalar": "bold magenta", "baked-device": "bold red", "python-state": "bold cyan",
               "trace-warning": "yellow"}
 
 
-CONFIDENCES = ("high", "medium", "low")
 CONFIDENCE_STYLE = {"high": "bold", "medium": "", "low": "#8a8a8a"}
 
 
@@ -35,7 +34,7 @@ class FindingsScreen(ModalScreen[int | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="findings-box"):
-            counts = ", ".join(f"{n} {c}" for c in CONFIDENCES
+            counts = ", ".join(f"{n} {c}" for c in reversed(CONFIDENCES)
                                if (n := sum(f.confidence == c for f in self.findings)))
             head = (f"{len(self.findings)} finding{'s' if len(self.findings) != 1 else ''} ({counts}) of what "
                     "tracing froze, surest first; Enter shows one, Esc closes")
@@ -45,8 +44,7 @@ class FindingsScreen(ModalScreen[int | None]):
             options = []
             # the surest first: a model full of eval-mode ``self.training`` checks (low) keeps
             # its one frozen branch on data (medium) at the top
-            order = sorted(range(len(self.findings)), key=lambda i: CONFIDENCES.index(self.findings[i].confidence)
-                           if self.findings[i].confidence in CONFIDENCES else len(CONFIDENCES))
+            order = sorted(range(len(self.findings)), key=lambda i: -CONFIDENCES.index(self.findings[i].confidence))
             for i in order:
                 f = self.findings[i]
                 t = Text(no_wrap=True, overflow="ellipsis")
