@@ -297,7 +297,7 @@ ENUM_OPS: dict[str, Callable] = {
 }
 
 
-def _enum_runner(node: Node, leaf: "LeafOp") -> Runner:
+def _enum_runner(node: Node) -> Runner:
     """Enum ops: on ``EnumMember`` values here; on members of an imported class, compiled."""
     from engine.program import EnumMember
 
@@ -541,7 +541,7 @@ def runner_for(node: Node, messages: Messages | None, leaf: LeafOp) -> Runner:
     if kind in ("prim::ListUnpack", "prim::TupleUnpack"):
         return lambda args: list(args[0])
     if kind in ENUM_OPS and (kind.startswith("prim::") or "AnyEnumType" in (node.schema or "")):
-        return _enum_runner(node, leaf)
+        return _enum_runner(node)
     prim = PRIM_OPS.get(kind)
     if prim is not None:
         return lambda args: [prim(args)]

@@ -128,12 +128,25 @@ class EnumMember:
         return f"{self.qualname.rsplit('.', 1)[-1]}.{self.name}"
 
 
+def _unwrap_optional(ty: Any) -> Any:
+    return ty.getElementType() if ty.kind() == "OptionalType" else ty
+
+
+def _getattr_path(g: Any, v: Any, steps: Any) -> Any:
+    """Append ``v.a.b…`` to graph ``g`` for ``steps`` ((name, torch type), ...); the path only
+    goes through objects that exist, so no Optional on the way."""
+    for name, ty in steps:
+        n = g.create("prim::GetAttr", [v], 1)
+        n.s_("name", name)
+        g.insertNode(n)
+        n.output().setType(_unwrap_optional(ty))
+        v = n.output()
+    return v
+
+
 def _enum_function(g: Any, value: Any) -> Any:
     """Finish graph ``g`` to return (name, value) of the enum ``value``, and compile it."""
-    ty = value.type()
-    if ty.kind() == "OptionalType":
-        ty = ty.getElementType()
-    value_type = ty.containedTypes()[0]
+    value_type = _unwrap_optional(value.type()).containedTypes()[0]
     name = g.create("prim::EnumName", [value], 1)
     g.insertNode(name)
     name.output().setType(torch._C.StringType.get())
@@ -157,9 +170,7 @@ def enum_constant(node: Any) -> EnumMember:
 
 
 def is_enum_type(ty: Any) -> bool:
-    if ty.kind() == "OptionalType":
-        ty = ty.getElementType()
-    return ty.kind() == "EnumType"
+    return _unwrap_optional(ty).kind() == "EnumType"
 
 
 def read_enum_attr(cache: dict, root: Any, steps: tuple, name: str, ty: Any) -> EnumMember | None:
@@ -170,16 +181,9 @@ def read_enum_attr(cache: dict, root: Any, steps: tuple, name: str, ty: Any) -> 
         g = torch._C.Graph()
         v = g.addInput()
         v.setType(root._type())
-        for step, step_ty in list(steps) + [(name, ty)]:
-            n = g.create("prim::GetAttr", [v], 1)
-            n.s_("name", step)
-            g.insertNode(n)
-            n.output().setType(step_ty.getElementType() if step_ty.kind() == "OptionalType" else step_ty)
-            v = n.output()
-        fn = cache[key] = _enum_function(g, v)
+        fn = cache[key] = _enum_function(g, _getattr_path(g, v, list(steps) + [(name, ty)]))
     member_name, value = fn(root)
-    enum_ty = ty.getElementType() if ty.kind() == "OptionalType" else ty
-    return EnumMember(enum_ty.annotation_str, member_name, value)
+    return EnumMember(_unwrap_optional(ty).annotation_str, member_name, value)
 
 
 def _chain_function(cache: dict, root: Any, steps: tuple, final: tuple, write_type: Any = None):
@@ -199,13 +203,7 @@ def _chain_function(cache: dict, root: Any, steps: tuple, final: tuple, write_ty
     if write_type is not None:
         value_in = g.addInput()
         value_in.setType(write_type)
-    for name, ty in steps:
-        n = g.create("prim::GetAttr", [v], 1)
-        n.s_("name", name)
-        g.insertNode(n)
-        # the path only goes through objects that exist: no Optional on the way
-        n.output().setType(ty.getElementType() if ty.kind() == "OptionalType" else ty)
-        v = n.output()
+    v = _getattr_path(g, v, steps)
     name, ty = final
     if write_type is not None:
         n = g.create("prim::SetAttr", [v, value_in], 0)
