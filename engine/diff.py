@@ -25,9 +25,9 @@ import torch
 
 from engine.convert import is_user_file
 from engine.eager import EagerOp, EagerRun
-from engine.recipes import UNINITIALIZED
+from engine.recipes import UNINITIALIZED, described
 from engine.timeline import StepRecord
-from engine.values import Dropped
+from engine.values import Dropped, TensorSummary, summarize_tensor
 
 #: Graph ops that move shapes and Python values around rather than compute.
 PLUMBING = frozenset({
@@ -234,18 +234,18 @@ def comparable_records(records: list[StepRecord]) -> list[StepRecord]:
 
 
 def _whole(source: Any, out: Any) -> bool:
-    """``out`` is ``source`` again: the same shape and dtype (tensors or their summaries)."""
-    def meta(x):
-        if isinstance(x, torch.Tensor):
-            return tuple(x.shape), x.dtype
-        if isinstance(x, Dropped):
-            return x.summary.shape, x.summary.dtype
-        summary = getattr(x, "meta", None)  # a recipe
-        return (summary.shape, summary.dtype) if summary is not None else None
-    a, b = meta(source), meta(out)
-    if a is None or b is None:
-        return False
-    return a[0] == b[0] and str(a[1]).replace("torch.", "") == str(b[1]).replace("torch.", "")
+    """``out`` is ``source`` again: the same shape and dtype (tensors, dropped or remade ones)."""
+    a = _shape_and_dtype(source)
+    return a is not None and a == _shape_and_dtype(out)
+
+
+def _shape_and_dtype(x: Any) -> tuple | None:
+    x = described(x)  # a recipe: its TensorSummary
+    if isinstance(x, Dropped):
+        x = x.summary
+    elif isinstance(x, torch.Tensor):
+        x = summarize_tensor(x, stats=False)
+    return (x.shape, x.dtype) if isinstance(x, TensorSummary) else None
 
 
 def align(records: list[StepRecord], eager: EagerRun, rtol: float, atol: float) -> DiffReport:

@@ -24,6 +24,7 @@ from torch.overrides import TorchFunctionMode
 from engine.convert import is_torch_frame, is_user_file
 from engine.errors import EagerError, first_error_line
 from engine.recipes import UNINITIALIZED
+from engine.values import summarize_tensor
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -145,8 +146,9 @@ def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
             with torch.no_grad():
                 buffers[k].copy_(value)
         else:
-            raise EagerError(f"weights do not fit the eager model: buffer {k} is {_describe(value)} in {source}, "
-                             f"{_describe(buffers[k])} in the eager model")
+            ours, theirs = (summarize_tensor(t, stats=False).short() for t in (value, buffers[k]))
+            raise EagerError(f"weights do not fit the eager model: buffer {k} is {ours} in {source}, "
+                             f"{theirs} in the eager model")
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
@@ -162,10 +164,6 @@ def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
         raise EagerError(f"weights do not fit the eager model: {k} is {tuple(state[k].shape)} in {source}, "
                          f"{tuple(own[k].shape)} in the eager model")
     model.load_state_dict(state, strict=True)
-
-
-def _describe(t: torch.Tensor) -> str:
-    return f"{str(t.dtype).replace('torch.', '')}{list(t.shape)}"
 
 
 def _user_frame() -> tuple[str | None, int | None]:
