@@ -335,6 +335,28 @@ def _statement_line(path: str, line: int) -> int:
     return _statement_starts(path).get(line, line)
 
 
+class _PathOps:
+    """The graph's and the eager run's ops on one module path, each read once: its
+    name-and-shape key and, where known, the user's statement it came from."""
+
+    def __init__(self, g_ops: list[StepRecord], e_ops: list[EagerOp]):
+        self.g_ops, self.e_ops = g_ops, e_ops
+        self.g_loc = [_located(r) for r in g_ops]
+        self.e_loc = [_where(o) for o in e_ops]
+        # name and shape: a transpose of another shape is another transpose
+        self.g_key = [f"{canon(r.node.kind)}:{_shape(_first_tensor(r.outputs))}" for r in g_ops]
+        self.e_key = [f"{canon(o.name)}:{_shape(o.outputs[0] if o.outputs else None)}" for o in e_ops]
+
+    def lines_agree(self, i: int, j: int) -> bool:
+        """No line of the user's code tells them apart (either side may not know its line)."""
+        a, b = self.g_loc[i], self.e_loc[j]
+        return a is None or b is None or a == b
+
+    def meets(self, i: int, j: int) -> bool:
+        """Graph op ``i`` may stand for eager op ``j``: the same shape, and the same line where both know it."""
+        return _same_shape(self.g_ops[i], self.e_ops[j]) and self.lines_agree(i, j)
+
+
 def _align_path(g_ops: list[StepRecord], e_ops: list[EagerOp], pairs: list, report: "DiffReport") -> None:
     """Pair the graph's ops with the eager ops of one module path.
 
@@ -344,51 +366,38 @@ def _align_path(g_ops: list[StepRecord], e_ops: list[EagerOp], pairs: list, repo
     are then matched by name and shape alone (ops inside torch's own Python, fused
     ops, composites).
     """
-    g_loc = [_located(r) for r in g_ops]
-    g_tok = [f"{canon(r.node.kind)}:{_shape(_first_tensor(r.outputs))}@{loc}" if loc else f"#{k}"
-             for k, (r, loc) in enumerate(zip(g_ops, g_loc))]
-    e_tok = [f"{canon(o.name)}:{_shape(o.outputs[0] if o.outputs else None)}@{_where(o)}" if _where(o) else f"#e{k}"
-             for k, o in enumerate(e_ops)]
+    ops = _PathOps(g_ops, e_ops)
+    g_tok = [f"{key}@{loc}" if loc else f"#{k}" for k, (key, loc) in enumerate(zip(ops.g_key, ops.g_loc))]
+    e_tok = [f"{key}@{loc}" if loc else f"#e{k}" for k, (key, loc) in enumerate(zip(ops.e_key, ops.e_loc))]
     gi = gj = 0
     for block in SequenceMatcher(None, g_tok, e_tok, autojunk=False).get_matching_blocks():
         if gj == block.b and block.size:
             # graph nodes on the statement of the op that follows, with no eager op of their own:
             # steps of one Python call (``x[:, a:b, 0:1]`` is three slices in a trace)
-            anchor = g_loc[block.a]
-            report.grouped += sum(1 for k in range(gi, block.a) if g_loc[k] == anchor)
-        _align_by_name(g_ops[gi:block.a], e_ops[gj:block.b], pairs, report)
+            anchor = ops.g_loc[block.a]
+            report.grouped += sum(1 for k in range(gi, block.a) if ops.g_loc[k] == anchor)
+        _align_by_name(ops, gi, block.a, gj, block.b, pairs, report)
         pairs.extend(zip(g_ops[block.a:block.a + block.size], e_ops[block.b:block.b + block.size]))
         gi, gj = block.a + block.size, block.b + block.size
-
-
-def _meets(g: StepRecord, e: EagerOp) -> bool:
-    """``g`` may stand for ``e``: the same shape, and the same line where the graph knows the user's."""
-    return _same_shape(g, e) and _lines_agree(g, e)
 
 
 def _where(e: EagerOp) -> str | None:
     return f"{e.file}:{_statement_line(e.file, e.line)}" if e.file and e.line else None
 
 
-def _lines_agree(g: StepRecord, e: EagerOp) -> bool:
-    """No line of the user's code tells them apart (either side may not know its line)."""
-    loc, where = _located(g), _where(e)
-    return loc is None or where is None or loc == where
-
-
-def _align_by_name(g_ops: list[StepRecord], e_ops: list[EagerOp], pairs: list, report: "DiffReport") -> None:
-    if not g_ops or not e_ops:
+def _align_by_name(ops: _PathOps, g0: int, g1: int, e0: int, e1: int, pairs: list, report: "DiffReport") -> None:
+    """Pair graph ops ``g0:g1`` with eager ops ``e0:e1`` by name and shape."""
+    if g0 == g1 or e0 == e1:
         return
-    # name and shape: a transpose of another shape is another transpose
-    g_tok = [f"{canon(r.node.kind)}:{_shape(_first_tensor(r.outputs))}" for r in g_ops]
-    e_tok = [f"{canon(o.name)}:{_shape(o.outputs[0] if o.outputs else None)}" for o in e_ops]
-    sm = SequenceMatcher(None, g_tok, e_tok, autojunk=False)
+    g_ops, e_ops = ops.g_ops, ops.e_ops
+    sm = SequenceMatcher(None, ops.g_key[g0:g1], ops.e_key[e0:e1], autojunk=False)
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        i1, i2, j1, j2 = i1 + g0, i2 + g0, j1 + e0, j2 + e0
         if tag == "equal":
             # a look-alike on another line of the user's code is another op
-            pairs.extend((g, e) for g, e in zip(g_ops[i1:i2], e_ops[j1:j2]) if _lines_agree(g, e))
+            pairs.extend((g_ops[i], e_ops[j]) for i, j in zip(range(i1, i2), range(j1, j2)) if ops.lines_agree(i, j))
         elif tag == "replace" and i2 - i1 == j2 - j1 and all(
-            _meets(g, e) for g, e in zip(g_ops[i1:i2], e_ops[j1:j2])
+            ops.meets(i, j) for i, j in zip(range(i1, i2), range(j1, j2))
         ):
             # one op swapped for another (relu for gelu): compare them, it may be the cause
             pairs.extend(zip(g_ops[i1:i2], e_ops[j1:j2]))
@@ -397,24 +406,24 @@ def _align_by_name(g_ops: list[StepRecord], e_ops: list[EagerOp], pairs: list, r
             # eagerly and many nodes in the graph: each eager call meets the last
             # node of the run producing its shape; the nodes before it are covered.
             start = i1
-            for e in e_ops[j1:j2]:
+            for j in range(j1, j2):
                 hit = None
                 for k in range(start, i2):
-                    if _meets(g_ops[k], e):
+                    if ops.meets(k, j):
                         hit = k
                 if hit is None:
                     continue
-                pairs.append((g_ops[hit], e))
+                pairs.append((g_ops[hit], e_ops[j]))
                 report.grouped += hit - start
                 start = hit + 1
         elif tag == "replace" and all(g.node.kind.startswith("aten::_") for g in g_ops[i1:i2]):
             # the other way: one fused graph op (aten::_transformer_encoder_layer_fwd)
             # for many eager calls; a plain op here is a substitution, not a fusion
             start = j1
-            for n, g in enumerate(g_ops[i1:i2]):
-                hits = [k for k in range(start, j2) if _meets(g, e_ops[k])]
+            for n, i in enumerate(range(i1, i2)):
+                hits = [k for k in range(start, j2) if ops.meets(i, k)]
                 if not hits:
                     continue
                 hit = hits[-1] if n == i2 - i1 - 1 else hits[0]
-                pairs.append((g, e_ops[hit]))
+                pairs.append((g_ops[i], e_ops[hit]))
                 start = hit + 1
