@@ -318,15 +318,10 @@ def test_eager_comparison_keys(archive):
     asyncio.run(run())
 
 
-def test_findings_pane(tmp_path):
-    import warnings
-
+def test_findings_pane(archive):
     import trap_models as T
 
-    path = str(tmp_path / "branch.pt")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.trace(T.DataBranch(), (torch.ones(2, 3),), check_trace=False), path)
+    path = archive(T.DataBranch(), "trace", example=(torch.ones(2, 3),))
 
     async def run():
         from tsdebug.widgets import SourcePane
@@ -404,10 +399,8 @@ def test_messages_with_brackets_are_shown_whole(archive):
     asyncio.run(run())
 
 
-def test_findings_pane_lists_the_surest_first(tmp_path):
+def test_findings_pane_lists_the_surest_first(archive):
     """A self.training check traced in eval mode (low) after a branch on data (medium)."""
-    import warnings
-
     import trap_models as T
 
     class Both(torch.nn.Module):
@@ -419,10 +412,7 @@ def test_findings_pane_lists_the_surest_first(tmp_path):
         def forward(self, x):
             return self.data(self.flag(x))
 
-    path = str(tmp_path / "both.pt")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.trace(Both().eval(), (torch.ones(2, 3),), check_trace=False), path)
+    path = archive(Both(), "trace", example=(torch.ones(2, 3),))
 
     async def run():
         from textual.widgets import Label, OptionList
