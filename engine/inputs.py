@@ -365,10 +365,10 @@ def _static_weight(graph, value, module, depth: int = 0) -> torch.Tensor | None:
     """A parameter with the shape and dtype ``value`` will have, when ``value`` is
     a parameter or made from one by shape-preserving ops; None otherwise."""
     w = _static_value(graph, value, module)
-    if isinstance(w, torch.Tensor) or depth > 8:
-        return w if isinstance(w, torch.Tensor) else None
+    if isinstance(w, torch.Tensor):
+        return w
     n = graph.producer(value)
-    if n is None:
+    if n is None or depth > 8:
         return None
     if n.kind in _SAME_SHAPE_AS:
         return _static_weight(graph, n.inputs[_SAME_SHAPE_AS[n.kind]], module, depth + 1)
