@@ -31,4 +31,4 @@ screenshots: $(VENV)/.installed
 	$(PY) scripts/screenshots.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info engine/_moments.*.so

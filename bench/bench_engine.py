@@ -25,6 +25,7 @@ warnings.simplefilter("ignore")
 
 from engine import Session  # noqa: E402
 from engine.session import clone_value  # noqa: E402
+from engine import moments  # noqa: E402
 from engine.values import human_bytes, values_equal  # noqa: E402
 import models as B  # noqa: E402
 
@@ -93,6 +94,14 @@ TARGET_RATIO = 1.2  # conv net, engine / native
 TARGET_US = 5.0  # per-step overhead on the op-bound models
 
 
+def statistics_path() -> str:
+    if not moments.AVAILABLE:
+        return "torch's reductions (engine._moments was not built: no C compiler at install)"
+    if moments.OPENMP_LIBRARY is None:
+        return "one pass, one thread"
+    return f"one pass in torch's OpenMP team ({os.path.basename(moments.OPENMP_LIBRARY)})"
+
+
 def main() -> None:
     torch.manual_seed(0)
     quick = "--quick" in sys.argv
@@ -106,7 +115,7 @@ def main() -> None:
         bench("small transformer 1x32 scripted", B.SmallTransformer(), ids, "script", n(60)),
         bench("lstm loop 64 steps scripted", B.LSTMLoop(), (torch.randn(64, 2, 16),), "script", n(40)),
     ]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; statistics: {statistics_path()}")
     print(f"{'model':48} {'steps':>6} {'native ms':>10} {'engine ms':>10} {'ratio':>6} {'median':>7} {'µs/step':>8}"
           f" {'recorded':>9}")
     for r in rows:

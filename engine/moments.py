@@ -1,0 +1,64 @@
+"""Min, max, sum and sum of squares of a CPU tensor in one pass (``engine/_moments.c``).
+
+``values`` summarizes every tensor a run records; this is its fast path.  The
+C part is optional (built when a C compiler is there): without it,
+``AVAILABLE`` is False and ``values`` uses torch's reductions.  On Linux the
+pass runs in torch's own OpenMP team, found here among the loaded libraries:
+see the C file for why a single-threaded pass is slower than three of
+torch's reductions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+import torch
+
+try:
+    from engine import _moments
+except ImportError:  # built without a C compiler
+    _moments = None
+
+AVAILABLE = _moments is not None
+#: The OpenMP library whose team runs the pass, or None (one thread).
+OPENMP_LIBRARY: str | None = None
+
+
+def one_pass(flat: torch.Tensor) -> tuple[float, float, float, float]:
+    """(min, max, sum, sum of squares) of a contiguous 1-D float32/float64 CPU tensor with elements.
+
+    A NaN is skipped by min and max but makes the sum NaN: when any of the
+    four is not finite, count with torch.
+    """
+    return _moments.moments(flat.data_ptr(), flat.numel(), flat.dtype == torch.float64, torch.get_num_threads())
+
+
+def _torch_openmp() -> tuple[str, int, int, int] | None:
+    """The OpenMP library torch loaded and the addresses of the three functions the pass needs."""
+    if not sys.platform.startswith("linux") or not torch.backends.openmp.is_available():
+        return None
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps
+                            if "/" in line and "omp" in line.rsplit("/", 1)[-1]})
+    except OSError:
+        return None
+    for path in paths:
+        try:  # RTLD_NOLOAD: only a library already in the process, never a new one
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            names = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
+            addresses = [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in names]
+        except (OSError, AttributeError):
+            continue
+        if all(addresses):
+            return (path, *addresses)
+    return None
+
+
+if _moments is not None:
+    found = _torch_openmp()
+    if found is not None:
+        OPENMP_LIBRARY = found[0]
+        _moments.use_openmp(*found[1:])
