@@ -370,7 +370,7 @@ class Machine:
         if record is not None:
             record.time_ns = _perf_ns() - act.t0
             record.status = "done"
-            self.timeline.set_outputs(record, list(returns))
+            self.timeline.set_outputs(record, returns)  # a list of its own, built above
         for i in parent.block.frees[parent.pc]:
             penv[i] = None
         parent.pc += 1
@@ -490,8 +490,6 @@ class Machine:
         key = (obj, name)
         value = self._attr_overlay.get(key) if self._attr_overlay else None
         if value is None:
-            declared = node.outputs[0].type
-            is_class = "__torch__." in declared
             if node.id in self._object_nodes:
                 return self._object_ref(obj, name, node)
             try:
@@ -500,7 +498,7 @@ class Machine:
                 ty = node.handle.output().type()
                 if is_enum_type(ty):
                     return read_enum_attr(self.program.attr_chains, obj, (), name, ty)
-                if not is_class:
+                if "__torch__." not in node.outputs[0].type:  # not a class object
                     raise
                 self._object_nodes.add(node.id)  # a class object torch cannot hand over
                 return self._object_ref(obj, name, node)
@@ -547,14 +545,18 @@ class Machine:
         record.time_ns = _perf_ns() - t0
         out = node.out_idx[0]
         frame.env[out] = value
-        if isinstance(value, torch._C.ScriptModule):
-            parent = frame.paths.get(node.in_idx[0], frame.module_path)
-            frame.paths[out] = f"{parent}.{name}" if parent else name
-        elif isinstance(value, torch.Tensor):
-            self._module_storages.add(self.timeline.mark_free(value))
         record._outputs = [value]
-        self.timeline.add(record)
-        self._advance(act)
+        if isinstance(value, torch.Tensor):
+            self._module_storages.add(self.timeline.add_module_tensor(record, value))
+        else:
+            if isinstance(value, torch._C.ScriptModule):
+                parent = frame.paths.get(node.in_idx[0], frame.module_path)
+                frame.paths[out] = f"{parent}.{name}" if parent else name
+            self.timeline.add(record)
+        env = frame.env  # what _advance does, inlined: a model reads its weights this way at every layer
+        for i in act.block.frees[act.pc]:
+            env[i] = None
+        act.pc += 1
 
     def _run_setattr(self, act: Activation, node: Node) -> None:
         env = act.frame.env

@@ -27,7 +27,7 @@ OPENMP_LIBRARY: str | None = None
 
 
 def one_pass(flat: torch.Tensor) -> tuple[float, float, float, float]:
-    """(min, max, sum, sum of squares) of a contiguous 1-D float32/float64 CPU tensor with elements.
+    """(min, max, sum, sum of squares) of a contiguous float32/float64 CPU tensor with elements.
 
     A NaN is skipped by min and max but makes the sum NaN: when any of the
     four is not finite, count with torch.

@@ -47,7 +47,8 @@ class ClassInstance:
 
 _PLAIN_TYPES = (torch.Tensor, int, float, bool, str, list, tuple, dict, type(None), torch._C.ScriptObject,
                 torch._C.ScriptModule)
-_PLAIN_TYPE_SET = frozenset(_PLAIN_TYPES)  # exact types first: isinstance on torch.Tensor is slow for non-tensors
+# exact types first (parameters are most of what modules hold): isinstance on torch.Tensor is slow for non-tensors
+_PLAIN_TYPE_SET = frozenset(_PLAIN_TYPES + (torch.nn.Parameter,))
 
 
 def is_script_class_copy(value: Any) -> bool:

@@ -213,6 +213,25 @@ class Timeline:
             return ptr
         return None
 
+    def add_module_tensor(self, record: StepRecord, t: torch.Tensor) -> int:
+        """Add a GetAttr's record whose output is a parameter or buffer of the module.
+
+        What ``mark_free`` and ``add`` do for it, with one look at the storage
+        (every module's forward reads its weights this way).  The input, an
+        object, pins nothing.  Returns the storage's key.
+        """
+        ptr = t.untyped_storage().data_ptr()
+        self._free.add(ptr)
+        records = self.records
+        record.index = len(records)
+        records.append(record)
+        holders = self._refs.get(ptr)
+        if holders is None:
+            self._refs[ptr] = [record]
+        elif not holders or holders[-1] is not record:
+            holders.append(record)
+        return ptr
+
     def add(self, record: StepRecord) -> StepRecord:
         records = self.records
         record.index = len(records)
@@ -242,6 +261,7 @@ class Timeline:
         """
         Tensor = torch.Tensor
         refs = self._refs
+        dropped_cache = self._dropped_cache
         for slot, value in enumerate(values):
             tp = type(value)
             if tp in _NOT_TENSORS:  # most values; cheaper than isinstance on torch.Tensor
@@ -271,6 +291,11 @@ class Timeline:
             elif tp is dict:
                 values[slot] = map_leaves(container_copy(value), lambda x: self._keep_leaf(record, x))
             elif isinstance(value, Tensor):
+                if dropped_cache:  # over budget: most tensors read again were dropped when made
+                    cached = dropped_cache.get(id(value))
+                    if cached is not None and cached[0]() is value and cached[2] == value._version:
+                        values[slot] = cached[1]
+                        continue
                 holders = refs.get(value.untyped_storage().data_ptr())
                 if holders is not None:
                     if not holders or holders[-1] is not record:

@@ -184,13 +184,15 @@ def _stats_source(t: torch.Tensor) -> torch.Tensor | None:
 
 
 def summarize_tensor(t: torch.Tensor, stats: bool = True) -> TensorSummary:
-    if (type(t) is torch.Tensor and t.dtype in _FAST_DTYPES and t.layout == torch.strided
-            and t.device.type == "cpu" and not t.requires_grad and not torch.is_grad_enabled()):
+    if (type(t) is torch.Tensor and t.dtype in _FAST_DTYPES and t.is_cpu and t.layout == torch.strided
+            and not t.requires_grad and not torch.is_grad_enabled()):
         # The common case, and the one a run pays for every value it drops over the record budget
         # or overwrites in place: every check and attribute read below costs a little after a big
         # kernel has evicted the caches.
         numel = t.numel()
-        found = (_tensor_stats(t) if stats and numel else None) or ()
+        found = ()
+        if stats and numel:
+            found = (_contiguous_stats(t, numel) if moments.AVAILABLE and t.is_contiguous() else _tensor_stats(t)) or ()
         return TensorSummary(tuple(t.shape), _DTYPE_NAMES[t.dtype], "cpu", numel, numel * t.element_size(), *found)
     numel = t.numel()
     shape = tuple(t.shape)
@@ -238,7 +240,6 @@ def _tensor_stats(t: torch.Tensor) -> tuple | None:
         hi_f = hi.item()
         total = flat.sum().item()
         squares = torch.dot(flat, flat).item()
-    nan = inf = 0
     n = flat.numel()
     if not (math.isfinite(lo_f) and math.isfinite(hi_f)):
         finite = torch.isfinite(flat)
@@ -249,12 +250,27 @@ def _tensor_stats(t: torch.Tensor) -> tuple | None:
         if n == 0:
             return None, None, None, None, nan, inf
         lo_f, hi_f, total, squares = torch.stack([flat.min(), flat.max(), flat.sum(), torch.dot(flat, flat)]).tolist()
+        return _mean_and_spread(lo_f, hi_f, total, squares, n, flat, nan, inf)
+    return _mean_and_spread(lo_f, hi_f, total, squares, n, flat)
+
+
+def _contiguous_stats(t: torch.Tensor, n: int) -> tuple | None:
+    """``_tensor_stats`` of a contiguous float32/float64 CPU tensor: one pass over it as it lies."""
+    lo, hi, total, squares = moments.one_pass(t)
+    if not math.isfinite(total):  # a NaN or an infinity (or a sum past float32's range): count them
+        return _tensor_stats(t)
+    return _mean_and_spread(lo, hi, total, squares, n, t)
+
+
+def _mean_and_spread(lo_f: float, hi_f: float, total: float, squares: float, n: int, flat: torch.Tensor,
+                     nan: int = 0, inf: int = 0) -> tuple:
+    """The summary's statistics from the four sums over ``n`` finite elements (``flat``: for the exact form)."""
     mean = total / n
     var = max(squares - n * mean * mean, 0.0) / max(n - 1, 1)
     if lo_f == hi_f:
         mean, var = lo_f, 0.0
     elif n > 1 and (mean * mean > 1e2 * var or not math.isfinite(squares)):
-        exact = flat.double()
+        exact = flat.reshape(-1).double()
         mean = min(max(float(exact.mean()), lo_f), hi_f)
         centred = exact - mean
         var = float(torch.dot(centred, centred)) / (n - 1)

@@ -73,7 +73,11 @@ def test_pass_runs_in_torchs_openmp_library():
 ])
 def test_stats_equal_torchs(make, monkeypatch):
     t = make()
-    assert_same_stats(values._tensor_stats(t), torch_stats(t, monkeypatch))
+    want = torch_stats(t, monkeypatch)
+    assert_same_stats(values._tensor_stats(t), want)
+    with torch.no_grad():  # as in a run: the summary's own fast path
+        s = values.summarize_tensor(t)
+    assert_same_stats((s.min, s.max, s.mean, s.std, s.nan, s.inf), want)
 
 
 def test_summaries_only_run_of_a_real_net_has_torchs_statistics(archive):
