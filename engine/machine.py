@@ -536,12 +536,24 @@ class Machine:
         record = StepRecord(0, node, act.path, node.module_path or frame.module_path, len(self.stack), [obj],
                             frame.start)
         t0 = _perf_ns()
-        try:
-            value = self._get_attr(obj, name, node)
-        except Exception as exc:
-            self.timeline.add(record)
-            self._fail(node, exc, record)
-            return
+        value = None
+        if type(obj) is torch._C.ScriptModule and not self._attr_overlay:
+            # A module's parameter, buffer or submodule: every layer of every model reads its
+            # weights this way.  Anything else (a container, a class object, None, a failure)
+            # takes _get_attr's way below.
+            try:
+                value = obj.getattr(name)
+            except RuntimeError:
+                pass
+            if type(value) not in _MODULE_MEMBERS:
+                value = None
+        if value is None:
+            try:
+                value = self._get_attr(obj, name, node)
+            except Exception as exc:
+                self.timeline.add(record)
+                self._fail(node, exc, record)
+                return
         record.time_ns = _perf_ns() - t0
         out = node.out_idx[0]
         frame.env[out] = value
@@ -896,6 +908,9 @@ class Machine:
 #: not bound methods: a dict of bound methods on the machine would be a
 #: reference cycle, and a finished run's tensors would wait for the cyclic
 #: collector instead of being freed when the machine is dropped.
+#: What a GetAttr on a module yields in the common case, which needs none of _get_attr's checks.
+_MODULE_MEMBERS = frozenset({torch.nn.Parameter, torch.Tensor, torch._C.ScriptModule})
+
 _HANDLERS: dict[str, Callable[[Machine, Activation, Node], None]] = {
     "prim::If": Machine._run_if,
     "prim::Loop": Machine._run_loop,
