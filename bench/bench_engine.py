@@ -95,10 +95,10 @@ TARGET_US = 5.0  # per-step overhead on the op-bound models
 
 
 def statistics_path() -> str:
-    if not moments.AVAILABLE:
+    if not moments.BUILT:
         return "torch's reductions (engine._moments was not built: no C compiler at install)"
-    if moments.OPENMP_LIBRARY is None:
-        return "one pass, one thread"
+    if not moments.AVAILABLE:
+        return "torch's reductions (torch's OpenMP library was not found for the one-pass kernel)"
     return f"one pass in torch's OpenMP team ({os.path.basename(moments.OPENMP_LIBRARY)})"
 
 

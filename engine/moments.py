@@ -1,11 +1,11 @@
 """Min, max, sum and sum of squares of a CPU tensor in one pass (``engine/_moments.c``).
 
 ``values`` summarizes every tensor a run records; this is its fast path.  The
-C part is optional (built when a C compiler is there): without it,
-``AVAILABLE`` is False and ``values`` uses torch's reductions.  On Linux the
-pass runs in torch's own OpenMP team, found here among the loaded libraries:
-see the C file for why a single-threaded pass is slower than three of
-torch's reductions.
+C part is optional (``BUILT``: setup.py builds it when a C compiler is
+there).  The pass runs in torch's own OpenMP team, found here among the
+loaded libraries (Linux); ``AVAILABLE`` says both are there.  Elsewhere
+``values`` uses torch's reductions: a single-threaded pass next to torch's
+multi-threaded ops is slower than they are (see the C file).
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ try:
 except ImportError:  # built without a C compiler
     _moments = None
 
-AVAILABLE = _moments is not None
-#: The OpenMP library whose team runs the pass, or None (one thread).
+BUILT = _moments is not None
+#: The OpenMP library whose team runs the pass, or None.
 OPENMP_LIBRARY: str | None = None
+#: Whether ``values`` takes the one-pass statistics (the extension is built and torch's team found).
+AVAILABLE = False
 
 
 def one_pass(flat: torch.Tensor) -> tuple[float, float, float, float]:
@@ -62,3 +64,4 @@ if _moments is not None:
     if found is not None:
         OPENMP_LIBRARY = found[0]
         _moments.use_openmp(*found[1:])
+        AVAILABLE = True

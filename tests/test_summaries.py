@@ -10,7 +10,7 @@ import models as M
 from engine import Session, moments, values
 from engine.values import Dropped
 
-needs_kernel = pytest.mark.skipif(not moments.AVAILABLE, reason="engine._moments was not built (no C compiler)")
+needs_kernel = pytest.mark.skipif(not moments.BUILT, reason="engine._moments was not built (no C compiler)")
 
 
 def torch_stats(t: torch.Tensor, monkeypatch) -> tuple:
