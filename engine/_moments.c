@@ -6,7 +6,8 @@
  * tensor, while it is still in cache.  torch needs three reductions for them
  * (aminmax, sum, dot), three passes and three dispatches; this reads the data
  * once.  It is optional: setup.py builds it when a C compiler is there, and
- * values._tensor_stats falls back to torch's reductions when it is not.
+ * engine/values.py uses torch's reductions without it (or without torch's
+ * OpenMP team, below).
  *
  * NaN: the comparisons below skip it (a NaN compares false), but it makes the
  * sum NaN, and an infinity makes min or max infinite; the caller recounts
@@ -23,7 +24,7 @@
  * measured, it cost more than the two reductions it saved.  So the pass runs
  * in torch's own OpenMP team, split the same way: use_openmp() is handed
  * GOMP_parallel and omp_get_thread_num/omp_get_num_threads from the OpenMP
- * library torch loaded (engine/values.py finds it); a second runtime would
+ * library torch loaded (engine/moments.py finds it); a second runtime would
  * start a second team competing for the same cores.
  */
 #define PY_SSIZE_T_CLEAN
