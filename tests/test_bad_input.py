@@ -310,3 +310,10 @@ def test_usage_mistakes_are_one_line(capsys, argv):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "error:" in err and "--help" in err, err
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_names_tsdebug_and_torch(capsys, flag):
+    assert main([flag]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("tsdebug 0.") and f"torch {torch.__version__}" in out, out

@@ -77,6 +77,31 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
 
 
+def version_line() -> str:
+    """What to quote in a bug report: tsdebug's version and torch's, read without importing torch."""
+    from importlib import metadata
+
+    from tsdebug import __version__
+
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    python = ".".join(str(n) for n in sys.version_info[:3])
+    return f"tsdebug {__version__} (torch {torch_version}, Python {python})"
+
+
+class _Version(argparse.Action):
+    """``--version``, worked out only when asked for (reading torch's version takes a moment)."""
+
+    def __init__(self, option_strings, dest, help=None):
+        super().__init__(option_strings, dest, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tsdebug",
@@ -87,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                "demo (the debugger on a bundled model). "
                "See 'tsdebug run --help'.",
     )
+    parser.add_argument("-V", "--version", action=_Version, help="print tsdebug's and torch's versions and exit")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the model through the engine and natively; compare the outputs",
                          description="Run MODEL through tsdebug's interpreter and through torch on the same "
@@ -458,6 +484,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif not argv or argv[0] in ("-h", "--help"):
             build_parser().print_help()
             return 0 if argv else 2
+        elif argv[0] in ("-V", "--version"):
+            print(version_line())
+            return 0
         else:
             args = build_open_parser().parse_args(argv)
             handler = cmd_open
