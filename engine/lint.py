@@ -113,6 +113,39 @@ def _functions(tree: ast.Module) -> list[ast.FunctionDef]:
     return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
 
 
+@lru_cache(maxsize=256)
+def _literal_arguments(path: str) -> dict[str, set[str]]:
+    """Per private helper of the file (``_split_heads``), the parameters every call in the file
+    passes as a literal (``self._split_heads(q, n, d, True)``): fixed at each call site.
+
+    Private only: a public function may also be called from other files with other values.
+    """
+    tree, _ = _parse(path)
+    if tree is None:
+        return {}
+    params: dict[str, list[str]] = {}
+    for fn in _functions(tree):
+        if fn.name.startswith("_") and not fn.name.startswith("__"):
+            names = [a.arg for a in fn.args.posonlyargs + fn.args.args]
+            params[fn.name] = names[1:] if names[:1] == ["self"] else names
+    literal: dict[str, set[str]] = {}
+    seen: set[str] = set()
+    for call in ast.walk(tree):
+        if not isinstance(call, ast.Call):
+            continue
+        f = call.func
+        name = f.attr if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self" \
+            else f.id if isinstance(f, ast.Name) else None
+        if name not in params:
+            continue
+        passed = dict(zip(params[name], call.args))
+        passed.update((k.arg, k.value) for k in call.keywords if k.arg)
+        here = {p for p, v in passed.items() if isinstance(v, ast.Constant)}
+        literal[name] = here if name not in seen else literal[name] & here
+        seen.add(name)
+    return literal
+
+
 def _span(nodes: list[ast.stmt]) -> tuple[int, int] | None:
     if not nodes:
         return None
@@ -169,6 +202,29 @@ def _data_parts(expr: ast.AST):
         yield from _data_parts(child)
 
 
+def _only_checks(body: list[ast.stmt]) -> bool:
+    """Statements that can only raise or do nothing (nested checks included): no ops either way."""
+    for s in body:
+        if isinstance(s, (ast.Raise, ast.Pass)) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)):
+            continue
+        if isinstance(s, ast.If) and _only_checks(s.body) and _only_checks(s.orelse):
+            continue
+        return False
+    return True
+
+
+def _deciding_guard(test: ast.AST, took_if: bool, lines: list[str], local: set[str],
+                    ranks: frozenset | set) -> str | None:
+    """The part of ``a and b`` (``a or b``) that is the same on every run, when the trace took
+    the side that part decides alone (else for ``and``, if for ``or``): its source, or None."""
+    if not isinstance(test, ast.BoolOp) or took_if != isinstance(test.op, ast.Or):
+        return None
+    fixed = [v for v in test.values if _depends_on_data(v, _src(v, lines), local, ranks) is None]
+    if not fixed or len(fixed) == len(test.values):
+        return None
+    return ", ".join(_src(v, lines) for v in fixed)
+
+
 def _unreached(fn: ast.FunctionDef, stmt: ast.AST, op_lines: set[int]) -> bool:
     """``stmt`` sits in a side of an enclosing ``if`` from which no op came."""
     for outer in ast.walk(fn):
@@ -213,16 +269,17 @@ def _enum_member(expr: ast.AST) -> bool:
             and expr.attr.isupper())
 
 
-def _local_names(fn: ast.FunctionDef) -> set[str]:
+def _local_names(fn: ast.FunctionDef, literal_arguments: set[str] = frozenset()) -> set[str]:
     """Names whose values can change from run to run: arguments and locals, less the
     Python values a trace sees as fixed by its caller or its configuration: arguments
-    annotated as plain numbers, strings or flags (``idx: int``) or given such a default
-    (``residual=True``), and locals set only from those, from ``self``'s attributes,
-    constants or type checks (``using_eager = self.config.impl == "eager"``)."""
+    annotated as plain numbers, strings or flags (``idx: int``), given such a default
+    (``residual=True``) or passed as literals by every call (``literal_arguments``), and
+    locals set only from those, from ``self``'s attributes, constants or type checks
+    (``using_eager = self.config.impl == "eager"``)."""
     args = fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs
     stores = _stores(fn)
     names = ({a.arg for a in args} - {"self"}) | set(stores)
-    plain = {a.arg for a in args if _plain_annotation(a.annotation)} | _flag_arguments(fn)
+    plain = {a.arg for a in args if _plain_annotation(a.annotation)} | _flag_arguments(fn) | set(literal_arguments)
     assigned: dict[str, list[ast.AST]] = defaultdict(list)
     for node in ast.walk(fn):
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
@@ -233,7 +290,9 @@ def _local_names(fn: ast.FunctionDef) -> set[str]:
     # else self.config.output_attentions``: a None-default argument that falls back to the configuration
     for a in _none_default_arguments(fn):
         values = assigned.get(a.arg, [])
-        if values and len(values) == stores[a.arg] and all(_config_fallback(v, a.arg) for v in values):
+        # (T5's ``use_cache = False`` under gradient checkpointing: a constant is fixed too)
+        if values and len(values) == stores[a.arg] and any(_config_fallback(v, a.arg) for v in values) \
+                and all(_config_fallback(v, a.arg) or isinstance(v, ast.Constant) for v in values):
             plain.add(a.arg)
     # only ``name = value`` statements set them (no loop target, unpacking or ``+=``)
     simple = {n: values for n, values in assigned.items() if len(values) == stores[n] and n not in names & {
@@ -504,8 +563,7 @@ def _branch_findings(fn: ast.FunctionDef, local: set[str], ops: list[_Op], lines
         in_else = [o for o in ops if _in(orelse, o.line) and o.line != test_line]
         if why is None and not (test_ops and any(o.node.kind.startswith("aten::") for o in test_ops)):
             continue  # a configuration branch: tracing keeps it right
-        if not test_ops and isinstance(stmt, ast.If) and not stmt.orelse \
-                and all(isinstance(s, ast.Raise) for s in stmt.body):
+        if not test_ops and isinstance(stmt, ast.If) and _only_checks(stmt.body) and _only_checks(stmt.orelse):
             continue  # a check of Python values that did not fail: the graph lacks only the raise
         if in_body and in_else:
             continue  # both sides ran (a loop around it): nothing frozen
@@ -533,6 +591,12 @@ def _branch_findings(fn: ast.FunctionDef, local: set[str], ops: list[_Op], lines
         if why != "python-state":
             evidence += ("; ops came from one side only" if (in_body or in_else)
                          else "; the code after it ran, the branch produced no ops")
+        guard = _deciding_guard(stmt.test, bool(in_body), lines, local, ranks) if confidence == "medium" else None
+        if guard:
+            # ``if is_cross_attention and past is not None and is_updated:`` traced without a cache
+            evidence += (f"; but {guard} is the same on every run and the trace took the side it decides "
+                         "alone: the data may never have been read")
+            confidence = "low"
         nodes = [o.node.id for o in (in_body or in_else or test_ops)][:20]
         out.append(Finding(kind, file, test_line, lines[test_line - 1].strip() if test_line <= len(lines) else None,
                            f"took {taken}", evidence, confidence, nodes, path, method))
@@ -826,7 +890,7 @@ def lint_session(session: Any) -> LintReport:
                     continue
                 local = local_names.get(fn)
                 if local is None:
-                    local = local_names[fn] = _local_names(fn)
+                    local = local_names[fn] = _local_names(fn, _literal_arguments(file).get(fn.name, set()))
                 findings += _branch_findings(fn, local, ops, lines, file, path, method)
                 findings += _loop_findings(fn, local, ops, lines, file, path, method)
                 findings += _scalar_findings(fn, local, ops, lines, file, path, method, constants)

@@ -303,3 +303,11 @@ def test_hugging_face_idioms_are_not_findings(archive):
     path = archive(T.HFIdioms(), "trace", example=(torch.ones(2, 4),))
     found = sorted((f.text, f.confidence) for f in lint_session(Session(path)).findings)
     assert found == sorted([(T.HFIdioms.RANK, "low"), (T.HFIdioms.LINE, "medium")]), found
+
+
+def test_encoder_decoder_idioms_are_not_findings_and_guarded_tests_are_low(archive):
+    # T5's `if use_cache is True:` (raises only), GPT-J's `if rotary:` (every call passes a literal),
+    # BART's `if is_cross_attention and past_key_value is not None and is_updated:` traced without a cache
+    path = archive(T.EncoderDecoderIdioms(), "trace", example=(torch.ones(2, 4),))
+    found = sorted((f.text, f.confidence) for f in lint_session(Session(path)).findings)
+    assert found == sorted([(T.EncoderDecoderIdioms.GUARD, "low"), (T.EncoderDecoderIdioms.LINE, "medium")]), found

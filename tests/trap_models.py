@@ -403,6 +403,7 @@ class Mode:
 class IdiomConfig:
     output_attentions = False
     num_blocks = 2
+    use_cache = False
 
 
 class HFIdioms(nn.Module):
@@ -444,6 +445,46 @@ class HFIdioms(nn.Module):
         if output_attentions:
             x = x * 2
         x = sum(self.hashes(x, num_hashes=2))
+        if x.amax() > 100:
+            x = x / 100
+        return x * 3
+
+
+class EncoderDecoderIdioms(nn.Module):
+    """T5, BART and GPT-J idioms: a test a fixed guard decides alone (low), a use_cache flag
+    from the configuration or set to False, a check that raises only inside a nested `if`, a
+    private helper called with a literal flag; one test on data."""
+
+    GUARD = "if is_cross_attention and past is not None and is_updated:"
+    LINE = "if x.amax() > 100:"
+
+    def __init__(self):
+        super().__init__()
+        self.config = IdiomConfig()
+        self.is_decoder = False
+        self.checkpointing = False
+        self.q = nn.Linear(4, 4)
+
+    def _split_heads(self, x, rotary):
+        if rotary:
+            return x
+        return x.flip(-1)
+
+    def forward(self, x, key_value_states=None, past=None, use_cache=None):
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.checkpointing:
+            use_cache = False
+        if use_cache is True:
+            if not self.is_decoder:
+                raise ValueError("use_cache needs a decoder")
+        is_cross_attention = key_value_states is not None
+        if past is not None:
+            is_updated = past.get(0)
+        if is_cross_attention and past is not None and is_updated:
+            x = x + 1
+        else:
+            x = self.q(x)
+        x = self._split_heads(x, False)
         if x.amax() > 100:
             x = x / 100
         return x * 3
