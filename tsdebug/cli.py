@@ -516,5 +516,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
 
 
+def run_cli() -> None:
+    """The ``tsdebug`` command: ``main``, then an exit that skips the interpreter's teardown.
+
+    torch finishes a ``torch.jit.fork`` task on its inter-op thread pool after
+    ``wait`` has returned; if the interpreter is shutting down by then, that
+    thread's last decref of a tensor's Python object ends the process with
+    'terminate called without an active exception' (a scripted fork model
+    run natively aborts at exit about half the time on this machine, with or
+    without tsdebug).  Everything the command writes is flushed first; there
+    is nothing else to tear down.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed pipe: main already said what it had to
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run_cli()
