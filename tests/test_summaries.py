@@ -81,8 +81,8 @@ def test_stats_equal_torchs(make, monkeypatch):
 
 
 def test_summaries_only_run_of_a_real_net_has_torchs_statistics(archive):
-    # outputs big enough (8x128x128) for the pass to be shared by torch's threads
-    path = archive(M.randomize_bn(M.ConvNet()), "trace", example=(torch.randn(1, 3, 128, 128),))
+    # outputs big enough (8x96x96) for the pass to be shared by torch's threads
+    path = archive(M.randomize_bn(M.ConvNet()), "trace", example=(torch.randn(1, 3, 96, 96),))
     m = Session(path, budget=0).start()
     m.run()
     kept = Session(path).start()

@@ -432,3 +432,36 @@ def test_findings_pane_lists_the_surest_first(archive):
             assert app.query_one(ProgramView).selected_node.id in app._lint.findings[int(first.id)].nodes
 
     asyncio.run(run())
+
+
+def test_ui_quits_when_its_terminal_goes_away():
+    """A terminal closed under the UI without a SIGHUP reaching it (`make demo` in a tmux pane whose
+    server is killed): Textual reads end-of-file from it forever, a core at 100%; the UI quits."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    # a new session: the pty is not its controlling terminal, so closing it sends no SIGHUP
+    proc = subprocess.Popen([sys.executable, "-m", "tsdebug.cli", "demo"], stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True, env={**os.environ, "TERM": "xterm-256color"})
+    os.close(slave)
+    try:
+        screen, deadline = b"", time.monotonic() + 90
+        while b"inspector" not in screen and time.monotonic() < deadline and proc.poll() is None:
+            if select.select([master], [], [], 0.5)[0]:
+                screen += os.read(master, 65536)
+        assert b"inspector" in screen, screen[-2000:]
+    finally:
+        os.close(master)  # the terminal goes away
+    try:
+        assert proc.wait(timeout=30) == 129
+    finally:
+        proc.kill()

@@ -8,6 +8,8 @@ Esc or Ctrl+C cancels a running ``continue`` where it is.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from functools import partial
 from typing import Any, Callable
@@ -77,6 +79,7 @@ class TsdebugApp(App):
         super().__init__()
         self.args = args
         self.session = session
+        self._terminal: int | None = None  # the tty read for keys, watched once mounted
         self.load_error: str | None = None
         self.display_frame: int | None = None  # a frame chosen in the call stack
         self.browsing: str | None = None  # a node reached with "go to", outside the stack
@@ -126,6 +129,7 @@ class TsdebugApp(App):
         self.query_one(CallStack).border_title = "call stack"
         self.query_one(SourcePane).border_title = "source"
         program.focus()
+        self._terminal = _terminal_fd()
         self.set_interval(0.2, self._tick)
         if self.session is None:
             self.status("loading", message=f"loading {self.args.model} …")
@@ -361,6 +365,14 @@ class TsdebugApp(App):
         program.focus()
 
     def _tick(self) -> None:
+        if self._terminal is not None and not os.isatty(self._terminal):
+            # The terminal is gone (its window closed, a tmux server killed) and no SIGHUP came:
+            # Textual would read end-of-file from it forever, a core at 100%.
+            self._terminal = None
+            if self.machine is not None:
+                self.machine.cancel()
+            self.exit(return_code=129)
+            return
         if self.state == "running" and self.machine is not None:
             self.status("running", message=f"{time.perf_counter() - self._move_started:.1f}s  (Esc cancels)")
 
@@ -803,7 +815,16 @@ class TsdebugApp(App):
 
 
 def open_debugger(args: argparse.Namespace) -> int:
-    """Run the UI; returns the exit code."""
+    """Run the UI; returns the exit code (129 when the terminal went away under it)."""
     app = TsdebugApp(args)
     app.run()
-    return 0
+    return app.return_code or 0
+
+
+def _terminal_fd() -> int | None:
+    """The terminal the UI reads keys from, to notice when it goes away; None without one."""
+    try:
+        fd = sys.__stdin__.fileno()
+    except (AttributeError, ValueError, OSError):
+        return None
+    return fd if os.isatty(fd) else None
