@@ -907,13 +907,13 @@ class Machine:
         self.view = None
 
 
+#: What a GetAttr on a module yields in the common case, which needs none of _get_attr's checks.
+_MODULE_MEMBERS = frozenset({torch.nn.Parameter, torch.Tensor, torch._C.ScriptModule})
+
 #: One method per node family; everything else is a leaf op.  Plain functions,
 #: not bound methods: a dict of bound methods on the machine would be a
 #: reference cycle, and a finished run's tensors would wait for the cyclic
 #: collector instead of being freed when the machine is dropped.
-#: What a GetAttr on a module yields in the common case, which needs none of _get_attr's checks.
-_MODULE_MEMBERS = frozenset({torch.nn.Parameter, torch.Tensor, torch._C.ScriptModule})
-
 _HANDLERS: dict[str, Callable[[Machine, Activation, Node], None]] = {
     "prim::If": Machine._run_if,
     "prim::Loop": Machine._run_loop,
