@@ -130,9 +130,10 @@ def read_source(node: "Node") -> SourceLoc | None:
 
 
 class _Converter:
-    def __init__(self, graph_name: str, inlined: bool):
+    def __init__(self, graph_name: str, inlined: bool, module_prefix: str = ""):
         self.graph_name = graph_name
         self.inlined = inlined
+        self.module_prefix = module_prefix
         self.values: dict[int, Value] = {}
 
     def value(self, v: torch._C.Value) -> Value:
@@ -182,7 +183,11 @@ class _Converter:
             schema = None
         # Source text is formatted by torch on request (slow): read lazily.
         src_cell = [_UNREAD]
-        module_path = module_path_from_hierarchy(n.getModuleHierarchy()) if self.inlined else ""
+        module_path = ""
+        if self.inlined:
+            module_path = module_path_from_hierarchy(n.getModuleHierarchy())
+            if self.module_prefix:
+                module_path = f"{self.module_prefix}.{module_path}" if module_path else self.module_prefix
         blocks = ()
         if kind in _BLOCK_KINDS:
             blocks = tuple(
@@ -243,10 +248,14 @@ def last_uses(params: tuple[Value, ...], nodes: tuple[Node, ...], returns: tuple
 
 
 def convert_graph(
-    tgraph: torch._C.Graph, name: str, qualname: str, *, inlined: bool = False
+    tgraph: torch._C.Graph, name: str, qualname: str, *, inlined: bool = False, module_prefix: str = ""
 ) -> Graph:
-    """Convert one method or function graph.  ``tgraph`` is kept alive by the result."""
-    conv = _Converter(name, inlined)
+    """Convert one method or function graph.  ``tgraph`` is kept alive by the result.
+
+    ``module_prefix``: the module path the inlined graph's own module has (a forked
+    graph's nodes name their modules from the module it was handed).
+    """
+    conv = _Converter(name, inlined, module_prefix)
     body = conv.block(tgraph.block() if hasattr(tgraph, "block") else tgraph, name, f"{name}/")
     return Graph(
         name=name,

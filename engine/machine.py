@@ -702,7 +702,10 @@ class Machine:
         frame = act.frame
         args = [frame.env[i] for i in node.in_idx]
         try:
-            graph = self.program.fork_graph(node)
+            # the path of the module handed to the fork (``torch.jit.fork(self.a, x)``): an inlined
+            # forked graph names its modules from it
+            graph = self.program.fork_graph(node, frame.paths.get(node.in_idx[0], frame.module_path)
+                                            if node.in_idx else frame.module_path)
         except TsdebugError as exc:
             record = self._record(act, node, args)
             self.timeline.add(record)

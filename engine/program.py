@@ -65,6 +65,23 @@ def is_script_class_copy(value: Any) -> bool:
         return False
 
 
+def _inlined_copy(graph: torch._C.Graph) -> torch._C.Graph:
+    """A copy of ``graph`` with its calls inlined, all the way down.
+
+    One pass of torch's inliner can leave the calls inside what it inlined (a
+    forked graph's, once a run had compiled its callee); another pass takes
+    them.  Calls on interfaces cannot be inlined and stay.
+    """
+    graph = graph.copy()
+    calls = -1
+    while True:
+        torch._C._jit_pass_inline(graph)
+        left = len(graph.findAllNodes("prim::CallMethod")) + len(graph.findAllNodes("prim::CallFunction"))
+        if left == 0 or left == calls:  # all inlined, or what is left cannot be
+            return graph
+        calls = left
+
+
 class ObjectRef:
     """A TorchScript class object held by a module (``self.box_coder``).
 
@@ -340,8 +357,7 @@ class Program:
             else:
                 name = f"{short_graph_name(tname)}.{method}"
             if inlined:
-                tgraph = m.graph.copy()
-                torch._C._jit_pass_inline(tgraph)
+                tgraph = _inlined_copy(m.graph)
                 name = f"{name}[inlined]"
             else:
                 tgraph = m.graph
@@ -377,8 +393,13 @@ class Program:
             self._graphs[key] = graph
         return graph
 
-    def fork_graph(self, node: Node) -> Graph:
-        """The graph a ``prim::fork`` node runs (its ``Subgraph``), named after the node."""
+    def fork_graph(self, node: Node, module_path: str = "") -> Graph:
+        """The graph a ``prim::fork`` node runs (its ``Subgraph``), named after the node.
+
+        A fork in the inlined view forks an inlined graph too (torch's inliner
+        leaves subgraphs alone); its nodes' module paths are relative to the
+        module handed to the fork, whose path is ``module_path``.
+        """
         key = ("fork", node.id)
         graph = self._graphs.get(key)
         if graph is None:
@@ -389,7 +410,12 @@ class Program:
             # ``forward/5`` forks ``forward.fork@5``
             graph_name, _, where = node.id.partition("/")
             name = f"{graph_name}.fork@{where.replace('/', '-')}"
-            graph = convert_graph(sub, name, name)
+            parent = self.graph_of(node.id)
+            if parent is not None and parent.inlined:
+                sub = _inlined_copy(sub)
+                graph = convert_graph(sub, name, name, inlined=True, module_prefix=module_path)
+            else:
+                graph = convert_graph(sub, name, name)
             self._graphs[key] = graph
         return graph
 

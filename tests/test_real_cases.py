@@ -283,6 +283,9 @@ def test_fork_runs_as_a_call_one_can_step_into(archive, inline):
         assert torch.equal(future.value(), module.a(x))
     # the branch's linear ran under the module path it has in the model
     assert any(r.node.kind == "aten::linear" and r.module_path == "a.lin" for r in m.timeline)
+    if inline:  # the forked graph is inlined too: no calls in it, a flat list of ops
+        forked = s.program.graph_of(next(r for r in m.timeline if r.node.kind == "aten::linear").node.id)
+        assert forked.inlined and not [n for n in forked.walk() if n.kind == "prim::CallMethod"]
 
 
 def test_fork_archive_exits_cleanly(archive):
