@@ -79,16 +79,33 @@ class _Parser(argparse.ArgumentParser):
 
 def version_line() -> str:
     """What to quote in a bug report: tsdebug's version and torch's, read without importing torch."""
-    from importlib import metadata
-
     from tsdebug import __version__
 
-    try:
-        torch_version = metadata.version("torch")
-    except metadata.PackageNotFoundError:
-        torch_version = "not installed"
     python = ".".join(str(n) for n in sys.version_info[:3])
-    return f"tsdebug {__version__} (torch {torch_version}, Python {python})"
+    return f"tsdebug {__version__} (torch {_torch_version()}, Python {python})"
+
+
+def _torch_version() -> str:
+    """torch's own ``__version__`` (``2.14.1+cu130``: the build matters in a bug report, and the
+    package metadata may leave it out), read from ``torch/version.py`` without importing torch."""
+    import importlib.util
+    from importlib import metadata
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None:
+        return "not installed"
+    if spec.origin:
+        try:
+            with open(os.path.join(os.path.dirname(spec.origin), "version.py"), encoding="utf-8") as f:
+                found = re.search(r"""^__version__\s*=\s*['"]([^'"]+)""", f.read(), re.M)
+            if found:
+                return found.group(1)
+        except OSError:
+            pass
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class _Version(argparse.Action):
