@@ -27,10 +27,13 @@ import torch
 
 from engine.errors import ArchiveError
 
-# TorchScript is deprecated since torch 2.11; its warnings are noise inside tsdebug.
-warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit.*")
-warnings.filterwarnings("ignore", message=r".*TorchScript.*", category=DeprecationWarning)
-warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=DeprecationWarning)
+# TorchScript is deprecated since torch 2.11 (a FutureWarning from 2.14: "`torch.jit.fork` is
+# deprecated", also raised by a user's Python model that diff and lint run); noise inside tsdebug.
+for _category in (DeprecationWarning, FutureWarning):
+    warnings.filterwarnings("ignore", category=_category, module=r"torch\.jit.*")
+    warnings.filterwarnings("ignore", message=r".*TorchScript.*", category=_category)
+    warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=_category)
+del _category
 
 
 @dataclass(frozen=True)

@@ -317,3 +317,15 @@ def test_version_names_tsdebug_and_torch(capsys, flag):
     assert main([flag]) == 0
     out = capsys.readouterr().out.strip()
     assert out.startswith("tsdebug 0.") and f"torch {torch.__version__}" in out, out
+
+
+def test_torchscript_deprecation_notes_are_silenced():
+    """torch 2.11 deprecates TorchScript (DeprecationWarning), 2.14 says it again as FutureWarning, also
+    from a user's Python model that diff and lint run (`torch.jit.fork`); the model's own warnings stay."""
+    code = ("import warnings, engine.archive\n"
+            "warnings.warn('`torch.jit.fork` is deprecated. Please use `torch.compile` instead.', FutureWarning)\n"
+            "warnings.warn('`torch.jit.script` is deprecated. Please switch to `torch.compile`.', FutureWarning)\n"
+            "warnings.warn('TorchScript is deprecated', DeprecationWarning)\n"
+            "warnings.warn('x has 4 elements', UserWarning)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "deprecated" not in res.stderr and "x has 4 elements" in res.stderr, res.stderr
