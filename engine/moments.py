@@ -43,8 +43,10 @@ def _torch_openmp() -> tuple[str, int, int, int] | None:
         return None
     try:
         with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps
-                            if "/" in line and "omp" in line.rsplit("/", 1)[-1]})
+            # address, perms, offset, device, inode, then the path (which may hold spaces)
+            fields = (line.rstrip("\n").split(None, 5) for line in maps)
+            paths = sorted({f[5] for f in fields if len(f) == 6 and f[5].startswith("/")
+                            and "omp" in f[5].rsplit("/", 1)[-1]})
     except OSError:
         return None
     for path in paths:
@@ -59,9 +61,15 @@ def _torch_openmp() -> tuple[str, int, int, int] | None:
     return None
 
 
-if _moments is not None:
+def _join_torchs_team() -> str | None:
+    """Hand the C side torch's OpenMP functions; the library's path, or None where there is none."""
     found = _torch_openmp()
-    if found is not None:
-        OPENMP_LIBRARY = found[0]
-        _moments.use_openmp(*found[1:])
-        AVAILABLE = True
+    if found is None:
+        return None
+    _moments.use_openmp(*found[1:])
+    return found[0]
+
+
+if _moments is not None:
+    OPENMP_LIBRARY = _join_torchs_team()
+    AVAILABLE = OPENMP_LIBRARY is not None
