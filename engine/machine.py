@@ -479,6 +479,27 @@ class Machine:
                 rec_inputs[i] = [self.timeline.snapshot_input(t) if isinstance(t, torch.Tensor) else t for t in a]
         return rec_inputs
 
+    def _run_construct(self, act: Activation, node: Node) -> None:
+        """``prim::ListConstruct``/``TupleConstruct``: a new list or tuple of the inputs.
+
+        A traced conv net builds four such lists of constants per convolution
+        (stride, padding, …): the leaf path's checks are not needed for them.
+        """
+        frame = act.frame
+        env = frame.env
+        args = [env[i] for i in node.in_idx]
+        record = StepRecord(0, node, act.path, node.module_path or frame.module_path, len(self.stack), args,
+                            frame.start)
+        t0 = _perf_ns()
+        value = args.copy() if node.kind == "prim::ListConstruct" else tuple(args)
+        record.time_ns = _perf_ns() - t0
+        env[node.out_idx[0]] = value
+        record._outputs = [value]
+        self.timeline.add(record)
+        for i in act.block.frees[act.pc]:
+            env[i] = None
+        act.pc += 1
+
     def _run_constant(self, act: Activation, node: Node) -> None:
         # A constant's value is in the IR: nothing to record, nothing to watch.
         env = act.frame.env
@@ -928,6 +949,8 @@ _HANDLERS: dict[str, Callable[[Machine, Activation, Node], None]] = {
     "prim::GetAttr": Machine._run_getattr,
     "prim::SetAttr": Machine._run_setattr,
     "prim::Constant": Machine._run_constant,
+    "prim::ListConstruct": Machine._run_construct,
+    "prim::TupleConstruct": Machine._run_construct,
 }
 
 
