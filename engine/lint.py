@@ -269,6 +269,83 @@ def _enum_member(expr: ast.AST) -> bool:
             and expr.attr.isupper())
 
 
+@lru_cache(maxsize=256)
+def _fixed_length_helpers(path: str) -> frozenset[str]:
+    """Private helpers of the file that return a list whose length is the same on every run:
+    built from ``[]`` by appends made once per iteration of loops over what a trace keeps fixed
+    (CANINE's ``_hash_bucket_tensors``: one tensor per prime of ``_PRIMES[:num_hashes]``)."""
+    tree, _ = _parse(path)
+    if tree is None:
+        return frozenset()
+    literal = _literal_arguments(path)
+    out = set()
+    for fn in _functions(tree):
+        if not fn.name.startswith("_") or fn.name.startswith("__"):
+            continue
+        returns = [n.value for n in ast.walk(fn) if isinstance(n, ast.Return)]
+        if not returns or not all(isinstance(r, ast.Name) for r in returns) or len({r.id for r in returns}) != 1:
+            continue
+        name = returns[0].id
+        local = _local_names(fn, literal.get(fn.name, set()))
+        if _grows_once_per_fixed_iteration(fn, name, local):
+            out.add(fn.name)
+    return frozenset(out)
+
+
+def _grows_once_per_fixed_iteration(fn: ast.FunctionDef, name: str, local: set[str]) -> bool:
+    """``name = []`` once, then only ``name.append(...)`` as a statement directly in the body of
+    ``for`` loops whose iterables a trace keeps fixed (and nothing else touches ``name``)."""
+    static = _static_loop_names(fn)
+    made = appends = 0
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            if len(node.targets) != 1 or not (isinstance(node.value, ast.List) and not node.value.elts):
+                return False
+            made += 1
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)) and isinstance(node.target, ast.Name) \
+                and node.target.id == name:
+            return False
+        elif isinstance(node, ast.For):
+            fixed = _static_iterable(node.iter, static) or not _names(node.iter) & local
+            for stmt in node.body:
+                call = stmt.value if isinstance(stmt, ast.Expr) else None
+                if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) \
+                        and isinstance(call.func.value, ast.Name) and call.func.value.id == name:
+                    if call.func.attr != "append" or not fixed:
+                        return False
+                    appends += 1
+    uses = [n for n in ast.walk(fn) if isinstance(n, ast.Name) and n.id == name]
+    # the assignment, the appends, the return: no other use could change its length
+    return made == 1 and appends >= 1 and len(uses) == made + appends + 1
+
+
+def _fixed_length_iterable(expr: ast.AST, fn: ast.FunctionDef, helpers: frozenset[str]) -> bool:
+    """``expr`` (or what ``enumerate``/``zip``/``reversed`` wrap) is a local set only from a call to
+    one of ``helpers``: a list of the same length on every run."""
+    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) \
+            and expr.func.id in ("enumerate", "zip", "reversed") and expr.args:
+        return all(_fixed_length_iterable(a, fn, helpers) for a in expr.args)
+    if isinstance(expr, ast.Call):
+        values = [expr]
+    elif isinstance(expr, ast.Name):
+        values = [n.value for n in ast.walk(fn) if isinstance(n, ast.Assign)
+                  and any(isinstance(t, ast.Name) and t.id == expr.id for t in n.targets)]
+        if not values or any(len(n.targets) != 1 for n in ast.walk(fn) if isinstance(n, ast.Assign)
+                             and any(isinstance(t, ast.Name) and t.id == expr.id for t in n.targets)):
+            return False
+    else:
+        return False
+    for v in values:
+        if not isinstance(v, ast.Call):
+            return False
+        f = v.func
+        callee = f.attr if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self" \
+            else f.id if isinstance(f, ast.Name) else None
+        if callee not in helpers:
+            return False
+    return True
+
+
 def _local_names(fn: ast.FunctionDef, literal_arguments: set[str] = frozenset()) -> set[str]:
     """Names whose values can change from run to run: arguments and locals, less the
     Python values a trace sees as fixed by its caller or its configuration: arguments
@@ -618,6 +695,8 @@ def _loop_findings(fn: ast.FunctionDef, local: set[str], ops: list[_Op], lines: 
             head = _src(stmt.iter, lines)
             if _static_iterable(stmt.iter, static) or not _names(stmt.iter) & local:
                 continue  # a module list, a fixed count, a configuration list: the same every run
+            if _fixed_length_iterable(stmt.iter, fn, _fixed_length_helpers(file)):
+                continue  # a list a helper of this file builds one item per fixed iteration
             if _reads_only_rank(stmt.iter, local):
                 # ``range(x.dim())``: the trace keeps its example's ranks
                 why, confidence = f"the trip count comes from the rank of a tensor ({head})", "low"

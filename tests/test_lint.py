@@ -311,3 +311,11 @@ def test_encoder_decoder_idioms_are_not_findings_and_guarded_tests_are_low(archi
     path = archive(T.EncoderDecoderIdioms(), "trace", example=(torch.ones(2, 4),))
     found = sorted((f.text, f.confidence) for f in lint_session(Session(path)).findings)
     assert found == sorted([(T.EncoderDecoderIdioms.GUARD, "low"), (T.EncoderDecoderIdioms.LINE, "medium")]), found
+
+
+def test_loop_over_a_helpers_fixed_length_list_is_not_a_finding(archive):
+    path = archive(T.HashBuckets(), "trace", example=(torch.ones(2, 4),))
+    found = {(f.text, f.kind) for f in lint_session(Session(path)).findings}
+    assert ("for i, b in enumerate(buckets):", "unrolled-loop") not in found, found
+    assert (T.HashBuckets.LINE, "unrolled-loop") in found, found
+    assert ("for row in x:", "unrolled-loop") in found, found

@@ -488,3 +488,38 @@ class EncoderDecoderIdioms(nn.Module):
         if x.amax() > 100:
             x = x / 100
         return x * 3
+
+
+class HashBuckets(nn.Module):
+    """CANINE's hash embeddings: a private helper builds one tensor per prime of a constant list,
+    and the caller loops over that list (fixed length: not a finding); a helper that builds one per
+    row of a tensor, looped over the same way (its length is the batch's: still a finding)."""
+
+    LINE = "for r in rows:"
+
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Linear(4, 4)
+
+    def _hash_buckets(self, x, num_hashes: int):
+        primes = PRIMES[:num_hashes]
+        result = []
+        for prime in primes:
+            result.append((x * prime) % 7)
+        return result
+
+    def _per_row(self, x):
+        out = []
+        for row in x:
+            out.append(row * 2)
+        return out
+
+    def forward(self, x):
+        buckets = self._hash_buckets(x, num_hashes=2)
+        parts = []
+        for i, b in enumerate(buckets):
+            parts.append(self.q(b) * i)
+        rows = self._per_row(x)
+        for r in rows:
+            parts.append(r.unsqueeze(0) + 1)
+        return torch.cat(parts, 0)
