@@ -192,7 +192,7 @@ def summarize_tensor(t: torch.Tensor, stats: bool = True) -> TensorSummary:
         numel = t.numel()
         found = ()
         if stats and numel:
-            found = (_contiguous_stats(t, numel) if moments.AVAILABLE and t.is_contiguous() else _tensor_stats(t)) or ()
+            found = (_contiguous_stats(t) if moments.AVAILABLE and t.is_contiguous() else _tensor_stats(t)) or ()
         return TensorSummary(tuple(t.shape), _DTYPE_NAMES[t.dtype], "cpu", numel, numel * t.element_size(), *found)
     numel = t.numel()
     shape = tuple(t.shape)
@@ -231,17 +231,24 @@ def _tensor_stats(t: torch.Tensor) -> tuple | None:
     flat = t.reshape(-1)
     if moments.AVAILABLE and flat.device.type == "cpu":
         flat = flat.contiguous()
-        lo_f, hi_f, total, squares = moments.one_pass(flat)
-        if not math.isfinite(total):  # NaN skipped by min and max, or an infinity: count them below
-            lo_f = hi_f = math.nan
-    else:
-        lo, hi = torch.aminmax(flat)
-        lo_f = lo.item()
-        hi_f = hi.item()
-        total = flat.sum().item()
-        squares = torch.dot(flat, flat).item()
-    n = flat.numel()
-    if not (math.isfinite(lo_f) and math.isfinite(hi_f)):
+        return _stats_from_sums(flat, *moments.one_pass(flat))
+    lo, hi = torch.aminmax(flat)
+    return _stats_from_sums(flat, lo.item(), hi.item(), flat.sum().item(), torch.dot(flat, flat).item())
+
+
+def _contiguous_stats(t: torch.Tensor) -> tuple | None:
+    """``_tensor_stats`` of a contiguous float32/float64 CPU tensor: one pass over it as it lies."""
+    return _stats_from_sums(t, *moments.one_pass(t))
+
+
+def _stats_from_sums(flat: torch.Tensor, lo_f: float, hi_f: float, total: float, squares: float) -> tuple:
+    """``_tensor_stats`` from the min, max, sum and sum of squares of ``flat``.
+
+    A NaN or an infinity (or a sum past float32's range) shows in them: the
+    elements are then counted and the four taken again over the finite ones.
+    """
+    if not (math.isfinite(lo_f) and math.isfinite(hi_f) and math.isfinite(total)):
+        flat = flat.reshape(-1)
         finite = torch.isfinite(flat)
         nan = int(torch.isnan(flat).sum())
         inf = int((~finite).sum()) - nan
@@ -251,15 +258,7 @@ def _tensor_stats(t: torch.Tensor) -> tuple | None:
             return None, None, None, None, nan, inf
         lo_f, hi_f, total, squares = torch.stack([flat.min(), flat.max(), flat.sum(), torch.dot(flat, flat)]).tolist()
         return _mean_and_spread(lo_f, hi_f, total, squares, n, flat, nan, inf)
-    return _mean_and_spread(lo_f, hi_f, total, squares, n, flat)
-
-
-def _contiguous_stats(t: torch.Tensor, n: int) -> tuple | None:
-    """``_tensor_stats`` of a contiguous float32/float64 CPU tensor: one pass over it as it lies."""
-    lo, hi, total, squares = moments.one_pass(t)
-    if not math.isfinite(total):  # a NaN or an infinity (or a sum past float32's range): count them
-        return _tensor_stats(t)
-    return _mean_and_spread(lo, hi, total, squares, n, t)
+    return _mean_and_spread(lo_f, hi_f, total, squares, flat.numel(), flat)
 
 
 def _mean_and_spread(lo_f: float, hi_f: float, total: float, squares: float, n: int, flat: torch.Tensor,
