@@ -205,13 +205,10 @@ class Timeline:
     def over_budget(self) -> bool:
         return self.kept_bytes > self.budget
 
-    def mark_free(self, value: Any) -> int | None:
-        """Memory the model holds anyway (parameters, inputs): never counted.  Returns its storage's key."""
+    def mark_free(self, value: Any) -> None:
+        """Memory the model holds anyway (parameters, inputs): never counted."""
         if isinstance(value, torch.Tensor):
-            ptr = _storage_ptr(value)
-            self._free.add(ptr)
-            return ptr
-        return None
+            self._free.add(_storage_ptr(value))
 
     def add_module_tensor(self, record: StepRecord, t: torch.Tensor) -> int:
         """Add a GetAttr's record whose output is a parameter or buffer of the module.
@@ -225,11 +222,7 @@ class Timeline:
         records = self.records
         record.index = len(records)
         records.append(record)
-        holders = self._refs.get(ptr)
-        if holders is None:
-            self._refs[ptr] = [record]
-        elif not holders or holders[-1] is not record:
-            holders.append(record)
+        self._hold(ptr, record)
         return ptr
 
     def add(self, record: StepRecord) -> StepRecord:
@@ -292,12 +285,12 @@ class Timeline:
                 values[slot] = map_leaves(container_copy(value), lambda x: self._keep_leaf(record, x))
             elif isinstance(value, Tensor):
                 if dropped_cache:  # over budget: most tensors read again were dropped when made
-                    cached = dropped_cache.get(id(value))
-                    if cached is not None and cached[0]() is value and cached[2] == value._version:
-                        values[slot] = cached[1]
+                    dropped = self._dropped_before(value)
+                    if dropped is not None:
+                        values[slot] = dropped
                         continue
                 holders = refs.get(value.untyped_storage().data_ptr())
-                if holders is not None:
+                if holders is not None:  # _hold, inlined: seen before, the common case of this loop
                     if not holders or holders[-1] is not record:
                         holders.append(record)
                     continue
@@ -311,22 +304,33 @@ class Timeline:
     def _keep_tensor(self, record: StepRecord, t: torch.Tensor):
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
+        if ptr not in self._refs and ptr not in self._free:  # first seen: counted, or over the budget
+            nbytes = storage.nbytes()
+            if self.kept_bytes + nbytes > self.budget:
+                return self._drop(t)
+            self.kept_bytes += nbytes
+        self._hold(ptr, record)
+        return t
+
+    def _hold(self, ptr: int, record: StepRecord) -> None:
+        """``record`` holds the storage at ``ptr`` (once, however many of its values do)."""
         holders = self._refs.get(ptr)
         if holders is None:
-            if ptr not in self._free:
-                nbytes = storage.nbytes()
-                if self.kept_bytes + nbytes > self.budget:
-                    return self._drop(t)
-                self.kept_bytes += nbytes
             self._refs[ptr] = [record]
         elif not holders or holders[-1] is not record:
             holders.append(record)
-        return t
 
-    def _drop(self, t: torch.Tensor, reason: str = "over the record budget") -> Dropped:
+    def _dropped_before(self, t: torch.Tensor) -> Dropped | None:
+        """The summary ``t`` was dropped as, if it was and has not been written since."""
         cached = self._dropped_cache.get(id(t))
         if cached is not None and cached[0]() is t and cached[2] == t._version:
             return cached[1]
+        return None
+
+    def _drop(self, t: torch.Tensor, reason: str = "over the record budget") -> Dropped:
+        cached = self._dropped_before(t)
+        if cached is not None:
+            return cached
         self.dropped += 1
         dropped = Dropped(summarize_tensor(t), reason=reason)
         key = id(t)
