@@ -113,6 +113,14 @@ def _functions(tree: ast.Module) -> list[ast.FunctionDef]:
     return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
 
 
+def _called_name(call: ast.Call) -> str | None:
+    """The function a call names in this file: ``f(...)`` or ``self.f(...)``."""
+    f = call.func
+    if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self":
+        return f.attr
+    return f.id if isinstance(f, ast.Name) else None
+
+
 @lru_cache(maxsize=256)
 def _literal_arguments(path: str) -> dict[str, set[str]]:
     """Per private helper of the file (``_split_heads``), the parameters every call in the file
@@ -133,9 +141,7 @@ def _literal_arguments(path: str) -> dict[str, set[str]]:
     for call in ast.walk(tree):
         if not isinstance(call, ast.Call):
             continue
-        f = call.func
-        name = f.attr if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self" \
-            else f.id if isinstance(f, ast.Name) else None
+        name = _called_name(call)
         if name not in params:
             continue
         passed = dict(zip(params[name], call.args))
@@ -328,22 +334,14 @@ def _fixed_length_iterable(expr: ast.AST, fn: ast.FunctionDef, helpers: frozense
     if isinstance(expr, ast.Call):
         values = [expr]
     elif isinstance(expr, ast.Name):
-        values = [n.value for n in ast.walk(fn) if isinstance(n, ast.Assign)
-                  and any(isinstance(t, ast.Name) and t.id == expr.id for t in n.targets)]
-        if not values or any(len(n.targets) != 1 for n in ast.walk(fn) if isinstance(n, ast.Assign)
-                             and any(isinstance(t, ast.Name) and t.id == expr.id for t in n.targets)):
+        assigns = [n for n in ast.walk(fn) if isinstance(n, ast.Assign)
+                   and any(isinstance(t, ast.Name) and t.id == expr.id for t in n.targets)]
+        if not assigns or any(len(n.targets) != 1 for n in assigns):
             return False
+        values = [n.value for n in assigns]
     else:
         return False
-    for v in values:
-        if not isinstance(v, ast.Call):
-            return False
-        f = v.func
-        callee = f.attr if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self" \
-            else f.id if isinstance(f, ast.Name) else None
-        if callee not in helpers:
-            return False
-    return True
+    return all(isinstance(v, ast.Call) and _called_name(v) in helpers for v in values)
 
 
 def _local_names(fn: ast.FunctionDef, literal_arguments: set[str] = frozenset()) -> set[str]:
@@ -618,10 +616,9 @@ def _collect(graph: Graph) -> dict[tuple[str, str, str], list[_Op]]:
 # ---------------------------------------------------------------- detectors
 
 
-def _branch_findings(fn: ast.FunctionDef, local: set[str], ops: list[_Op], lines: list[str], file: str, path: str,
-                     method: str) -> list[Finding]:
+def _branch_findings(fn: ast.FunctionDef, local: set[str], ranks: set[str], ops: list[_Op], lines: list[str],
+                     file: str, path: str, method: str) -> list[Finding]:
     out = []
-    ranks = _rank_locals(fn)
     op_lines = {o.line for o in ops}
     for stmt in ast.walk(fn):
         if not isinstance(stmt, (ast.If, ast.IfExp)):
@@ -680,10 +677,9 @@ def _branch_findings(fn: ast.FunctionDef, local: set[str], ops: list[_Op], lines
     return out
 
 
-def _loop_findings(fn: ast.FunctionDef, local: set[str], ops: list[_Op], lines: list[str], file: str, path: str,
-                   method: str) -> list[Finding]:
+def _loop_findings(fn: ast.FunctionDef, local: set[str], static: set[str], ops: list[_Op], lines: list[str],
+                   file: str, path: str, method: str) -> list[Finding]:
     out = []
-    static = _static_loop_names(fn)
     for stmt in ast.walk(fn):
         if not isinstance(stmt, (ast.For, ast.While)):
             continue
@@ -953,7 +949,9 @@ def lint_session(session: Any) -> LintReport:
         events = _collect(graph)
         constants = [n for n in graph.walk() if n.kind == "prim::Constant"]
         missing_files = set()
-        local_names: dict[ast.AST, set[str]] = {}  # one analysis of a function serves all its module instances
+        # one analysis of a function serves all its module instances: (run-dependent names,
+        # locals holding a rank, names bound by loops over static iterables)
+        facts: dict[ast.AST, tuple[set[str], set[str], set[str]]] = {}
         for (file, func, path), ops in events.items():
             tree, lines = _parse(file) if os.path.exists(file) else (None, [])
             if tree is None:
@@ -967,11 +965,12 @@ def lint_session(session: Any) -> LintReport:
                 end = getattr(fn, "end_lineno", fn.lineno)
                 if not any(fn.lineno <= l <= end for l in used):
                     continue
-                local = local_names.get(fn)
-                if local is None:
-                    local = local_names[fn] = _local_names(fn, _literal_arguments(file).get(fn.name, set()))
-                findings += _branch_findings(fn, local, ops, lines, file, path, method)
-                findings += _loop_findings(fn, local, ops, lines, file, path, method)
+                if fn not in facts:
+                    facts[fn] = (_local_names(fn, _literal_arguments(file).get(fn.name, set())), _rank_locals(fn),
+                                 _static_loop_names(fn))
+                local, ranks, static = facts[fn]
+                findings += _branch_findings(fn, local, ranks, ops, lines, file, path, method)
+                findings += _loop_findings(fn, local, static, ops, lines, file, path, method)
                 findings += _scalar_findings(fn, local, ops, lines, file, path, method, constants)
         for f in sorted(missing_files):
             report.notes.append(f"{f} is not on disk: branches cannot be seen there, loops only from repeats")
