@@ -494,16 +494,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
-        if argv and argv[0] in COMMANDS:
+        if argv and argv[0] in (*COMMANDS, "-V", "--version"):  # --version prints and exits in the parser
             args = build_parser().parse_args(argv)
             handler = {"run": cmd_run, "diff": cmd_diff, "lint": cmd_lint, "render": cmd_render,
                        "demo": cmd_demo}[args.command]
         elif not argv or argv[0] in ("-h", "--help"):
             build_parser().print_help()
             return 0 if argv else 2
-        elif argv[0] in ("-V", "--version"):
-            print(version_line())
-            return 0
         else:
             args = build_open_parser().parse_args(argv)
             handler = cmd_open
