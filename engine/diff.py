@@ -301,7 +301,7 @@ def _located(rec: StepRecord) -> str | None:
     src = rec.node.source
     if src is None or not src.line or not is_user_file(src.file):
         return None
-    return f"{src.file}:{_statement_line(src.file, src.line)}"
+    return _place(src.file, src.line)
 
 
 @lru_cache(maxsize=256)
@@ -331,8 +331,9 @@ def _statement_starts(path: str) -> dict[int, int]:
     return starts
 
 
-def _statement_line(path: str, line: int) -> int:
-    return _statement_starts(path).get(line, line)
+def _place(path: str, line: int) -> str:
+    """``file:line`` of the statement that line belongs to: how both sides name where an op came from."""
+    return f"{path}:{_statement_starts(path).get(line, line)}"
 
 
 class _PathOps:
@@ -382,7 +383,7 @@ def _align_path(g_ops: list[StepRecord], e_ops: list[EagerOp], pairs: list, repo
 
 
 def _where(e: EagerOp) -> str | None:
-    return f"{e.file}:{_statement_line(e.file, e.line)}" if e.file and e.line else None
+    return _place(e.file, e.line) if e.file and e.line else None
 
 
 def _align_by_name(ops: _PathOps, g0: int, g1: int, e0: int, e1: int, pairs: list, report: "DiffReport") -> None:
