@@ -285,9 +285,9 @@ class Timeline:
                 values[slot] = map_leaves(container_copy(value), lambda x: self._keep_leaf(record, x))
             elif isinstance(value, Tensor):
                 if dropped_cache:  # over budget: most tensors read again were dropped when made
-                    dropped = self._dropped_before(value)
-                    if dropped is not None:
-                        values[slot] = dropped
+                    cached = dropped_cache.get(id(value))  # _dropped_before, inlined
+                    if cached is not None and cached[0]() is value and cached[2] == value._version:
+                        values[slot] = cached[1]
                         continue
                 holders = refs.get(value.untyped_storage().data_ptr())
                 if holders is not None:  # _hold, inlined: seen before, the common case of this loop
@@ -333,15 +333,10 @@ class Timeline:
             return cached
         self.dropped += 1
         dropped = Dropped(summarize_tensor(t), reason=reason)
-        key = id(t)
-        cache = self._dropped_cache
-
-        def forget(ref, key=key):
-            entry = cache.get(key)
-            if entry is not None and entry[0] is ref:
-                del cache[key]
-
-        cache[key] = (weakref.ref(t, forget), dropped, t._version)
+        # No callback to remove the entry when the tensor dies: the lookup checks that the
+        # tensor is still this one, and a new tensor at the same address replaces the entry
+        # (addresses are reused all the time), so the cache stays as small as the set of live ones.
+        self._dropped_cache[id(t)] = (weakref.ref(t), dropped, t._version)
         return dropped
 
     @property
