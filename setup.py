@@ -1,16 +1,18 @@
-"""The optional C part of tsdebug: engine._moments (see engine/_moments.c).
+"""The optional C parts of tsdebug (everything else is in pyproject.toml).
 
-Everything else is in pyproject.toml.  Without a C compiler the build goes on
-without it and tsdebug computes statistics with torch's reductions instead.
+engine._moments (engine/_moments.c): a tensor's statistics in one pass.
+engine._stepper (engine/_stepper.c): the interpreter's whole-run loop for the common nodes.
+Without a C compiler the build goes on without them and tsdebug runs the
+Python code they follow (torch's reductions, the machine's own handlers).
 """
 
 import sys
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension(
-    "engine._moments",
-    ["engine/_moments.c"],
-    extra_compile_args=[] if sys.platform == "win32" else ["-O3"],
-    optional=True,
-)])
+FLAGS = [] if sys.platform == "win32" else ["-O3"]
+
+setup(ext_modules=[
+    Extension("engine._moments", ["engine/_moments.c"], extra_compile_args=FLAGS, optional=True),
+    Extension("engine._stepper", ["engine/_stepper.c"], extra_compile_args=FLAGS, optional=True),
+])

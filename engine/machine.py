@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from engine import stepper
 from engine.errors import ModelError, TsdebugError, first_error_line
 from engine.convert import is_torch_frame
 from engine.ir import Block, Graph, Node, SourceLoc, Value
@@ -833,6 +834,9 @@ class Machine:
         handlers = _HANDLERS
         leaf = Machine._run_leaf
         with self._context():
+            if stepper.ACTIVE:  # the same loop in C, for the common nodes (engine/stepper.py)
+                if stepper.run(self):
+                    return Stop.CANCELLED
             while stack and self.error is None:
                 if self._cancel:
                     self._cancel = False
@@ -952,6 +956,9 @@ _HANDLERS: dict[str, Callable[[Machine, Activation, Node], None]] = {
     "prim::ListConstruct": Machine._run_construct,
     "prim::TupleConstruct": Machine._run_construct,
 }
+
+
+stepper.configure(_HANDLERS, Machine._run_leaf, Machine._run_getattr, _MODULE_MEMBERS)
 
 
 def _completed_future(value: Any) -> torch.futures.Future:

@@ -170,6 +170,14 @@ def container_copy(value: Any) -> Any:
         return value
 
 
+#: Dead entries of the dropped cache are swept when it grows past this (and then past twice its live size).
+_DROPPED_SWEEP = 1024
+
+#: ``engine._stepper`` while ``engine.stepper`` has the C loop on: ``add`` and
+#: ``set_outputs`` hand over to it (``_keep`` below is what it follows).
+_FAST: Any = None
+
+
 class Timeline:
     def __init__(self, budget: int = DEFAULT_BUDGET, recompute: Recompute | None = None):
         self.budget = budget
@@ -186,6 +194,7 @@ class Timeline:
         self._refs: dict[int, list] = {}
         # id(tensor) -> (weakref, Dropped): a dropped tensor read by later steps is summarized once
         self._dropped_cache: dict[int, tuple] = {}
+        self._sweep_dropped_at = _DROPPED_SWEEP
         # node id -> indices of its records, in order (for "last value of this node");
         # built on first query and extended from there, so runs do not pay for it
         self._by_node: dict[str, list[int]] = defaultdict(list)
@@ -226,6 +235,8 @@ class Timeline:
         return ptr
 
     def add(self, record: StepRecord) -> StepRecord:
+        if _FAST is not None:  # engine.stepper: the same, in C
+            return _FAST.add(self, record)
         records = self.records
         record.index = len(records)
         records.append(record)
@@ -237,7 +248,10 @@ class Timeline:
     def set_outputs(self, record: StepRecord, outputs: list) -> None:
         """Outputs of a call or block, known when it returns."""
         record._outputs = outputs
-        self._keep(record, outputs)
+        if _FAST is not None:
+            _FAST.keep(self, record, outputs)
+        else:
+            self._keep(record, outputs)
 
     def note_mutation(self, containers: list) -> None:
         """These lists or dicts are about to be changed (by the step recorded next)."""
@@ -259,30 +273,8 @@ class Timeline:
             tp = type(value)
             if tp in _NOT_TENSORS:  # most values; cheaper than isinstance on torch.Tensor
                 continue
-            if tp is list or tp is tuple:
-                # One look at the items: containers inside, tensors inside.
-                nested = tensors = False
-                for x in value:
-                    tx = type(x)
-                    if tx in _NOT_TENSORS:
-                        continue
-                    if tx in _CONTAINER_TYPES:
-                        nested = True
-                    elif isinstance(x, Tensor):
-                        tensors = True
-                # As it is now: the program may change its own list later.
-                if nested:
-                    value = map_leaves(container_copy(value), lambda x: self._keep_leaf(record, x))
-                else:
-                    if tp is list and len(value) <= COPY_LIMIT:
-                        value = value.copy()
-                    if tensors:
-                        items = [self._keep_tensor(record, v) if isinstance(v, Tensor) else v for v in value]
-                        if any(a is not b for a, b in zip(items, value)):
-                            value = items if tp is list else tuple(items)
-                values[slot] = value
-            elif tp is dict:
-                values[slot] = map_leaves(container_copy(value), lambda x: self._keep_leaf(record, x))
+            if tp in _CONTAINER_TYPES:
+                values[slot] = self._keep_container(record, value)
             elif isinstance(value, Tensor):
                 if dropped_cache:  # over budget: most tensors read again were dropped when made
                     cached = dropped_cache.get(id(value))  # _dropped_before, inlined
@@ -297,6 +289,33 @@ class Timeline:
                 kept = self._keep_tensor(record, value)
                 if kept is not value:
                     values[slot] = kept
+
+    def _keep_container(self, record: StepRecord, value: list | tuple | dict) -> Any:
+        """What the record keeps of a list, tuple or dict: a copy as it is now, its tensors kept."""
+        tp = type(value)
+        if tp is dict:
+            return map_leaves(container_copy(value), lambda x: self._keep_leaf(record, x))
+        # One look at the items: containers inside, tensors inside.
+        Tensor = torch.Tensor
+        nested = tensors = False
+        for x in value:
+            tx = type(x)
+            if tx in _NOT_TENSORS:
+                continue
+            if tx in _CONTAINER_TYPES:
+                nested = True
+            elif isinstance(x, Tensor):
+                tensors = True
+        # As it is now: the program may change its own list later.
+        if nested:
+            return map_leaves(container_copy(value), lambda x: self._keep_leaf(record, x))
+        if tp is list and len(value) <= COPY_LIMIT:
+            value = value.copy()
+        if tensors:
+            items = [self._keep_tensor(record, v) if isinstance(v, Tensor) else v for v in value]
+            if any(a is not b for a, b in zip(items, value)):
+                value = items if tp is list else tuple(items)
+        return value
 
     def _keep_leaf(self, record: StepRecord, x: Any) -> Any:
         return self._keep_tensor(record, x) if type(x) not in _NOT_TENSORS and isinstance(x, torch.Tensor) else x
@@ -333,10 +352,15 @@ class Timeline:
             return cached
         self.dropped += 1
         dropped = Dropped(summarize_tensor(t), reason=reason)
-        # No callback to remove the entry when the tensor dies: the lookup checks that the
-        # tensor is still this one, and a new tensor at the same address replaces the entry
-        # (addresses are reused all the time), so the cache stays as small as the set of live ones.
-        self._dropped_cache[id(t)] = (weakref.ref(t), dropped, t._version)
+        # No callback per tensor to remove its entry when it dies (a closure and a weakref
+        # callback per drop cost more than the sweep): the lookup checks that the tensor is
+        # still this one, and dead entries are swept once the cache has doubled.
+        cache = self._dropped_cache
+        cache[id(t)] = (weakref.ref(t), dropped, t._version)
+        if len(cache) > self._sweep_dropped_at:
+            for key in [key for key, entry in cache.items() if entry[0]() is None]:
+                del cache[key]
+            self._sweep_dropped_at = max(_DROPPED_SWEEP, 2 * len(cache))
         return dropped
 
     @property

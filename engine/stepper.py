@@ -1,0 +1,60 @@
+"""The interpreter's whole-run loop in C (``engine/_stepper.c``), where it was built.
+
+With summaries only, most of a conv net's overhead is the Python run for
+each step: dispatch, the step record, the accounting of each value.
+``engine._stepper`` does that for the common nodes (constants, list and
+tuple construction, a module's GetAttr, ops that write none of their inputs)
+and for ``Timeline.add``, and hands every other node to the machine's own
+handlers.  ``Machine.run`` and ``Timeline.add``/``set_outputs`` take it while
+``ACTIVE``.  The Python code in engine/machine.py and engine/timeline.py is
+the reference it follows and what runs without it: the C part is optional
+(setup.py builds it when a C compiler is there), ``TSDEBUG_PURE_PYTHON=1``
+turns it off, and the tests run models both ways and compare the timelines.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import torch
+
+from engine import timeline
+
+try:
+    from engine import _stepper
+except ImportError:  # built without a C compiler
+    _stepper = None
+
+BUILT = _stepper is not None
+#: Whether ``Machine.run`` and the timeline use the C loop now.
+ACTIVE = False
+
+
+def configure(handlers: dict[str, Callable], run_leaf: Callable, run_getattr: Callable,
+              module_members: frozenset) -> None:
+    """Hand the C loop the machine's handlers and tables (engine.machine calls this once)."""
+    global BUILT
+    if _stepper is None:
+        return
+    try:
+        _stepper.configure(timeline.StepRecord, torch.Tensor, torch._C.ScriptModule, timeline._NOT_TENSORS,
+                           module_members, handlers, run_leaf, run_getattr, timeline.COPY_LIMIT)
+    except TypeError:  # a StepRecord this build does not know (the tests say so): the Python loop
+        BUILT = False
+        return
+    use(os.environ.get("TSDEBUG_PURE_PYTHON", "") in ("", "0"))
+
+
+def use(on: bool) -> bool:
+    """Run with the C loop (where built) or with the Python code; returns the previous setting."""
+    global ACTIVE
+    previous = ACTIVE
+    ACTIVE = bool(on) and BUILT
+    timeline._FAST = _stepper if ACTIVE else None
+    return previous
+
+
+def run(machine: Any) -> bool:
+    """``Machine.run``'s loop; True when it stopped because the machine was cancelled."""
+    return _stepper.run(machine)
