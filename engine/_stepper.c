@@ -24,6 +24,9 @@
  *   - prim::ListConstruct / prim::TupleConstruct (Machine._run_construct);
  *   - prim::GetAttr of a module's parameter, buffer or submodule
  *     (the first branch of Machine._run_getattr);
+ *   - prim::CallMethod whose callee the program has cached for the node
+ *     (Machine._run_call_method), and the return from a call or an If branch
+ *     (Machine._exit_block; loop iterations, forks and the run's end stay there);
  *   - leaf ops that change no list or dict, outside autocast (Machine._run_leaf;
  *     an op that writes its inputs has them kept by Machine._inputs_before_write);
  *   - Timeline.add and Timeline._keep for values that are not containers of
@@ -43,12 +46,14 @@ static PyObject *ScriptModuleType; /* torch._C.ScriptModule */
 static PyObject *NotTensors;       /* timeline._NOT_TENSORS: types that never hold a tensor */
 static PyObject *ModuleMembers;    /* machine._MODULE_MEMBERS: what a module's GetAttr fast path yields */
 static PyObject *Handlers;         /* machine._HANDLERS: node kind -> handler */
+static PyObject *FrameType;        /* machine.Frame */
+static PyObject *ActivationType;   /* machine.Activation */
 static PyObject *LeafHandler;      /* Machine._run_leaf */
 static PyObject *GetAttrHandler;   /* Machine._run_getattr */
 static Py_ssize_t CopyLimit;       /* timeline.COPY_LIMIT */
 static PyObject *Zero;
 
-enum { K_LEAF, K_CONSTANT, K_GETATTR, K_LIST, K_TUPLE, K_OTHER };
+enum { K_LEAF, K_CONSTANT, K_GETATTR, K_LIST, K_TUPLE, K_CALL_METHOD, K_OTHER };
 static PyObject *KindCodes; /* kind -> code, for the kinds handled here and those with a Python handler */
 
 static PyObject *s_stack, *s_error, *s_cancel, *s_block, *s_nodes, *s_pc, *s_kind, *s_frame, *s_env, *s_in_idx,
@@ -56,7 +61,9 @@ static PyObject *s_stack, *s_error, *s_cancel, *s_block, *s_nodes, *s_pc, *s_kin
     *s_writes, *s_mutates, *s_training_writes, *s_autocast, *s_time_ns, *s_outputs, *s_inputs, *s_records,
     *s_index, *s_refs, *s_dropped_cache, *s_version, *s_untyped_storage, *s_data_ptr, *s_keep_tensor,
     *s_keep_container, *s_exit_block, *s_getattr, *s_name, *s_paths, *s_attr_overlay, *s_module_storages,
-    *s_add, *s_fail, *s_writes_now, *s_keep_py, *s_free, *s_inputs_before_write, *s_lazy;
+    *s_add, *s_fail, *s_writes_now, *s_keep_py, *s_free, *s_inputs_before_write, *s_lazy, *s_program, *s_callees,
+    *s_callee, *s_inputs_attr, *s_body, *s_index_attr, *s_owner, *s_record, *s_t0, *s_returns, *s_loop, *s_fork_kind,
+    *s_body_kind, *s_status, *s_entered, *s_done;
 
 static int intern_names(void)
 {
@@ -77,7 +84,11 @@ static int intern_names(void)
     NAME(s_attr_overlay, "_attr_overlay") NAME(s_module_storages, "_module_storages")
     NAME(s_add, "add") NAME(s_fail, "_fail")
     NAME(s_writes_now, "writes_now") NAME(s_keep_py, "_keep") NAME(s_free, "_free")
-    NAME(s_inputs_before_write, "_inputs_before_write") NAME(s_lazy, "lazy")
+    NAME(s_inputs_before_write, "_inputs_before_write") NAME(s_lazy, "lazy") NAME(s_program, "program")
+    NAME(s_callees, "_callees") NAME(s_callee, "callee") NAME(s_inputs_attr, "inputs") NAME(s_body, "body")
+    NAME(s_index_attr, "index") NAME(s_owner, "owner") NAME(s_record, "record") NAME(s_t0, "t0")
+    NAME(s_returns, "returns") NAME(s_loop, "loop") NAME(s_fork_kind, "prim::fork") NAME(s_body_kind, "body")
+    NAME(s_status, "status") NAME(s_entered, "entered") NAME(s_done, "done")
 #undef NAME
     return 0;
 }
@@ -812,6 +823,203 @@ done:
     return status;
 }
 
+static int append_to_stack(PyObject *machine, PyObject *act)
+{
+    PyObject *stack = PyObject_GetAttr(machine, s_stack);
+    int status = stack == NULL ? -1 : PyList_Append(stack, act);
+    Py_XDECREF(stack);
+    return status;
+}
+
+/* prim::CallMethod on a receiver whose graph the program has cached for the node
+ * (Machine._run_call_method, _push_frame and _enter).  Returns 1 when done here, 0 to
+ * leave the node to Python (which resolves the callee, or reports why it cannot). */
+static int run_call_method(struct step *s, Py_ssize_t depth, PyObject *timeline)
+{
+    PyObject *program = NULL, *callees = NULL, *graph = NULL, *args = NULL, *in_idx = NULL, *paths = NULL;
+    PyObject *module_path = NULL, *callee = NULL, *label = NULL, *frame = NULL, *inputs = NULL, *env = NULL;
+    PyObject *record = NULL, *path = NULL, *new_path = NULL, *body = NULL, *act = NULL, *t0 = NULL;
+    int status = -1;
+    if ((program = PyObject_GetAttr(s->machine, s_program)) == NULL
+        || (callees = PyObject_GetAttr(program, s_callees)) == NULL)
+        goto done;
+    graph = PyDict_GetItemWithError(callees, s->node); /* borrowed */
+    if (graph == NULL) {
+        status = PyErr_Occurred() ? -1 : 0;
+        goto done;
+    }
+    Py_INCREF(graph);
+    if ((args = gather(s)) == NULL || (in_idx = PyObject_GetAttr(s->node, s_in_idx)) == NULL
+        || (paths = PyObject_GetAttr(s->frame, s_paths)) == NULL)
+        goto done;
+    /* module_path = frame.paths.get(node.in_idx[0], frame.module_path) */
+    module_path = PyDict_GetItemWithError(paths, PyTuple_GET_ITEM(in_idx, 0));
+    if (module_path != NULL)
+        Py_INCREF(module_path);
+    else if (PyErr_Occurred() || (module_path = PyObject_GetAttr(s->frame, s_module_path)) == NULL)
+        goto done;
+    if ((callee = PyObject_GetAttr(s->node, s_callee)) == NULL)
+        goto done;
+    int qualified = PyObject_IsTrue(module_path);
+    if (qualified < 0)
+        goto done;
+    label = qualified ? PyUnicode_FromFormat("%U.%U", module_path, callee) : (Py_INCREF(callee), callee);
+    if (label == NULL)
+        goto done;
+    /* the callee's frame, its inputs bound */
+    if ((frame = PyObject_CallFunctionObjArgs(FrameType, graph, module_path, label, NULL)) == NULL
+        || (inputs = PyObject_GetAttr(graph, s_inputs_attr)) == NULL || (env = PyObject_GetAttr(frame, s_env)) == NULL)
+        goto done;
+    Py_ssize_t n = PyTuple_GET_SIZE(inputs);
+    if (PyList_GET_SIZE(args) < n)
+        n = PyList_GET_SIZE(args);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *index = PyObject_GetAttr(PyTuple_GET_ITEM(inputs, k), s_index_attr);
+        int bound = index == NULL ? -1 : set_env(env, index, PyList_GET_ITEM(args, k));
+        Py_XDECREF(index);
+        if (bound < 0)
+            goto done;
+    }
+    if (PyTuple_GET_SIZE(inputs) && PyList_GET_SIZE(args)
+        && PyObject_TypeCheck(PyList_GET_ITEM(args, 0), (PyTypeObject *)ScriptModuleType)) {
+        PyObject *own = PyObject_GetAttr(frame, s_paths);
+        PyObject *index = own ? PyObject_GetAttr(PyTuple_GET_ITEM(inputs, 0), s_index_attr) : NULL;
+        int stored = index == NULL ? -1 : PyDict_SetItem(own, index, module_path);
+        Py_XDECREF(own);
+        Py_XDECREF(index);
+        if (stored < 0)
+            goto done;
+    }
+    /* the step that enters it */
+    if ((record = new_record(s, depth, args)) == NULL || PyObject_SetAttr(record, s_status, s_entered) < 0
+        || timeline_add(timeline, record) < 0)
+        goto done;
+    if ((path = PyObject_GetAttr(s->act, s_path)) == NULL || (body = PyObject_GetAttr(graph, s_body)) == NULL)
+        goto done;
+    PyObject *tail = PyTuple_Pack(1, label);
+    new_path = tail == NULL ? NULL : PySequence_Concat(path, tail);
+    Py_XDECREF(tail);
+    if (new_path == NULL)
+        goto done;
+    act = PyObject_CallFunctionObjArgs(ActivationType, frame, body, s_body_kind, new_path, s->node, record, NULL);
+    if (act == NULL || (t0 = PyLong_FromLongLong(now_ns())) == NULL || PyObject_SetAttr(act, s_t0, t0) < 0
+        || append_to_stack(s->machine, act) < 0)
+        goto done;
+    PyObject *index = PyObject_GetAttr(record, s_index_attr);
+    int started = index == NULL ? -1 : PyObject_SetAttr(frame, s_start, index);
+    Py_XDECREF(index);
+    status = started < 0 ? -1 : 1;
+done:
+    Py_XDECREF(program);
+    Py_XDECREF(callees);
+    Py_XDECREF(graph);
+    Py_XDECREF(args);
+    Py_XDECREF(in_idx);
+    Py_XDECREF(paths);
+    Py_XDECREF(module_path);
+    Py_XDECREF(callee);
+    Py_XDECREF(label);
+    Py_XDECREF(frame);
+    Py_XDECREF(inputs);
+    Py_XDECREF(env);
+    Py_XDECREF(record);
+    Py_XDECREF(path);
+    Py_XDECREF(new_path);
+    Py_XDECREF(body);
+    Py_XDECREF(act);
+    Py_XDECREF(t0);
+    return status;
+}
+
+/* The end of a call's body or of an If branch, back in the caller's block (Machine._exit_block).
+ * Returns 1 when done here, 0 to leave it to Python: a loop iteration, the end of the run,
+ * the end of a forked graph. */
+static int exit_block(PyObject *machine, PyObject *stack, PyObject *act, PyObject *timeline)
+{
+    PyObject *kind = NULL, *owner = NULL, *owner_kind = NULL, *frame = NULL, *env = NULL, *block = NULL;
+    PyObject *returned = NULL, *returns = NULL, *record = NULL, *out_idx = NULL;
+    PyObject *parent_frame = NULL, *penv = NULL, *parent_block = NULL, *pc_obj = NULL, *t0 = NULL;
+    int status = -1;
+    if (PyList_GET_SIZE(stack) < 2) {
+        status = 0;
+        goto done;
+    }
+    if ((kind = PyObject_GetAttr(act, s_kind)) == NULL || (owner = PyObject_GetAttr(act, s_owner)) == NULL)
+        goto done;
+    int loop = PyUnicode_Check(kind) ? PyUnicode_Compare(kind, s_loop) == 0 : 1;
+    if (loop || owner == Py_None || (owner_kind = PyObject_GetAttr(owner, s_kind)) == NULL) {
+        status = loop || owner == Py_None ? 0 : -1;
+        goto done;
+    }
+    if (PyUnicode_Compare(owner_kind, s_fork_kind) == 0) {
+        status = 0;
+        goto done;
+    }
+    /* returns = [env[v.index] for v in act.block.returns] */
+    if ((frame = PyObject_GetAttr(act, s_frame)) == NULL || (env = PyObject_GetAttr(frame, s_env)) == NULL
+        || (block = PyObject_GetAttr(act, s_block)) == NULL || (returned = PyObject_GetAttr(block, s_returns)) == NULL)
+        goto done;
+    Py_ssize_t n = PyTuple_GET_SIZE(returned);
+    if ((returns = PyList_New(n)) == NULL)
+        goto done;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *index = PyObject_GetAttr(PyTuple_GET_ITEM(returned, k), s_index_attr);
+        Py_ssize_t i = index == NULL ? -1 : PyLong_AsSsize_t(index);
+        Py_XDECREF(index);
+        PyObject *v = i < 0 && PyErr_Occurred() ? NULL : PyList_GetItem(env, i);
+        if (v == NULL)
+            goto done;
+        Py_INCREF(v);
+        PyList_SET_ITEM(returns, k, v);
+    }
+    /* self.stack.pop(); the parent takes the values */
+    if (PyList_SetSlice(stack, PyList_GET_SIZE(stack) - 1, PyList_GET_SIZE(stack), NULL) < 0)
+        goto done;
+    PyObject *parent = PyList_GET_ITEM(stack, PyList_GET_SIZE(stack) - 1); /* borrowed; the stack keeps it */
+    if ((record = PyObject_GetAttr(act, s_record)) == NULL || (out_idx = PyObject_GetAttr(owner, s_out_idx)) == NULL
+        || (parent_frame = PyObject_GetAttr(parent, s_frame)) == NULL
+        || (penv = PyObject_GetAttr(parent_frame, s_env)) == NULL)
+        goto done;
+    Py_ssize_t m = PyTuple_GET_SIZE(out_idx) < n ? PyTuple_GET_SIZE(out_idx) : n;
+    for (Py_ssize_t k = 0; k < m; k++)
+        if (set_env(penv, PyTuple_GET_ITEM(out_idx, k), PyList_GET_ITEM(returns, k)) < 0)
+            goto done;
+    if (record != Py_None) {
+        if ((t0 = PyObject_GetAttr(act, s_t0)) == NULL)
+            goto done;
+        long long started = PyLong_AsLongLong(t0);
+        if (started == -1 && PyErr_Occurred())
+            goto done;
+        if (set_time(record, started) < 0 || PyObject_SetAttr(record, s_status, s_done) < 0
+            || PyObject_SetAttr(record, s_outputs, returns) < 0 || keep(timeline, record, returns) < 0)
+            goto done;
+    }
+    /* the parent is past the node that entered the block */
+    if ((parent_block = PyObject_GetAttr(parent, s_block)) == NULL || (pc_obj = PyObject_GetAttr(parent, s_pc)) == NULL)
+        goto done;
+    struct step p = {machine, parent, NULL, parent_frame, penv, PyLong_AsSsize_t(pc_obj)};
+    if (p.pc == -1 && PyErr_Occurred())
+        goto done;
+    status = advance(&p, parent_block) < 0 ? -1 : 1;
+done:
+    Py_XDECREF(kind);
+    Py_XDECREF(owner);
+    Py_XDECREF(owner_kind);
+    Py_XDECREF(frame);
+    Py_XDECREF(env);
+    Py_XDECREF(block);
+    Py_XDECREF(returned);
+    Py_XDECREF(returns);
+    Py_XDECREF(record);
+    Py_XDECREF(out_idx);
+    Py_XDECREF(parent_frame);
+    Py_XDECREF(penv);
+    Py_XDECREF(parent_block);
+    Py_XDECREF(pc_obj);
+    Py_XDECREF(t0);
+    return status;
+}
+
 /* handler(machine, act, node): the node's own Python handler */
 static int call_handler(PyObject *handler, struct step *s)
 {
@@ -840,11 +1048,13 @@ static int run_one(PyObject *machine, PyObject *stack, PyObject *timeline, PyObj
     if (s.pc == -1 && PyErr_Occurred())
         goto done;
     if (s.pc >= PyTuple_GET_SIZE(nodes)) {
-        PyObject *r = PyObject_CallMethodOneArg(machine, s_exit_block, s.act);
-        if (r == NULL)
-            goto done;
-        Py_DECREF(r);
-        status = 1;
+        int exited = exit_block(machine, stack, s.act, timeline);
+        if (exited == 0) {
+            PyObject *r = PyObject_CallMethodOneArg(machine, s_exit_block, s.act);
+            exited = r == NULL ? -1 : 1;
+            Py_XDECREF(r);
+        }
+        status = exited < 0 ? -1 : 1;
         goto done;
     }
     s.node = PyTuple_GET_ITEM(nodes, s.pc); /* borrowed; nodes keeps it */
@@ -878,6 +1088,11 @@ static int run_one(PyObject *machine, PyObject *stack, PyObject *timeline, PyObj
     case K_LIST:
     case K_TUPLE:
         done_here = run_construct(&s, block, depth, code == K_LIST, timeline) < 0 ? -1 : 1;
+        break;
+    case K_CALL_METHOD:
+        done_here = run_call_method(&s, depth, timeline);
+        if (done_here == 0)
+            done_here = call_handler(PyDict_GetItemWithError(Handlers, kind), &s) < 0 ? -1 : 1;
         break;
     case K_GETATTR:
         done_here = run_getattr(&s, block, depth, timeline);
@@ -988,17 +1203,17 @@ static PyObject *add_py(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 PyDoc_STRVAR(configure_doc,
              "configure(StepRecord, Tensor, ScriptModule, not_tensors, module_members, handlers,\n"
-             "          run_leaf, run_getattr, copy_limit)\n\n"
+             "          run_leaf, run_getattr, copy_limit, Frame, Activation)\n\n"
              "The classes and tables of engine.timeline and engine.machine this module follows.");
 
 static PyObject *configure(PyObject *self, PyObject *args)
 {
     (void)self;
-    PyObject *record, *tensor, *module, *not_tensors, *members, *handlers, *leaf, *getattr_handler;
+    PyObject *record, *tensor, *module, *not_tensors, *members, *handlers, *leaf, *getattr_handler, *frame, *act;
     Py_ssize_t copy_limit;
-    if (!PyArg_ParseTuple(args, "OOOO!O!O!OOn", &record, &tensor, &module, &PyFrozenSet_Type, &not_tensors,
+    if (!PyArg_ParseTuple(args, "OOOO!O!O!OOnOO", &record, &tensor, &module, &PyFrozenSet_Type, &not_tensors,
                           &PyFrozenSet_Type, &members, &PyDict_Type, &handlers, &leaf, &getattr_handler,
-                          &copy_limit))
+                          &copy_limit, &frame, &act))
         return NULL;
     if (!PyType_Check(record) || !PyType_Check(tensor) || !PyType_Check(module)) {
         PyErr_SetString(PyExc_TypeError, "configure: StepRecord, Tensor and ScriptModule must be classes");
@@ -1025,6 +1240,8 @@ static PyObject *configure(PyObject *self, PyObject *args)
             code = K_LIST;
         else if (PyUnicode_CompareWithASCIIString(kind, "prim::TupleConstruct") == 0)
             code = K_TUPLE;
+        else if (PyUnicode_CompareWithASCIIString(kind, "prim::CallMethod") == 0)
+            code = K_CALL_METHOD;
         PyObject *value = PyLong_FromLong(code);
         if (value == NULL || PyDict_SetItem(codes, kind, value) < 0) {
             Py_XDECREF(value);
@@ -1038,7 +1255,7 @@ static PyObject *configure(PyObject *self, PyObject *args)
     Py_XSETREF(var, value);
     KEEP(TensorType, tensor) KEEP(ScriptModuleType, module)
     KEEP(NotTensors, not_tensors) KEEP(ModuleMembers, members) KEEP(Handlers, handlers) KEEP(LeafHandler, leaf)
-    KEEP(GetAttrHandler, getattr_handler)
+    KEEP(GetAttrHandler, getattr_handler) KEEP(FrameType, frame) KEEP(ActivationType, act)
 #undef KEEP
     Py_XSETREF(KindCodes, codes);
     CopyLimit = copy_limit;

@@ -958,7 +958,7 @@ _HANDLERS: dict[str, Callable[[Machine, Activation, Node], None]] = {
 }
 
 
-stepper.configure(_HANDLERS, Machine._run_leaf, Machine._run_getattr, _MODULE_MEMBERS)
+stepper.configure(_HANDLERS, Machine._run_leaf, Machine._run_getattr, _MODULE_MEMBERS, Frame, Activation)
 
 
 def _completed_future(value: Any) -> torch.futures.Future:

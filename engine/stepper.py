@@ -3,9 +3,9 @@
 With summaries only, most of a conv net's overhead is the Python run for
 each step: dispatch, the step record, the accounting of each value.
 ``engine._stepper`` does that for the common nodes (constants, list and
-tuple construction, a module's GetAttr, ops that write none of their inputs)
-and for ``Timeline.add``, and hands every other node to the machine's own
-handlers.  ``Machine.run`` and ``Timeline.add``/``set_outputs`` take it while
+tuple construction, a module's GetAttr, leaf ops, method calls and the
+return from them or from an If branch) and for ``Timeline.add``, and hands
+every other node to the machine's own handlers.  ``Machine.run`` and ``Timeline.add``/``set_outputs`` take it while
 ``ACTIVE``.  The Python code in engine/machine.py and engine/timeline.py is
 the reference it follows and what runs without it: the C part is optional
 (setup.py builds it when a C compiler is there), ``TSDEBUG_PURE_PYTHON=1``
@@ -32,14 +32,14 @@ ACTIVE = False
 
 
 def configure(handlers: dict[str, Callable], run_leaf: Callable, run_getattr: Callable,
-              module_members: frozenset) -> None:
+              module_members: frozenset, frame: type, activation: type) -> None:
     """Hand the C loop the machine's handlers and tables (engine.machine calls this once)."""
     global BUILT
     if _stepper is None:
         return
     try:
         _stepper.configure(timeline.StepRecord, torch.Tensor, torch._C.ScriptModule, timeline._NOT_TENSORS,
-                           module_members, handlers, run_leaf, run_getattr, timeline.COPY_LIMIT)
+                           module_members, handlers, run_leaf, run_getattr, timeline.COPY_LIMIT, frame, activation)
     except TypeError:  # a StepRecord this build does not know (the tests say so): the Python loop
         BUILT = False
         return
