@@ -9,7 +9,8 @@ TEXTUAL ?= textual==8.2.8
 
 .PHONY: test demo venv bench screenshots clean
 
-$(VENV)/.installed: pyproject.toml
+# setup.py and the C sources: an edited extension is built again by the next make
+$(VENV)/.installed: pyproject.toml setup.py engine/_moments.c engine/_stepper.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)" "$(TEXTUAL)"
@@ -31,4 +32,4 @@ screenshots: $(VENV)/.installed
 	$(PY) scripts/screenshots.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info engine/_moments.*.so
+	rm -rf $(VENV) build *.egg-info engine/_moments.*.so engine/_stepper.*.so

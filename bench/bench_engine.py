@@ -25,7 +25,7 @@ warnings.simplefilter("ignore")
 
 from engine import Session  # noqa: E402
 from engine.session import clone_value  # noqa: E402
-from engine import moments  # noqa: E402
+from engine import moments, stepper  # noqa: E402
 from engine.values import human_bytes, values_equal  # noqa: E402
 import models as B  # noqa: E402
 
@@ -115,7 +115,10 @@ def main() -> None:
         bench("small transformer 1x32 scripted", B.SmallTransformer(), ids, "script", n(60)),
         bench("lstm loop 64 steps scripted", B.LSTMLoop(), (torch.randn(64, 2, 16),), "script", n(40)),
     ]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; statistics: {statistics_path()}")
+    loop = "C (engine._stepper)" if stepper.ACTIVE else (
+        "Python (TSDEBUG_PURE_PYTHON is set)" if stepper.BUILT else "Python (engine._stepper was not built)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; statistics: {statistics_path()}; "
+          f"run loop: {loop}")
     print(f"{'model':48} {'steps':>6} {'native ms':>10} {'engine ms':>10} {'ratio':>6} {'median':>7} {'µs/step':>8}"
           f" {'recorded':>9}")
     for r in rows:

@@ -1091,8 +1091,10 @@ static int run_one(PyObject *machine, PyObject *stack, PyObject *timeline, PyObj
         break;
     case K_CALL_METHOD:
         done_here = run_call_method(&s, depth, timeline);
-        if (done_here == 0)
-            done_here = call_handler(PyDict_GetItemWithError(Handlers, kind), &s) < 0 ? -1 : 1;
+        if (done_here == 0) {
+            PyObject *handler = PyDict_GetItemWithError(Handlers, kind); /* borrowed; configure() saw it there */
+            done_here = handler == NULL || call_handler(handler, &s) < 0 ? -1 : 1;
+        }
         break;
     case K_GETATTR:
         done_here = run_getattr(&s, block, depth, timeline);

@@ -40,9 +40,18 @@ def same_value(a, b) -> bool:
         return type(a) is type(b) and len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
     if isinstance(a, dict):
         return type(b) is dict and list(a) == list(b) and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, torch.futures.Future):  # a fork's result
+        return isinstance(b, torch.futures.Future) and same_value(a.value(), b.value())
     if isinstance(a, (torch._C.ScriptObject, torch._C.ScriptModule)):  # each run loaded its own archive
         return type(a) is type(b) and a._type().qualified_name() == b._type().qualified_name()
     return a is b or a == b or repr(a) == repr(b)
+
+
+class Recurrence(torch.nn.Module):
+    def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        for _ in range(n):
+            x = torch.tanh(x * 0.9 + 0.1)
+        return x
 
 
 def recorded(path, args, use_c, loop_choice, **session_args):
@@ -95,6 +104,25 @@ def test_c_loop_on_scripted_control_flow_and_state(archive, loop_choice, n, mode
     _, with_py = recorded(path, args, False, loop_choice)
     assert values_equal(with_c.outputs, expected)
     assert with_c.outputs[2]["inner"] == 2  # b = a[0]; b.append(x) changed a
+    assert_same_timelines(with_c, with_py)
+
+
+@needs_c
+@pytest.mark.parametrize("inline", [False, True], ids=["call-tree", "inlined"])
+def test_c_loop_hands_forks_with_blocks_and_loops_to_python(archive, loop_choice, inline):
+    """What the C loop leaves to the machine's handlers (fork, wait, with, loop iterations) comes out the same."""
+    from diff_models import ForksAndNoGrad
+    torch.manual_seed(0)
+    path = archive(ForksAndNoGrad().eval(), "script")
+    args = (seq(2, 4),)
+    _, with_c = recorded(path, args, True, loop_choice, inline=inline)
+    _, with_py = recorded(path, args, False, loop_choice, inline=inline)
+    assert values_equal(with_c.outputs, native(path, args))
+    assert {"prim::fork", "prim::Enter", "prim::Exit"} <= {r.node.kind for r in with_c.timeline}
+    assert_same_timelines(with_c, with_py)
+    loops = archive(Recurrence(), "script")
+    _, with_c = recorded(loops, (seq(3), 40), True, loop_choice, inline=inline, budget=0)
+    _, with_py = recorded(loops, (seq(3), 40), False, loop_choice, inline=inline, budget=0)
     assert_same_timelines(with_c, with_py)
 
 
@@ -159,13 +187,6 @@ def test_pure_python_switch(tmp_path):
     env.pop("TSDEBUG_PURE_PYTHON")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(stepper.BUILT)
-
-
-class Recurrence(torch.nn.Module):
-    def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        for _ in range(n):
-            x = torch.tanh(x * 0.9 + 0.1)
-        return x
 
 
 def test_dropped_cache_does_not_grow_with_the_run(archive):
