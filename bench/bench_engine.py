@@ -31,13 +31,17 @@ import models as B  # noqa: E402
 
 
 def interleaved_times(native, engine, repeat: int, between=lambda: None) -> tuple[list[float], list[float]]:
-    """Alternate the two so that machine noise hits both alike; ``between`` runs untimed before each engine run."""
+    """Alternate the two so that machine noise hits both alike.
+
+    ``between`` runs untimed before each pair: it frees the engine's previous
+    run, so that the native run does not pay for collecting its objects.
+    """
     tn, te = [], []
     for _ in range(repeat):
+        between()
         t0 = time.perf_counter()
         native()
         tn.append(time.perf_counter() - t0)
-        between()
         t0 = time.perf_counter()
         engine()
         te.append(time.perf_counter() - t0)
@@ -60,7 +64,9 @@ def bench(name: str, module, example: tuple, mode: str, repeat: int, budget: int
                 return native_mod(*clone_value(example))
 
         def free_previous_run():
-            session.machine = None  # dropping a run's records is not part of the next run
+            # dropping a run's records is not part of the next run, and the garbage collector
+            # would otherwise walk them during the native run that follows
+            session.machine = None
 
         def engine():
             m = session.restart()

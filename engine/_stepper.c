@@ -110,6 +110,104 @@ static long long now_ns(void)
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* ------------------------------------------------------------ slots */
+
+/* A field of one of the interpreter's own __slots__ classes (Activation, Frame, Node, Block,
+ * Value, LeafOp, StepRecord), read and written at its offset in the object: a step reads
+ * some twenty of them, and PyObject_GetAttr's lookups were a good part of the loop's time.
+ * configure() learns each offset from the class's member descriptor; an object of any
+ * other type, a field that is not a plain slot, or an unset slot goes through
+ * PyObject_GetAttr/SetAttr (which raise what Python would). */
+struct slot {
+    const char *name;
+    PyObject *attr;     /* the name, interned */
+    PyTypeObject *type; /* NULL: not learned, always by name */
+    Py_ssize_t offset;
+};
+
+#define SLOT(var, text) static struct slot var = {text, NULL, NULL, 0};
+SLOT(A_FRAME, "frame") SLOT(A_BLOCK, "block") SLOT(A_PC, "pc") SLOT(A_KIND, "kind") SLOT(A_OWNER, "owner")
+SLOT(A_RECORD, "record") SLOT(A_PATH, "path") SLOT(A_T0, "t0")
+SLOT(F_ENV, "env") SLOT(F_MODULE_PATH, "module_path") SLOT(F_PATHS, "paths") SLOT(F_START, "start")
+SLOT(N_KIND, "kind") SLOT(N_IN_IDX, "in_idx") SLOT(N_OUT_IDX, "out_idx") SLOT(N_ATTRS, "attrs")
+SLOT(N_MODULE_PATH, "module_path") SLOT(N_CALLEE, "callee")
+SLOT(B_NODES, "nodes") SLOT(B_FREES, "frees") SLOT(B_RETURNS, "returns")
+SLOT(V_INDEX, "index")
+SLOT(L_RUN, "run") SLOT(L_WRITES, "writes") SLOT(L_MUTATES, "mutates") SLOT(L_TRAINING_WRITES, "training_writes")
+SLOT(R_INPUTS_, "_inputs") SLOT(R_OUTPUTS_, "_outputs") SLOT(R_INDEX_, "index") SLOT(R_STATUS_, "status")
+SLOT(R_TIME_NS_, "time_ns") SLOT(R_LAZY_, "lazy")
+#undef SLOT
+
+/* obj.<field>, a new reference */
+static PyObject *get_slot(PyObject *obj, struct slot *f)
+{
+    if (f->type != NULL && Py_IS_TYPE(obj, f->type)) {
+        PyObject *value = *(PyObject **)((char *)obj + f->offset);
+        if (value != NULL) {
+            Py_INCREF(value);
+            return value;
+        }
+    }
+    return PyObject_GetAttr(obj, f->attr);
+}
+
+/* obj.<field> = value */
+static int set_slot(PyObject *obj, struct slot *f, PyObject *value)
+{
+    if (f->type != NULL && Py_IS_TYPE(obj, f->type)) {
+        PyObject **at = (PyObject **)((char *)obj + f->offset);
+        Py_INCREF(value);
+        Py_XSETREF(*at, value);
+        return 0;
+    }
+    return PyObject_SetAttr(obj, f->attr, value);
+}
+
+/* Where ``type`` keeps the field: a plain object slot, or by name from then on. */
+static int learn_slot(struct slot *f, PyObject *type)
+{
+    if (f->attr == NULL && (f->attr = PyUnicode_InternFromString(f->name)) == NULL)
+        return -1;
+    f->type = NULL;
+    PyObject *descr = PyObject_GetAttr(type, f->attr);
+    if (descr == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type) && ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX
+        && ((PyMemberDescrObject *)descr)->d_member->flags == 0 && ((PyDescrObject *)descr)->d_type == (PyTypeObject *)type) {
+        Py_INCREF(type);
+        f->type = (PyTypeObject *)type;
+        f->offset = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
+    Py_DECREF(descr);
+    return 0;
+}
+
+static int learn_slots(PyObject *classes)
+{
+    struct { const char *cls; struct slot *slots[9]; } plan[] = {
+        {"Activation", {&A_FRAME, &A_BLOCK, &A_PC, &A_KIND, &A_OWNER, &A_RECORD, &A_PATH, &A_T0, NULL}},
+        {"Frame", {&F_ENV, &F_MODULE_PATH, &F_PATHS, &F_START, NULL}},
+        {"Node", {&N_KIND, &N_IN_IDX, &N_OUT_IDX, &N_ATTRS, &N_MODULE_PATH, &N_CALLEE, NULL}},
+        {"Block", {&B_NODES, &B_FREES, &B_RETURNS, NULL}},
+        {"Value", {&V_INDEX, NULL}},
+        {"LeafOp", {&L_RUN, &L_WRITES, &L_MUTATES, &L_TRAINING_WRITES, NULL}},
+        {"StepRecord", {&R_INPUTS_, &R_OUTPUTS_, &R_INDEX_, &R_STATUS_, &R_TIME_NS_, &R_LAZY_, NULL}},
+    };
+    for (size_t c = 0; c < sizeof plan / sizeof plan[0]; c++) {
+        PyObject *type = PyDict_GetItemString(classes, plan[c].cls); /* borrowed */
+        if (type == NULL || !PyType_Check(type)) {
+            PyErr_Format(PyExc_TypeError, "configure: classes has no class %s", plan[c].cls);
+            return -1;
+        }
+        for (struct slot **f = plan[c].slots; *f != NULL; f++)
+            if (learn_slot(*f, type) < 0)
+                return -1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------ Timeline._keep */
 
 /* The key Timeline._refs uses for a tensor: t.untyped_storage().data_ptr(). */
@@ -286,16 +384,16 @@ static int timeline_add(PyObject *timeline, PyObject *record)
         return -1;
     int status = -1;
     PyObject *index = PyLong_FromSsize_t(PyList_GET_SIZE(records));
-    if (index == NULL || PyObject_SetAttr(record, s_index, index) < 0 || PyList_Append(records, record) < 0)
+    if (index == NULL || set_slot(record, &R_INDEX_, index) < 0 || PyList_Append(records, record) < 0)
         goto done;
-    PyObject *values = PyObject_GetAttr(record, s_inputs);
+    PyObject *values = get_slot(record, &R_INPUTS_);
     if (values == NULL)
         goto done;
     int kept = keep(timeline, record, values);
     Py_DECREF(values);
     if (kept < 0)
         goto done;
-    values = PyObject_GetAttr(record, s_outputs);
+    values = get_slot(record, &R_OUTPUTS_);
     if (values == NULL)
         goto done;
     int any = PyObject_IsTrue(values);
@@ -322,7 +420,7 @@ static PyObject *add_module_tensor(PyObject *timeline, PyObject *record, PyObjec
     if ((records = PyObject_GetAttr(timeline, s_records)) == NULL)
         goto done;
     if ((index = PyLong_FromSsize_t(PyList_GET_SIZE(records))) == NULL
-        || PyObject_SetAttr(record, s_index, index) < 0 || PyList_Append(records, record) < 0)
+        || set_slot(record, &R_INDEX_, index) < 0 || PyList_Append(records, record) < 0)
         goto done;
     if ((refs = PyObject_GetAttr(timeline, s_refs)) == NULL)
         goto done;
@@ -380,7 +478,7 @@ static int set_env(PyObject *env, PyObject *idx, PyObject *value)
 /* Past the current node: drop the values it was the last to use (Machine._advance). */
 static int advance(struct step *s, PyObject *block)
 {
-    PyObject *frees = PyObject_GetAttr(block, s_frees);
+    PyObject *frees = get_slot(block, &B_FREES);
     if (frees == NULL)
         return -1;
     int status = -1;
@@ -393,7 +491,7 @@ static int advance(struct step *s, PyObject *block)
     PyObject *pc = PyLong_FromSsize_t(s->pc + 1);
     if (pc == NULL)
         goto done_mine;
-    status = PyObject_SetAttr(s->act, s_pc, pc);
+    status = set_slot(s->act, &A_PC, pc);
     Py_DECREF(pc);
 done_mine:
     Py_DECREF(mine);
@@ -405,7 +503,7 @@ done:
 /* [env[i] for i in node.in_idx] */
 static PyObject *gather(struct step *s)
 {
-    PyObject *in_idx = PyObject_GetAttr(s->node, s_in_idx);
+    PyObject *in_idx = get_slot(s->node, &N_IN_IDX);
     if (in_idx == NULL)
         return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(in_idx);
@@ -519,19 +617,19 @@ static int learn_record_layout(PyObject *type)
 static PyObject *new_record(struct step *s, Py_ssize_t depth, PyObject *inputs)
 {
     PyObject *path = NULL, *module_path = NULL, *start = NULL, *depth_obj = NULL, *record = NULL;
-    if ((path = PyObject_GetAttr(s->act, s_path)) == NULL)
+    if ((path = get_slot(s->act, &A_PATH)) == NULL)
         goto done;
-    if ((module_path = PyObject_GetAttr(s->node, s_module_path)) == NULL)
+    if ((module_path = get_slot(s->node, &N_MODULE_PATH)) == NULL)
         goto done;
     int truthy = PyObject_IsTrue(module_path);
     if (truthy < 0)
         goto done;
     if (!truthy) {
         Py_DECREF(module_path);
-        if ((module_path = PyObject_GetAttr(s->frame, s_module_path)) == NULL)
+        if ((module_path = get_slot(s->frame, &F_MODULE_PATH)) == NULL)
             goto done;
     }
-    if ((start = PyObject_GetAttr(s->frame, s_start)) == NULL)
+    if ((start = get_slot(s->frame, &F_START)) == NULL)
         goto done;
     if ((depth_obj = PyLong_FromSsize_t(depth)) == NULL)
         goto done;
@@ -549,7 +647,7 @@ static int set_time(PyObject *record, long long t0)
     PyObject *dt = PyLong_FromLongLong(now_ns() - t0);
     if (dt == NULL)
         return -1;
-    int status = PyObject_SetAttr(record, s_time_ns, dt);
+    int status = set_slot(record, &R_TIME_NS_, dt);
     Py_DECREF(dt);
     return status;
 }
@@ -557,14 +655,14 @@ static int set_time(PyObject *record, long long t0)
 /* prim::Constant: its value is in the IR (Machine._run_constant). */
 static int run_constant(struct step *s, PyObject *block)
 {
-    PyObject *attrs = PyObject_GetAttr(s->node, s_attrs);
+    PyObject *attrs = get_slot(s->node, &N_ATTRS);
     if (attrs == NULL)
         return -1;
     PyObject *value = PyDict_GetItemWithError(attrs, s_value); /* borrowed */
     Py_DECREF(attrs);
     if (value == NULL && PyErr_Occurred())
         return -1;
-    PyObject *out_idx = PyObject_GetAttr(s->node, s_out_idx);
+    PyObject *out_idx = get_slot(s->node, &N_OUT_IDX);
     if (out_idx == NULL)
         return -1;
     int status = set_env(s->env, PyTuple_GET_ITEM(out_idx, 0), value ? value : Py_None);
@@ -586,7 +684,7 @@ static int run_construct(struct step *s, PyObject *block, Py_ssize_t depth, int 
     value = is_list ? PyList_GetSlice(args, 0, PyList_GET_SIZE(args)) : PyList_AsTuple(args);
     if (value == NULL || set_time(record, t0) < 0)
         goto done;
-    if ((out_idx = PyObject_GetAttr(s->node, s_out_idx)) == NULL)
+    if ((out_idx = get_slot(s->node, &N_OUT_IDX)) == NULL)
         goto done;
     if (set_env(s->env, PyTuple_GET_ITEM(out_idx, 0), value) < 0)
         goto done;
@@ -594,7 +692,7 @@ static int run_construct(struct step *s, PyObject *block, Py_ssize_t depth, int 
         goto done;
     Py_INCREF(value);
     PyList_SET_ITEM(outs, 0, value);
-    if (PyObject_SetAttr(record, s_outputs, outs) < 0 || timeline_add(timeline, record) < 0)
+    if (set_slot(record, &R_OUTPUTS_, outs) < 0 || timeline_add(timeline, record) < 0)
         goto done;
     status = advance(s, block);
 done:
@@ -613,7 +711,7 @@ static int run_getattr(struct step *s, PyObject *block, Py_ssize_t depth, PyObje
     PyObject *in_idx = NULL, *obj = NULL, *overlay = NULL, *attrs = NULL, *name, *value = NULL, *record = NULL;
     PyObject *inputs = NULL, *outs = NULL, *out_idx = NULL;
     int status = -1;
-    if ((in_idx = PyObject_GetAttr(s->node, s_in_idx)) == NULL)
+    if ((in_idx = get_slot(s->node, &N_IN_IDX)) == NULL)
         goto done;
     obj = PyList_GetItem(s->env, PyLong_AsSsize_t(PyTuple_GET_ITEM(in_idx, 0)));
     if (obj == NULL)
@@ -630,7 +728,7 @@ static int run_getattr(struct step *s, PyObject *block, Py_ssize_t depth, PyObje
         status = busy < 0 ? -1 : 0;
         goto done;
     }
-    if ((attrs = PyObject_GetAttr(s->node, s_attrs)) == NULL)
+    if ((attrs = get_slot(s->node, &N_ATTRS)) == NULL)
         goto done;
     name = PyDict_GetItemWithError(attrs, s_name); /* borrowed; attrs keeps it */
     if (name == NULL) {
@@ -659,7 +757,7 @@ static int run_getattr(struct step *s, PyObject *block, Py_ssize_t depth, PyObje
     }
     if (set_time(record, t0) < 0)
         goto done;
-    if ((out_idx = PyObject_GetAttr(s->node, s_out_idx)) == NULL)
+    if ((out_idx = get_slot(s->node, &N_OUT_IDX)) == NULL)
         goto done;
     PyObject *out = PyTuple_GET_ITEM(out_idx, 0);
     if (set_env(s->env, out, value) < 0)
@@ -668,7 +766,7 @@ static int run_getattr(struct step *s, PyObject *block, Py_ssize_t depth, PyObje
         goto done;
     Py_INCREF(value);
     PyList_SET_ITEM(outs, 0, value);
-    if (PyObject_SetAttr(record, s_outputs, outs) < 0)
+    if (set_slot(record, &R_OUTPUTS_, outs) < 0)
         goto done;
     if (PyObject_TypeCheck(value, (PyTypeObject *)TensorType)) {
         /* self._module_storages.add(self.timeline.add_module_tensor(record, value)) */
@@ -683,7 +781,7 @@ static int run_getattr(struct step *s, PyObject *block, Py_ssize_t depth, PyObje
             goto done;
     } else {
         /* a submodule: its path is the parent's and the name */
-        PyObject *paths = PyObject_GetAttr(s->frame, s_paths);
+        PyObject *paths = get_slot(s->frame, &F_PATHS);
         if (paths == NULL)
             goto done;
         PyObject *parent = PyDict_GetItemWithError(paths, PyTuple_GET_ITEM(in_idx, 0)); /* borrowed */
@@ -693,7 +791,7 @@ static int run_getattr(struct step *s, PyObject *block, Py_ssize_t depth, PyObje
             goto done;
         }
         if (parent == NULL)
-            own = PyObject_GetAttr(s->frame, s_module_path);
+            own = get_slot(s->frame, &F_MODULE_PATH);
         else
             own = (Py_INCREF(parent), parent);
         PyObject *path = NULL;
@@ -736,20 +834,20 @@ static int run_leaf(struct step *s, PyObject *block, Py_ssize_t depth, PyObject 
     int status = -1;
     PyObject *writes = NULL, *mutates = NULL, *training = NULL, *autocast = NULL, *args = NULL, *record = NULL;
     PyObject *run = NULL, *outs = NULL, *seq = NULL, *out_idx = NULL, *rec_inputs = NULL;
-    if ((mutates = PyObject_GetAttr(op, s_mutates)) == NULL || (autocast = PyObject_GetAttr(s->machine, s_autocast)) == NULL)
+    if ((mutates = get_slot(op, &L_MUTATES)) == NULL || (autocast = PyObject_GetAttr(s->machine, s_autocast)) == NULL)
         goto done;
     int m = PyObject_IsTrue(mutates), a = PyObject_IsTrue(autocast);
     if (m || a) { /* an op that changes lists or dicts, or autocast: Python's */
         status = m < 0 || a < 0 ? -1 : 0;
         goto done;
     }
-    if ((args = gather(s)) == NULL || (training = PyObject_GetAttr(op, s_training_writes)) == NULL)
+    if ((args = gather(s)) == NULL || (training = get_slot(op, &L_TRAINING_WRITES)) == NULL)
         goto done;
     int t = PyObject_IsTrue(training);
     if (t < 0)
         goto done;
     /* the inputs this call overwrites: a norm's running statistics in training mode too */
-    writes = t ? PyObject_CallMethodOneArg(op, s_writes_now, args) : PyObject_GetAttr(op, s_writes);
+    writes = t ? PyObject_CallMethodOneArg(op, s_writes_now, args) : get_slot(op, &L_WRITES);
     if (writes == NULL)
         goto done;
     int w = PyObject_IsTrue(writes);
@@ -763,9 +861,9 @@ static int run_leaf(struct step *s, PyObject *block, Py_ssize_t depth, PyObject 
     }
     if (rec_inputs == NULL || (record = new_record(s, depth, rec_inputs)) == NULL)
         goto done;
-    if (w && PyObject_SetAttr(record, s_lazy, Py_True) < 0) /* its inputs may be recipes */
+    if (w && set_slot(record, &R_LAZY_, Py_True) < 0) /* its inputs may be recipes */
         goto done;
-    if ((run = PyObject_GetAttr(op, s_run)) == NULL) /* read each time: it may replace itself */
+    if ((run = get_slot(op, &L_RUN)) == NULL) /* read each time: it may replace itself */
         goto done;
     long long t0 = now_ns();
     outs = PyObject_CallOneArg(run, args);
@@ -794,7 +892,7 @@ static int run_leaf(struct step *s, PyObject *block, Py_ssize_t depth, PyObject 
     }
     if (set_time(record, t0) < 0)
         goto done;
-    if ((out_idx = PyObject_GetAttr(s->node, s_out_idx)) == NULL)
+    if ((out_idx = get_slot(s->node, &N_OUT_IDX)) == NULL)
         goto done;
     if ((seq = PySequence_Fast(outs, "an op's outputs must be a sequence")) == NULL)
         goto done;
@@ -804,7 +902,7 @@ static int run_leaf(struct step *s, PyObject *block, Py_ssize_t depth, PyObject 
     for (Py_ssize_t k = 0; k < n; k++)
         if (set_env(s->env, PyTuple_GET_ITEM(out_idx, k), PySequence_Fast_GET_ITEM(seq, k)) < 0)
             goto done;
-    if (PyObject_SetAttr(record, s_outputs, outs) < 0 || timeline_add(timeline, record) < 0)
+    if (set_slot(record, &R_OUTPUTS_, outs) < 0 || timeline_add(timeline, record) < 0)
         goto done;
     status = advance(s, block) < 0 ? -1 : 1;
 done:
@@ -849,16 +947,16 @@ static int run_call_method(struct step *s, Py_ssize_t depth, PyObject *timeline)
         goto done;
     }
     Py_INCREF(graph);
-    if ((args = gather(s)) == NULL || (in_idx = PyObject_GetAttr(s->node, s_in_idx)) == NULL
-        || (paths = PyObject_GetAttr(s->frame, s_paths)) == NULL)
+    if ((args = gather(s)) == NULL || (in_idx = get_slot(s->node, &N_IN_IDX)) == NULL
+        || (paths = get_slot(s->frame, &F_PATHS)) == NULL)
         goto done;
     /* module_path = frame.paths.get(node.in_idx[0], frame.module_path) */
     module_path = PyDict_GetItemWithError(paths, PyTuple_GET_ITEM(in_idx, 0));
     if (module_path != NULL)
         Py_INCREF(module_path);
-    else if (PyErr_Occurred() || (module_path = PyObject_GetAttr(s->frame, s_module_path)) == NULL)
+    else if (PyErr_Occurred() || (module_path = get_slot(s->frame, &F_MODULE_PATH)) == NULL)
         goto done;
-    if ((callee = PyObject_GetAttr(s->node, s_callee)) == NULL)
+    if ((callee = get_slot(s->node, &N_CALLEE)) == NULL)
         goto done;
     int qualified = PyObject_IsTrue(module_path);
     if (qualified < 0)
@@ -868,13 +966,13 @@ static int run_call_method(struct step *s, Py_ssize_t depth, PyObject *timeline)
         goto done;
     /* the callee's frame, its inputs bound */
     if ((frame = PyObject_CallFunctionObjArgs(FrameType, graph, module_path, label, NULL)) == NULL
-        || (inputs = PyObject_GetAttr(graph, s_inputs_attr)) == NULL || (env = PyObject_GetAttr(frame, s_env)) == NULL)
+        || (inputs = PyObject_GetAttr(graph, s_inputs_attr)) == NULL || (env = get_slot(frame, &F_ENV)) == NULL)
         goto done;
     Py_ssize_t n = PyTuple_GET_SIZE(inputs);
     if (PyList_GET_SIZE(args) < n)
         n = PyList_GET_SIZE(args);
     for (Py_ssize_t k = 0; k < n; k++) {
-        PyObject *index = PyObject_GetAttr(PyTuple_GET_ITEM(inputs, k), s_index_attr);
+        PyObject *index = get_slot(PyTuple_GET_ITEM(inputs, k), &V_INDEX);
         int bound = index == NULL ? -1 : set_env(env, index, PyList_GET_ITEM(args, k));
         Py_XDECREF(index);
         if (bound < 0)
@@ -882,8 +980,8 @@ static int run_call_method(struct step *s, Py_ssize_t depth, PyObject *timeline)
     }
     if (PyTuple_GET_SIZE(inputs) && PyList_GET_SIZE(args)
         && PyObject_TypeCheck(PyList_GET_ITEM(args, 0), (PyTypeObject *)ScriptModuleType)) {
-        PyObject *own = PyObject_GetAttr(frame, s_paths);
-        PyObject *index = own ? PyObject_GetAttr(PyTuple_GET_ITEM(inputs, 0), s_index_attr) : NULL;
+        PyObject *own = get_slot(frame, &F_PATHS);
+        PyObject *index = own ? get_slot(PyTuple_GET_ITEM(inputs, 0), &V_INDEX) : NULL;
         int stored = index == NULL ? -1 : PyDict_SetItem(own, index, module_path);
         Py_XDECREF(own);
         Py_XDECREF(index);
@@ -891,10 +989,10 @@ static int run_call_method(struct step *s, Py_ssize_t depth, PyObject *timeline)
             goto done;
     }
     /* the step that enters it */
-    if ((record = new_record(s, depth, args)) == NULL || PyObject_SetAttr(record, s_status, s_entered) < 0
+    if ((record = new_record(s, depth, args)) == NULL || set_slot(record, &R_STATUS_, s_entered) < 0
         || timeline_add(timeline, record) < 0)
         goto done;
-    if ((path = PyObject_GetAttr(s->act, s_path)) == NULL || (body = PyObject_GetAttr(graph, s_body)) == NULL)
+    if ((path = get_slot(s->act, &A_PATH)) == NULL || (body = PyObject_GetAttr(graph, s_body)) == NULL)
         goto done;
     PyObject *tail = PyTuple_Pack(1, label);
     new_path = tail == NULL ? NULL : PySequence_Concat(path, tail);
@@ -902,11 +1000,11 @@ static int run_call_method(struct step *s, Py_ssize_t depth, PyObject *timeline)
     if (new_path == NULL)
         goto done;
     act = PyObject_CallFunctionObjArgs(ActivationType, frame, body, s_body_kind, new_path, s->node, record, NULL);
-    if (act == NULL || (t0 = PyLong_FromLongLong(now_ns())) == NULL || PyObject_SetAttr(act, s_t0, t0) < 0
+    if (act == NULL || (t0 = PyLong_FromLongLong(now_ns())) == NULL || set_slot(act, &A_T0, t0) < 0
         || append_to_stack(s->machine, act) < 0)
         goto done;
-    PyObject *index = PyObject_GetAttr(record, s_index_attr);
-    int started = index == NULL ? -1 : PyObject_SetAttr(frame, s_start, index);
+    PyObject *index = get_slot(record, &R_INDEX_);
+    int started = index == NULL ? -1 : set_slot(frame, &F_START, index);
     Py_XDECREF(index);
     status = started < 0 ? -1 : 1;
 done:
@@ -944,10 +1042,10 @@ static int exit_block(PyObject *machine, PyObject *stack, PyObject *act, PyObjec
         status = 0;
         goto done;
     }
-    if ((kind = PyObject_GetAttr(act, s_kind)) == NULL || (owner = PyObject_GetAttr(act, s_owner)) == NULL)
+    if ((kind = get_slot(act, &A_KIND)) == NULL || (owner = get_slot(act, &A_OWNER)) == NULL)
         goto done;
     int loop = PyUnicode_Check(kind) ? PyUnicode_Compare(kind, s_loop) == 0 : 1;
-    if (loop || owner == Py_None || (owner_kind = PyObject_GetAttr(owner, s_kind)) == NULL) {
+    if (loop || owner == Py_None || (owner_kind = get_slot(owner, &N_KIND)) == NULL) {
         status = loop || owner == Py_None ? 0 : -1;
         goto done;
     }
@@ -956,14 +1054,14 @@ static int exit_block(PyObject *machine, PyObject *stack, PyObject *act, PyObjec
         goto done;
     }
     /* returns = [env[v.index] for v in act.block.returns] */
-    if ((frame = PyObject_GetAttr(act, s_frame)) == NULL || (env = PyObject_GetAttr(frame, s_env)) == NULL
-        || (block = PyObject_GetAttr(act, s_block)) == NULL || (returned = PyObject_GetAttr(block, s_returns)) == NULL)
+    if ((frame = get_slot(act, &A_FRAME)) == NULL || (env = get_slot(frame, &F_ENV)) == NULL
+        || (block = get_slot(act, &A_BLOCK)) == NULL || (returned = get_slot(block, &B_RETURNS)) == NULL)
         goto done;
     Py_ssize_t n = PyTuple_GET_SIZE(returned);
     if ((returns = PyList_New(n)) == NULL)
         goto done;
     for (Py_ssize_t k = 0; k < n; k++) {
-        PyObject *index = PyObject_GetAttr(PyTuple_GET_ITEM(returned, k), s_index_attr);
+        PyObject *index = get_slot(PyTuple_GET_ITEM(returned, k), &V_INDEX);
         Py_ssize_t i = index == NULL ? -1 : PyLong_AsSsize_t(index);
         Py_XDECREF(index);
         PyObject *v = i < 0 && PyErr_Occurred() ? NULL : PyList_GetItem(env, i);
@@ -976,26 +1074,26 @@ static int exit_block(PyObject *machine, PyObject *stack, PyObject *act, PyObjec
     if (PyList_SetSlice(stack, PyList_GET_SIZE(stack) - 1, PyList_GET_SIZE(stack), NULL) < 0)
         goto done;
     PyObject *parent = PyList_GET_ITEM(stack, PyList_GET_SIZE(stack) - 1); /* borrowed; the stack keeps it */
-    if ((record = PyObject_GetAttr(act, s_record)) == NULL || (out_idx = PyObject_GetAttr(owner, s_out_idx)) == NULL
-        || (parent_frame = PyObject_GetAttr(parent, s_frame)) == NULL
-        || (penv = PyObject_GetAttr(parent_frame, s_env)) == NULL)
+    if ((record = get_slot(act, &A_RECORD)) == NULL || (out_idx = get_slot(owner, &N_OUT_IDX)) == NULL
+        || (parent_frame = get_slot(parent, &A_FRAME)) == NULL
+        || (penv = get_slot(parent_frame, &F_ENV)) == NULL)
         goto done;
     Py_ssize_t m = PyTuple_GET_SIZE(out_idx) < n ? PyTuple_GET_SIZE(out_idx) : n;
     for (Py_ssize_t k = 0; k < m; k++)
         if (set_env(penv, PyTuple_GET_ITEM(out_idx, k), PyList_GET_ITEM(returns, k)) < 0)
             goto done;
     if (record != Py_None) {
-        if ((t0 = PyObject_GetAttr(act, s_t0)) == NULL)
+        if ((t0 = get_slot(act, &A_T0)) == NULL)
             goto done;
         long long started = PyLong_AsLongLong(t0);
         if (started == -1 && PyErr_Occurred())
             goto done;
-        if (set_time(record, started) < 0 || PyObject_SetAttr(record, s_status, s_done) < 0
-            || PyObject_SetAttr(record, s_outputs, returns) < 0 || keep(timeline, record, returns) < 0)
+        if (set_time(record, started) < 0 || set_slot(record, &R_STATUS_, s_done) < 0
+            || set_slot(record, &R_OUTPUTS_, returns) < 0 || keep(timeline, record, returns) < 0)
             goto done;
     }
     /* the parent is past the node that entered the block */
-    if ((parent_block = PyObject_GetAttr(parent, s_block)) == NULL || (pc_obj = PyObject_GetAttr(parent, s_pc)) == NULL)
+    if ((parent_block = get_slot(parent, &A_BLOCK)) == NULL || (pc_obj = get_slot(parent, &A_PC)) == NULL)
         goto done;
     struct step p = {machine, parent, NULL, parent_frame, penv, PyLong_AsSsize_t(pc_obj)};
     if (p.pc == -1 && PyErr_Occurred())
@@ -1041,8 +1139,8 @@ static int run_one(PyObject *machine, PyObject *stack, PyObject *timeline, PyObj
     Py_INCREF(s.act);
     PyObject *block = NULL, *nodes = NULL, *pc = NULL, *kind = NULL;
     int status = -1;
-    if ((block = PyObject_GetAttr(s.act, s_block)) == NULL || (nodes = PyObject_GetAttr(block, s_nodes)) == NULL
-        || (pc = PyObject_GetAttr(s.act, s_pc)) == NULL)
+    if ((block = get_slot(s.act, &A_BLOCK)) == NULL || (nodes = get_slot(block, &B_NODES)) == NULL
+        || (pc = get_slot(s.act, &A_PC)) == NULL)
         goto done;
     s.pc = PyLong_AsSsize_t(pc);
     if (s.pc == -1 && PyErr_Occurred())
@@ -1058,7 +1156,7 @@ static int run_one(PyObject *machine, PyObject *stack, PyObject *timeline, PyObj
         goto done;
     }
     s.node = PyTuple_GET_ITEM(nodes, s.pc); /* borrowed; nodes keeps it */
-    if ((kind = PyObject_GetAttr(s.node, s_kind)) == NULL)
+    if ((kind = get_slot(s.node, &N_KIND)) == NULL)
         goto done;
     PyObject *code_obj = PyDict_GetItemWithError(KindCodes, kind); /* borrowed */
     if (code_obj == NULL && PyErr_Occurred())
@@ -1074,7 +1172,7 @@ static int run_one(PyObject *machine, PyObject *stack, PyObject *timeline, PyObj
         status = call_handler(handler, &s) < 0 ? -1 : 1;
         goto done;
     }
-    if ((s.frame = PyObject_GetAttr(s.act, s_frame)) == NULL || (s.env = PyObject_GetAttr(s.frame, s_env)) == NULL)
+    if ((s.frame = get_slot(s.act, &A_FRAME)) == NULL || (s.env = get_slot(s.frame, &F_ENV)) == NULL)
         goto done;
     if (!PyList_Check(s.env)) {
         PyErr_SetString(PyExc_TypeError, "engine._stepper: a frame's env must be a list");
@@ -1205,18 +1303,25 @@ static PyObject *add_py(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 PyDoc_STRVAR(configure_doc,
              "configure(StepRecord, Tensor, ScriptModule, not_tensors, module_members, handlers,\n"
-             "          run_leaf, run_getattr, copy_limit, Frame, Activation)\n\n"
+             "          run_leaf, run_getattr, copy_limit, classes)\n\n"
+             "classes: Frame, Activation, Node, Block, Value, LeafOp and StepRecord by name.\n"
              "The classes and tables of engine.timeline and engine.machine this module follows.");
 
 static PyObject *configure(PyObject *self, PyObject *args)
 {
     (void)self;
-    PyObject *record, *tensor, *module, *not_tensors, *members, *handlers, *leaf, *getattr_handler, *frame, *act;
+    PyObject *record, *tensor, *module, *not_tensors, *members, *handlers, *leaf, *getattr_handler, *classes;
     Py_ssize_t copy_limit;
-    if (!PyArg_ParseTuple(args, "OOOO!O!O!OOnOO", &record, &tensor, &module, &PyFrozenSet_Type, &not_tensors,
+    if (!PyArg_ParseTuple(args, "OOOO!O!O!OOnO!", &record, &tensor, &module, &PyFrozenSet_Type, &not_tensors,
                           &PyFrozenSet_Type, &members, &PyDict_Type, &handlers, &leaf, &getattr_handler,
-                          &copy_limit, &frame, &act))
+                          &copy_limit, &PyDict_Type, &classes))
         return NULL;
+    PyObject *frame = PyDict_GetItemString(classes, "Frame"), *act = PyDict_GetItemString(classes, "Activation");
+    if (frame == NULL || act == NULL || learn_slots(classes) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "configure: classes must hold Frame and Activation");
+        return NULL;
+    }
     if (!PyType_Check(record) || !PyType_Check(tensor) || !PyType_Check(module)) {
         PyErr_SetString(PyExc_TypeError, "configure: StepRecord, Tensor and ScriptModule must be classes");
         return NULL;
@@ -1264,7 +1369,40 @@ static PyObject *configure(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(slots_doc, "slots() -> {class.field: bool}\n\nWhich fields configure() found as plain slots (read at their offsets).");
+
+static PyObject *slots_py(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    struct { const char *cls; struct slot *f; } all[] = {
+        {"Activation", &A_FRAME}, {"Activation", &A_BLOCK}, {"Activation", &A_PC}, {"Activation", &A_KIND},
+        {"Activation", &A_OWNER}, {"Activation", &A_RECORD}, {"Activation", &A_PATH}, {"Activation", &A_T0},
+        {"Frame", &F_ENV}, {"Frame", &F_MODULE_PATH}, {"Frame", &F_PATHS}, {"Frame", &F_START},
+        {"Node", &N_KIND}, {"Node", &N_IN_IDX}, {"Node", &N_OUT_IDX}, {"Node", &N_ATTRS},
+        {"Node", &N_MODULE_PATH}, {"Node", &N_CALLEE}, {"Block", &B_NODES}, {"Block", &B_FREES},
+        {"Block", &B_RETURNS}, {"Value", &V_INDEX}, {"LeafOp", &L_RUN}, {"LeafOp", &L_WRITES},
+        {"LeafOp", &L_MUTATES}, {"LeafOp", &L_TRAINING_WRITES}, {"StepRecord", &R_INPUTS_},
+        {"StepRecord", &R_OUTPUTS_}, {"StepRecord", &R_INDEX_}, {"StepRecord", &R_STATUS_},
+        {"StepRecord", &R_TIME_NS_}, {"StepRecord", &R_LAZY_},
+    };
+    PyObject *found = PyDict_New();
+    if (found == NULL)
+        return NULL;
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        PyObject *key = PyUnicode_FromFormat("%s.%s", all[i].cls, all[i].f->name);
+        if (key == NULL || PyDict_SetItem(found, key, all[i].f->type != NULL ? Py_True : Py_False) < 0) {
+            Py_XDECREF(key);
+            Py_DECREF(found);
+            return NULL;
+        }
+        Py_DECREF(key);
+    }
+    return found;
+}
+
 static PyMethodDef methods[] = {
+    {"slots", slots_py, METH_NOARGS, slots_doc},
     {"run", run, METH_O, run_doc},
     {"keep", (PyCFunction)(void (*)(void))keep_py, METH_FASTCALL, keep_doc},
     {"add", (PyCFunction)(void (*)(void))add_py, METH_FASTCALL, add_doc},

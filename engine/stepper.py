@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from engine import timeline
+from engine import ir, ops, timeline
 
 try:
     from engine import _stepper
@@ -38,8 +38,11 @@ def configure(handlers: dict[str, Callable], run_leaf: Callable, run_getattr: Ca
     if _stepper is None:
         return
     try:
+        # the classes whose slots the C side reads at their offsets
+        classes = {"Frame": frame, "Activation": activation, "Node": ir.Node, "Block": ir.Block, "Value": ir.Value,
+                   "LeafOp": ops.LeafOp, "StepRecord": timeline.StepRecord}
         _stepper.configure(timeline.StepRecord, torch.Tensor, torch._C.ScriptModule, timeline._NOT_TENSORS,
-                           module_members, handlers, run_leaf, run_getattr, timeline.COPY_LIMIT, frame, activation)
+                           module_members, handlers, run_leaf, run_getattr, timeline.COPY_LIMIT, classes)
     except TypeError:  # a StepRecord this build does not know (the tests say so): the Python loop
         BUILT = False
         return

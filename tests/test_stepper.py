@@ -178,6 +178,13 @@ def test_c_loop_stops_when_cancelled(archive, loop_choice):
     assert values_equal(m.outputs, native(path, args))
 
 
+@needs_c
+def test_c_loop_reads_the_interpreters_fields_directly():
+    """configure() found every field it reads as a plain slot (else it reads by name, slowly but alike)."""
+    found = stepper._stepper.slots()
+    assert found and all(found.values()), [name for name, direct in found.items() if not direct]
+
+
 def test_pure_python_switch(tmp_path):
     """TSDEBUG_PURE_PYTHON=1 runs the Python interpreter alone."""
     code = "import engine.machine, engine.stepper as s; print(s.ACTIVE)"
