@@ -55,10 +55,15 @@ class Recurrence(torch.nn.Module):
 
 
 def recorded(path, args, use_c, loop_choice, **session_args):
+    """The second run of a session: by then the program has resolved and cached its callees,
+    so the C loop runs the calls itself (a first run hands each new call to Python)."""
     loop_choice(use_c)
     s = Session(path, **session_args)
-    m = s.start(values=args)
+    first = s.start(values=args)
+    first_stop = first.run()
+    m = s.restart()
     stop = m.run()
+    assert stop == first_stop and len(m.timeline) == len(first.timeline)
     return stop, m
 
 
@@ -175,6 +180,31 @@ def test_c_loop_stops_when_cancelled(archive, loop_choice):
     assert not m.finished and calls["n"] == 30
     # and it goes on from there to the end an uncancelled run reaches
     assert m.run() == Stop.FINISHED
+    assert values_equal(m.outputs, native(path, args))
+
+
+@needs_c
+def test_c_loop_runs_calls_once_their_callees_are_known(archive, loop_choice, monkeypatch):
+    """The first run hands each new call to Python (which resolves the callee); later runs make the calls in C."""
+    import engine.machine as machine_module
+    python_calls = {"n": 0}
+    handler = machine_module._HANDLERS["prim::CallMethod"]
+
+    def counting(machine, act, node):
+        python_calls["n"] += 1
+        return handler(machine, act, node)
+
+    monkeypatch.setitem(machine_module._HANDLERS, "prim::CallMethod", counting)
+    make, args, _ = CASES["convnet"]
+    path = archive(make(), "trace", example=args)
+    loop_choice(True)
+    s = Session(path)
+    s.start(values=args).run()
+    first = python_calls["n"]
+    python_calls["n"] = 0
+    m = s.restart()
+    assert m.run() == Stop.FINISHED
+    assert first > 5 and python_calls["n"] == 0
     assert values_equal(m.outputs, native(path, args))
 
 
