@@ -56,39 +56,28 @@ static PyObject *Zero;
 enum { K_LEAF, K_CONSTANT, K_GETATTR, K_LIST, K_TUPLE, K_CALL_METHOD, K_OTHER };
 static PyObject *KindCodes; /* kind -> code, for the kinds handled here and those with a Python handler */
 
-static PyObject *s_stack, *s_error, *s_cancel, *s_block, *s_nodes, *s_pc, *s_kind, *s_frame, *s_env, *s_in_idx,
-    *s_out_idx, *s_frees, *s_attrs, *s_value, *s_module_path, *s_path, *s_start, *s_timeline, *s_leaf_ops, *s_run,
-    *s_writes, *s_mutates, *s_training_writes, *s_autocast, *s_time_ns, *s_outputs, *s_inputs, *s_records,
-    *s_index, *s_refs, *s_dropped_cache, *s_version, *s_untyped_storage, *s_data_ptr, *s_keep_tensor,
-    *s_keep_container, *s_exit_block, *s_getattr, *s_name, *s_paths, *s_attr_overlay, *s_module_storages,
-    *s_add, *s_fail, *s_writes_now, *s_keep_py, *s_free, *s_inputs_before_write, *s_lazy, *s_program, *s_callees,
-    *s_callee, *s_inputs_attr, *s_body, *s_index_attr, *s_owner, *s_record, *s_t0, *s_returns, *s_loop, *s_fork_kind,
-    *s_body_kind, *s_status, *s_entered, *s_done;
+static PyObject *s_stack, *s_error, *s_cancel, *s_value, *s_timeline, *s_leaf_ops, *s_autocast, *s_records,
+    *s_refs, *s_dropped_cache, *s_version, *s_untyped_storage, *s_data_ptr, *s_keep_tensor, *s_keep_container,
+    *s_exit_block, *s_getattr, *s_name, *s_attr_overlay, *s_module_storages, *s_fail, *s_writes_now,
+    *s_keep_py, *s_free, *s_inputs_before_write, *s_program, *s_callees, *s_inputs_attr, *s_body, *s_loop,
+    *s_fork_kind, *s_body_kind, *s_entered, *s_done;
 
 static int intern_names(void)
 {
 #define NAME(var, text)                                  \
     if ((var = PyUnicode_InternFromString(text)) == NULL) \
         return -1;
-    NAME(s_stack, "stack") NAME(s_error, "error") NAME(s_cancel, "_cancel") NAME(s_block, "block")
-    NAME(s_nodes, "nodes") NAME(s_pc, "pc") NAME(s_kind, "kind") NAME(s_frame, "frame") NAME(s_env, "env")
-    NAME(s_in_idx, "in_idx") NAME(s_out_idx, "out_idx") NAME(s_frees, "frees") NAME(s_attrs, "attrs")
-    NAME(s_value, "value") NAME(s_module_path, "module_path") NAME(s_path, "path") NAME(s_start, "start")
-    NAME(s_timeline, "timeline") NAME(s_leaf_ops, "_leaf_ops") NAME(s_run, "run") NAME(s_writes, "writes")
-    NAME(s_mutates, "mutates") NAME(s_training_writes, "training_writes") NAME(s_autocast, "_autocast")
-    NAME(s_time_ns, "time_ns") NAME(s_outputs, "_outputs") NAME(s_inputs, "_inputs") NAME(s_records, "records")
-    NAME(s_index, "index") NAME(s_refs, "_refs") NAME(s_dropped_cache, "_dropped_cache")
+    NAME(s_stack, "stack") NAME(s_error, "error") NAME(s_cancel, "_cancel") NAME(s_value, "value")
+    NAME(s_timeline, "timeline") NAME(s_leaf_ops, "_leaf_ops") NAME(s_autocast, "_autocast")
+    NAME(s_records, "records") NAME(s_refs, "_refs") NAME(s_dropped_cache, "_dropped_cache")
     NAME(s_version, "_version") NAME(s_untyped_storage, "untyped_storage") NAME(s_data_ptr, "data_ptr")
     NAME(s_keep_tensor, "_keep_tensor") NAME(s_keep_container, "_keep_container")
-    NAME(s_exit_block, "_exit_block") NAME(s_getattr, "getattr") NAME(s_name, "name") NAME(s_paths, "paths")
-    NAME(s_attr_overlay, "_attr_overlay") NAME(s_module_storages, "_module_storages")
-    NAME(s_add, "add") NAME(s_fail, "_fail")
+    NAME(s_exit_block, "_exit_block") NAME(s_getattr, "getattr") NAME(s_name, "name")
+    NAME(s_attr_overlay, "_attr_overlay") NAME(s_module_storages, "_module_storages") NAME(s_fail, "_fail")
     NAME(s_writes_now, "writes_now") NAME(s_keep_py, "_keep") NAME(s_free, "_free")
-    NAME(s_inputs_before_write, "_inputs_before_write") NAME(s_lazy, "lazy") NAME(s_program, "program")
-    NAME(s_callees, "_callees") NAME(s_callee, "callee") NAME(s_inputs_attr, "inputs") NAME(s_body, "body")
-    NAME(s_index_attr, "index") NAME(s_owner, "owner") NAME(s_record, "record") NAME(s_t0, "t0")
-    NAME(s_returns, "returns") NAME(s_loop, "loop") NAME(s_fork_kind, "prim::fork") NAME(s_body_kind, "body")
-    NAME(s_status, "status") NAME(s_entered, "entered") NAME(s_done, "done")
+    NAME(s_inputs_before_write, "_inputs_before_write") NAME(s_program, "program") NAME(s_callees, "_callees")
+    NAME(s_inputs_attr, "inputs") NAME(s_body, "body") NAME(s_loop, "loop") NAME(s_fork_kind, "prim::fork")
+    NAME(s_body_kind, "body") NAME(s_entered, "entered") NAME(s_done, "done")
 #undef NAME
     return 0;
 }
@@ -134,8 +123,9 @@ SLOT(N_MODULE_PATH, "module_path") SLOT(N_CALLEE, "callee")
 SLOT(B_NODES, "nodes") SLOT(B_FREES, "frees") SLOT(B_RETURNS, "returns")
 SLOT(V_INDEX, "index")
 SLOT(L_RUN, "run") SLOT(L_WRITES, "writes") SLOT(L_MUTATES, "mutates") SLOT(L_TRAINING_WRITES, "training_writes")
-SLOT(R_INPUTS_, "_inputs") SLOT(R_OUTPUTS_, "_outputs") SLOT(R_INDEX_, "index") SLOT(R_STATUS_, "status")
-SLOT(R_TIME_NS_, "time_ns") SLOT(R_LAZY_, "lazy")
+SLOT(R_INDEX, "index") SLOT(R_NODE, "node") SLOT(R_PATH, "path") SLOT(R_MODULE_PATH, "module_path")
+SLOT(R_DEPTH, "depth") SLOT(R_INPUTS, "_inputs") SLOT(R_OUTPUTS, "_outputs") SLOT(R_TIME_NS, "time_ns")
+SLOT(R_STATUS, "status") SLOT(R_ERROR, "error") SLOT(R_FRAME, "frame") SLOT(R_LAZY, "lazy")
 #undef SLOT
 
 /* obj.<field>, a new reference */
@@ -186,14 +176,14 @@ static int learn_slot(struct slot *f, PyObject *type)
 
 static int learn_slots(PyObject *classes)
 {
-    struct { const char *cls; struct slot *slots[9]; } plan[] = {
+    struct { const char *cls; struct slot *slots[13]; } plan[] = {
         {"Activation", {&A_FRAME, &A_BLOCK, &A_PC, &A_KIND, &A_OWNER, &A_RECORD, &A_PATH, &A_T0, NULL}},
         {"Frame", {&F_ENV, &F_MODULE_PATH, &F_PATHS, &F_START, NULL}},
         {"Node", {&N_KIND, &N_IN_IDX, &N_OUT_IDX, &N_ATTRS, &N_MODULE_PATH, &N_CALLEE, NULL}},
         {"Block", {&B_NODES, &B_FREES, &B_RETURNS, NULL}},
         {"Value", {&V_INDEX, NULL}},
         {"LeafOp", {&L_RUN, &L_WRITES, &L_MUTATES, &L_TRAINING_WRITES, NULL}},
-        {"StepRecord", {&R_INPUTS_, &R_OUTPUTS_, &R_INDEX_, &R_STATUS_, &R_TIME_NS_, &R_LAZY_, NULL}},
+        /* StepRecord: learned by learn_record_layout(), which needs every one of its fields */
     };
     for (size_t c = 0; c < sizeof plan / sizeof plan[0]; c++) {
         PyObject *type = PyDict_GetItemString(classes, plan[c].cls); /* borrowed */
@@ -384,16 +374,16 @@ static int timeline_add(PyObject *timeline, PyObject *record)
         return -1;
     int status = -1;
     PyObject *index = PyLong_FromSsize_t(PyList_GET_SIZE(records));
-    if (index == NULL || set_slot(record, &R_INDEX_, index) < 0 || PyList_Append(records, record) < 0)
+    if (index == NULL || set_slot(record, &R_INDEX, index) < 0 || PyList_Append(records, record) < 0)
         goto done;
-    PyObject *values = get_slot(record, &R_INPUTS_);
+    PyObject *values = get_slot(record, &R_INPUTS);
     if (values == NULL)
         goto done;
     int kept = keep(timeline, record, values);
     Py_DECREF(values);
     if (kept < 0)
         goto done;
-    values = get_slot(record, &R_OUTPUTS_);
+    values = get_slot(record, &R_OUTPUTS);
     if (values == NULL)
         goto done;
     int any = PyObject_IsTrue(values);
@@ -420,7 +410,7 @@ static PyObject *add_module_tensor(PyObject *timeline, PyObject *record, PyObjec
     if ((records = PyObject_GetAttr(timeline, s_records)) == NULL)
         goto done;
     if ((index = PyLong_FromSsize_t(PyList_GET_SIZE(records))) == NULL
-        || set_slot(record, &R_INDEX_, index) < 0 || PyList_Append(records, record) < 0)
+        || set_slot(record, &R_INDEX, index) < 0 || PyList_Append(records, record) < 0)
         goto done;
     if ((refs = PyObject_GetAttr(timeline, s_refs)) == NULL)
         goto done;
@@ -530,21 +520,20 @@ done:
 }
 
 /* StepRecord(index, node, path, module_path, depth, inputs, frame): the object made as
- * StepRecord.__init__ makes it, without running it (a Python frame per step).  configure()
- * found where each of its slots lies and read the defaults __init__ gives the others from a
- * record it made; it refuses a StepRecord whose slots are not these. */
-enum { R_INDEX, R_NODE, R_PATH, R_MODULE_PATH, R_DEPTH, R_INPUTS, R_OUTPUTS, R_TIME_NS, R_STATUS, R_ERROR, R_FRAME,
-       R_LAZY, R_FIELDS };
-static const char *const RecordFields[R_FIELDS] = {"index", "node", "path", "module_path", "depth", "_inputs",
-                                                    "_outputs", "time_ns", "status", "error", "frame", "lazy"};
-static Py_ssize_t RecordOffsets[R_FIELDS];
-static PyObject *RecordDefaults[R_FIELDS]; /* what __init__ sets the fields it is not given to */
+ * StepRecord.__init__ makes it, without running it (a Python frame per step).
+ * learn_record_layout() found its fields as slots and read the defaults __init__ gives
+ * the others from a record it made; it refuses a StepRecord whose slots are not these. */
+static struct slot *const RecordFields[] = {&R_INDEX, &R_NODE, &R_PATH, &R_MODULE_PATH, &R_DEPTH, &R_INPUTS,
+                                            &R_OUTPUTS, &R_TIME_NS, &R_STATUS, &R_ERROR, &R_FRAME, &R_LAZY};
+#define RECORD_FIELDS ((int)(sizeof RecordFields / sizeof RecordFields[0]))
+static PyObject *RecordDefaults[RECORD_FIELDS]; /* what __init__ sets each field to, when not given */
 
-static void set_field(PyObject *record, int field, PyObject *value)
+/* a field of a record being made: a plain store at its offset */
+static void store(PyObject *record, const struct slot *f, PyObject *value)
 {
-    PyObject **slot = (PyObject **)((char *)record + RecordOffsets[field]);
+    PyObject **at = (PyObject **)((char *)record + f->offset);
     Py_INCREF(value);
-    Py_XSETREF(*slot, value);
+    Py_XSETREF(*at, value);
 }
 
 static PyObject *make_record(PyObject *node, PyObject *path, PyObject *module_path, PyObject *depth,
@@ -554,16 +543,16 @@ static PyObject *make_record(PyObject *node, PyObject *path, PyObject *module_pa
     PyObject *record = type->tp_alloc(type, 0);
     if (record == NULL)
         return NULL;
-    for (int f = 0; f < R_FIELDS; f++)
+    for (int f = 0; f < RECORD_FIELDS; f++)
         if (RecordDefaults[f] != NULL)
-            set_field(record, f, RecordDefaults[f]);
-    set_field(record, R_INDEX, Zero);
-    set_field(record, R_NODE, node);
-    set_field(record, R_PATH, path);
-    set_field(record, R_MODULE_PATH, module_path);
-    set_field(record, R_DEPTH, depth);
-    set_field(record, R_INPUTS, inputs);
-    set_field(record, R_FRAME, frame);
+            store(record, RecordFields[f], RecordDefaults[f]);
+    store(record, &R_INDEX, Zero);
+    store(record, &R_NODE, node);
+    store(record, &R_PATH, path);
+    store(record, &R_MODULE_PATH, module_path);
+    store(record, &R_DEPTH, depth);
+    store(record, &R_INPUTS, inputs);
+    store(record, &R_FRAME, frame);
     return record;
 }
 
@@ -573,28 +562,19 @@ static int learn_record_layout(PyObject *type)
     PyObject *slots = PyObject_GetAttrString(type, "__slots__");
     if (slots == NULL)
         return -1;
-    PyObject *seq = PySequence_Fast(slots, "StepRecord.__slots__");
+    Py_ssize_t n = PyObject_Length(slots);
     Py_DECREF(slots);
-    if (seq == NULL)
-        return -1;
     /* the fields above, "autocast" (set on some records only) and "__weakref__": nothing else */
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    Py_DECREF(seq);
-    if (n != R_FIELDS + 2) {
-        PyErr_SetString(PyExc_TypeError, "configure: StepRecord's slots are not those engine._stepper knows");
+    if (n != RECORD_FIELDS + 2) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "configure: StepRecord's slots are not those engine._stepper knows");
         return -1;
     }
-    for (int f = 0; f < R_FIELDS; f++) {
-        PyObject *descr = PyObject_GetAttrString(type, RecordFields[f]);
-        if (descr == NULL)
+    for (int f = 0; f < RECORD_FIELDS; f++) {
+        if (learn_slot(RecordFields[f], type) < 0)
             return -1;
-        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type)
-                 && ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
-        if (ok)
-            RecordOffsets[f] = ((PyMemberDescrObject *)descr)->d_member->offset;
-        Py_DECREF(descr);
-        if (!ok) {
-            PyErr_Format(PyExc_TypeError, "configure: StepRecord.%s is not a plain slot", RecordFields[f]);
+        if (RecordFields[f]->type == NULL) {
+            PyErr_Format(PyExc_TypeError, "configure: StepRecord.%s is not a plain slot", RecordFields[f]->name);
             return -1;
         }
     }
@@ -604,8 +584,8 @@ static int learn_record_layout(PyObject *type)
     Py_XDECREF(inputs);
     if (sample == NULL)
         return -1;
-    for (int f = 0; f < R_FIELDS; f++) {
-        PyObject *value = *(PyObject **)((char *)sample + RecordOffsets[f]);
+    for (int f = 0; f < RECORD_FIELDS; f++) {
+        PyObject *value = *(PyObject **)((char *)sample + RecordFields[f]->offset);
         Py_XINCREF(value);
         Py_XSETREF(RecordDefaults[f], value);
     }
@@ -647,7 +627,7 @@ static int set_time(PyObject *record, long long t0)
     PyObject *dt = PyLong_FromLongLong(now_ns() - t0);
     if (dt == NULL)
         return -1;
-    int status = set_slot(record, &R_TIME_NS_, dt);
+    int status = set_slot(record, &R_TIME_NS, dt);
     Py_DECREF(dt);
     return status;
 }
@@ -692,7 +672,7 @@ static int run_construct(struct step *s, PyObject *block, Py_ssize_t depth, int 
         goto done;
     Py_INCREF(value);
     PyList_SET_ITEM(outs, 0, value);
-    if (set_slot(record, &R_OUTPUTS_, outs) < 0 || timeline_add(timeline, record) < 0)
+    if (set_slot(record, &R_OUTPUTS, outs) < 0 || timeline_add(timeline, record) < 0)
         goto done;
     status = advance(s, block);
 done:
@@ -766,7 +746,7 @@ static int run_getattr(struct step *s, PyObject *block, Py_ssize_t depth, PyObje
         goto done;
     Py_INCREF(value);
     PyList_SET_ITEM(outs, 0, value);
-    if (set_slot(record, &R_OUTPUTS_, outs) < 0)
+    if (set_slot(record, &R_OUTPUTS, outs) < 0)
         goto done;
     if (PyObject_TypeCheck(value, (PyTypeObject *)TensorType)) {
         /* self._module_storages.add(self.timeline.add_module_tensor(record, value)) */
@@ -861,7 +841,7 @@ static int run_leaf(struct step *s, PyObject *block, Py_ssize_t depth, PyObject 
     }
     if (rec_inputs == NULL || (record = new_record(s, depth, rec_inputs)) == NULL)
         goto done;
-    if (w && set_slot(record, &R_LAZY_, Py_True) < 0) /* its inputs may be recipes */
+    if (w && set_slot(record, &R_LAZY, Py_True) < 0) /* its inputs may be recipes */
         goto done;
     if ((run = get_slot(op, &L_RUN)) == NULL) /* read each time: it may replace itself */
         goto done;
@@ -902,7 +882,7 @@ static int run_leaf(struct step *s, PyObject *block, Py_ssize_t depth, PyObject 
     for (Py_ssize_t k = 0; k < n; k++)
         if (set_env(s->env, PyTuple_GET_ITEM(out_idx, k), PySequence_Fast_GET_ITEM(seq, k)) < 0)
             goto done;
-    if (set_slot(record, &R_OUTPUTS_, outs) < 0 || timeline_add(timeline, record) < 0)
+    if (set_slot(record, &R_OUTPUTS, outs) < 0 || timeline_add(timeline, record) < 0)
         goto done;
     status = advance(s, block) < 0 ? -1 : 1;
 done:
@@ -989,7 +969,7 @@ static int run_call_method(struct step *s, Py_ssize_t depth, PyObject *timeline)
             goto done;
     }
     /* the step that enters it */
-    if ((record = new_record(s, depth, args)) == NULL || set_slot(record, &R_STATUS_, s_entered) < 0
+    if ((record = new_record(s, depth, args)) == NULL || set_slot(record, &R_STATUS, s_entered) < 0
         || timeline_add(timeline, record) < 0)
         goto done;
     if ((path = get_slot(s->act, &A_PATH)) == NULL || (body = PyObject_GetAttr(graph, s_body)) == NULL)
@@ -1003,7 +983,7 @@ static int run_call_method(struct step *s, Py_ssize_t depth, PyObject *timeline)
     if (act == NULL || (t0 = PyLong_FromLongLong(now_ns())) == NULL || set_slot(act, &A_T0, t0) < 0
         || append_to_stack(s->machine, act) < 0)
         goto done;
-    PyObject *index = get_slot(record, &R_INDEX_);
+    PyObject *index = get_slot(record, &R_INDEX);
     int started = index == NULL ? -1 : set_slot(frame, &F_START, index);
     Py_XDECREF(index);
     status = started < 0 ? -1 : 1;
@@ -1088,8 +1068,8 @@ static int exit_block(PyObject *machine, PyObject *stack, PyObject *act, PyObjec
         long long started = PyLong_AsLongLong(t0);
         if (started == -1 && PyErr_Occurred())
             goto done;
-        if (set_time(record, started) < 0 || set_slot(record, &R_STATUS_, s_done) < 0
-            || set_slot(record, &R_OUTPUTS_, returns) < 0 || keep(timeline, record, returns) < 0)
+        if (set_time(record, started) < 0 || set_slot(record, &R_STATUS, s_done) < 0
+            || set_slot(record, &R_OUTPUTS, returns) < 0 || keep(timeline, record, returns) < 0)
             goto done;
     }
     /* the parent is past the node that entered the block */
@@ -1382,9 +1362,10 @@ static PyObject *slots_py(PyObject *self, PyObject *unused)
         {"Node", &N_KIND}, {"Node", &N_IN_IDX}, {"Node", &N_OUT_IDX}, {"Node", &N_ATTRS},
         {"Node", &N_MODULE_PATH}, {"Node", &N_CALLEE}, {"Block", &B_NODES}, {"Block", &B_FREES},
         {"Block", &B_RETURNS}, {"Value", &V_INDEX}, {"LeafOp", &L_RUN}, {"LeafOp", &L_WRITES},
-        {"LeafOp", &L_MUTATES}, {"LeafOp", &L_TRAINING_WRITES}, {"StepRecord", &R_INPUTS_},
-        {"StepRecord", &R_OUTPUTS_}, {"StepRecord", &R_INDEX_}, {"StepRecord", &R_STATUS_},
-        {"StepRecord", &R_TIME_NS_}, {"StepRecord", &R_LAZY_},
+        {"LeafOp", &L_MUTATES}, {"LeafOp", &L_TRAINING_WRITES}, {"StepRecord", &R_INDEX},
+        {"StepRecord", &R_NODE}, {"StepRecord", &R_PATH}, {"StepRecord", &R_MODULE_PATH}, {"StepRecord", &R_DEPTH},
+        {"StepRecord", &R_INPUTS}, {"StepRecord", &R_OUTPUTS}, {"StepRecord", &R_TIME_NS},
+        {"StepRecord", &R_STATUS}, {"StepRecord", &R_ERROR}, {"StepRecord", &R_FRAME}, {"StepRecord", &R_LAZY},
     };
     PyObject *found = PyDict_New();
     if (found == NULL)
