@@ -317,6 +317,9 @@ def test_version_names_tsdebug_and_torch(capsys, flag):
     assert main([flag]) == 0
     out = capsys.readouterr().out.strip()
     assert out.startswith("tsdebug 0.") and f"torch {torch.__version__}" in out, out
+    from engine import moments, stepper
+    built = [name for name, there in (("moments", moments.BUILT), ("stepper", stepper.BUILT)) if there]
+    assert (f"C extensions: {', '.join(built)}" if built else "no C extensions") in out, out
 
 
 def test_torchscript_deprecation_notes_are_silenced():

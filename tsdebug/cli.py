@@ -82,7 +82,23 @@ def version_line() -> str:
     from tsdebug import __version__
 
     python = ".".join(str(n) for n in sys.version_info[:3])
-    return f"tsdebug {__version__} (torch {_torch_version()}, Python {python})"
+    return f"tsdebug {__version__} (torch {_torch_version()}, Python {python}; {_speedups()})"
+
+
+def _speedups() -> str:
+    """Which optional C extensions were built (engine._moments, engine._stepper), found on disk:
+    importing the engine would import torch."""
+    import importlib.machinery
+    import importlib.util
+
+    spec = importlib.util.find_spec("engine")
+    folder = os.path.dirname(spec.origin) if spec is not None and spec.origin else None
+    built = [name for name in ("moments", "stepper") if folder and any(
+        os.path.exists(os.path.join(folder, f"_{name}{suffix}")) for suffix in importlib.machinery.EXTENSION_SUFFIXES)]
+    text = f"C extensions: {', '.join(built)}" if built else "no C extensions (built without a C compiler)"
+    if "stepper" in built and os.environ.get("TSDEBUG_PURE_PYTHON", "") not in ("", "0"):
+        text += "; TSDEBUG_PURE_PYTHON: the Python loop"
+    return text
 
 
 def _torch_version() -> str:
