@@ -122,7 +122,9 @@ def main() -> None:
         bench("lstm loop 64 steps scripted", B.LSTMLoop(), (torch.randn(64, 2, 16),), "script", n(40)),
     ]
     loop = "C (engine._stepper)" if stepper.ACTIVE else (
-        "Python (TSDEBUG_PURE_PYTHON is set)" if stepper.BUILT else "Python (engine._stepper was not built)")
+        "Python (TSDEBUG_PURE_PYTHON is set)" if stepper.BUILT else
+        f"Python (engine._stepper refused: {stepper.PROBLEM})" if stepper.PROBLEM else
+        "Python (engine._stepper was not built)")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; statistics: {statistics_path()}; "
           f"run loop: {loop}")
     print(f"{'model':48} {'steps':>6} {'native ms':>10} {'engine ms':>10} {'ratio':>6} {'median':>7} {'µs/step':>8}"

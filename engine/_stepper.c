@@ -12,14 +12,14 @@
  * Python bytecode run for each step (dispatch, the step record, the memory
  * accounting of each value), and it runs slowly there, with its caches
  * emptied by the convolution before it.  What stays in Python is what costs
- * the same either way: the op itself, the StepRecord's __init__, a tensor's
- * first accounting and its summary (Timeline._keep_tensor), lists holding
- * tensors (Timeline._keep_container), ops that write their inputs, calls,
- * control flow and every error path.
+ * the same either way or is rare: the op itself, a tensor's first accounting
+ * and its summary (Timeline._keep_tensor), lists holding tensors
+ * (Timeline._keep_container), the copies an in-place op's record keeps,
+ * loops, forks, a callee's first resolution and every error path.
  *
  * Handled here:
- *   - the loop of Machine.run: cancel and error checks, block exits
- *     (Machine._exit_block, in Python), dispatch on the node's kind;
+ *   - the loop of Machine.run: cancel and error checks, dispatch on the
+ *     node's kind;
  *   - prim::Constant (Machine._run_constant);
  *   - prim::ListConstruct / prim::TupleConstruct (Machine._run_construct);
  *   - prim::GetAttr of a module's parameter, buffer or submodule

@@ -5,11 +5,12 @@ each step: dispatch, the step record, the accounting of each value.
 ``engine._stepper`` does that for the common nodes (constants, list and
 tuple construction, a module's GetAttr, leaf ops, method calls and the
 return from them or from an If branch) and for ``Timeline.add``, and hands
-every other node to the machine's own handlers.  ``Machine.run`` and ``Timeline.add``/``set_outputs`` take it while
-``ACTIVE``.  The Python code in engine/machine.py and engine/timeline.py is
-the reference it follows and what runs without it: the C part is optional
-(setup.py builds it when a C compiler is there), ``TSDEBUG_PURE_PYTHON=1``
-turns it off, and the tests run models both ways and compare the timelines.
+every other node to the machine's own handlers.  ``Machine.run`` and
+``Timeline.add``/``set_outputs`` take it while ``ACTIVE``.  The Python code
+in engine/machine.py and engine/timeline.py is the reference it follows and
+what runs without it: the C part is optional (setup.py builds it when a C
+compiler is there), ``TSDEBUG_PURE_PYTHON=1`` turns it off, and the tests
+run models both ways and compare the timelines.
 """
 
 from __future__ import annotations
@@ -26,15 +27,18 @@ try:
 except ImportError:  # built without a C compiler
     _stepper = None
 
+#: Whether the C loop is there to use: built, and it accepted the classes it was handed.
 BUILT = _stepper is not None
 #: Whether ``Machine.run`` and the timeline use the C loop now.
 ACTIVE = False
+#: Why a built C loop refused the classes it was handed (then tsdebug runs the Python loop).
+PROBLEM: str | None = None
 
 
 def configure(handlers: dict[str, Callable], run_leaf: Callable, run_getattr: Callable,
               module_members: frozenset, frame: type, activation: type) -> None:
     """Hand the C loop the machine's handlers and tables (engine.machine calls this once)."""
-    global BUILT
+    global BUILT, PROBLEM
     if _stepper is None:
         return
     try:
@@ -43,8 +47,9 @@ def configure(handlers: dict[str, Callable], run_leaf: Callable, run_getattr: Ca
                    "LeafOp": ops.LeafOp, "StepRecord": timeline.StepRecord}
         _stepper.configure(timeline.StepRecord, torch.Tensor, torch._C.ScriptModule, timeline._NOT_TENSORS,
                            module_members, handlers, run_leaf, run_getattr, timeline.COPY_LIMIT, classes)
-    except TypeError:  # a StepRecord this build does not know (the tests say so): the Python loop
+    except Exception as exc:  # e.g. a StepRecord with fields this build does not know: the Python loop
         BUILT = False
+        PROBLEM = f"{type(exc).__name__}: {exc}"
         return
     use(os.environ.get("TSDEBUG_PURE_PYTHON", "") in ("", "0"))
 

@@ -216,7 +216,8 @@ def test_c_loop_reads_the_interpreters_fields_directly():
 
 
 def test_pure_python_switch(tmp_path):
-    """TSDEBUG_PURE_PYTHON=1 runs the Python interpreter alone."""
+    """TSDEBUG_PURE_PYTHON=1 runs the Python interpreter alone; a built C loop accepted the interpreter's classes."""
+    assert stepper.BUILT == (stepper._stepper is not None), stepper.PROBLEM
     code = "import engine.machine, engine.stepper as s; print(s.ACTIVE)"
     env = dict(os.environ, TSDEBUG_PURE_PYTHON="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
