@@ -93,14 +93,19 @@ def parse_source_range(text: str) -> SourceLoc | None:
 
 
 def module_path_from_hierarchy(hierarchy: str) -> str:
-    """``layer1(Sequential).0(BasicBlock).conv1(Conv2d)`` -> ``layer1.0.conv1``."""
+    """``layer1(Sequential).0(BasicBlock).conv1(Conv2d)`` -> ``layer1.0.conv1``.
+
+    Scripted graphs name the module a method was called on ``SELF`` when it
+    is the caller's own module: the root's (``SELF(Net)``), and a method that
+    calls another method of its module (``inner(Inner).SELF(Inner).lin``):
+    neither adds to the path.
+    """
     parts = []
     for name in _HIERARCHY_PART.findall(hierarchy):
         if name == "UNKNOWN_INSTANCE":
             break
-        parts.append(name)
-    if parts and parts[0] == "SELF":  # scripted graphs name the root module SELF
-        parts = parts[1:]
+        if name != "SELF":
+            parts.append(name)
     return ".".join(parts)
 
 

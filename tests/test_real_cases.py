@@ -300,6 +300,49 @@ def test_fork_archive_exits_cleanly(archive):
         assert res.returncode == 0 and res.stderr == "", res.stderr
 
 
+class CorrBlock(nn.Module):
+    """Methods other than forward, one calling another of its module (RAFT's correlation block)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+
+    def volume(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.proj(x)) * 2
+
+    def index(self, x: torch.Tensor) -> torch.Tensor:
+        return self.volume(x) + 1
+
+
+class CallsMethods(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.corr = CorrBlock()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.corr.index(x) - self.scale(x)
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 3
+
+
+def test_methods_calling_methods_of_their_module_have_its_path_in_both_views(archive):
+    """The inlined graph names a method's own module SELF (``corr(CorrBlock).SELF(CorrBlock).proj``):
+    the path is ``corr.proj``, as in the call tree."""
+    path = archive(CallsMethods(), "script")
+    args = (torch.randn(2, 4),)
+
+    def op_paths(inline):
+        m = Session(path, inline=inline).start(values=args)
+        assert m.run() == "finished"
+        return [(r.node.kind, r.module_path) for r in m.timeline if r.node.kind.startswith("aten::")]
+
+    tree, inlined = op_paths(False), op_paths(True)
+    assert tree == inlined
+    assert ("aten::linear", "corr.proj") in tree and ("aten::relu", "corr") in tree and ("aten::mul", "") in tree
+    assert not any("SELF" in p for _, p in inlined)
+
+
 class NoGradBlock(nn.Module):
     """``with torch.no_grad():`` in scripted code: prim::Enter / prim::Exit call the context's methods."""
 
