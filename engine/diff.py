@@ -252,9 +252,17 @@ def align(records: list[StepRecord], eager: EagerRun, rtol: float, atol: float) 
     report = DiffReport()
     graph_ops = comparable_records(records)
     report.comparable = len(graph_ops)
+    # A graph op of a module whose forward the eager run never entered (a method other than
+    # forward, called from outside: RAFT's ``self.corr_block.index_pyramid(...)``) ran,
+    # eagerly, inside the forward that called it: it joins the closest module path whose
+    # forward the eager run entered, as the eager op does.
+    entered = set(eager.module_outputs) | {""} if eager.by_forward else None
     by_path_g: dict[str, list[StepRecord]] = {}
     for r in graph_ops:
-        by_path_g.setdefault(r.module_path, []).append(r)
+        p = r.module_path
+        while entered is not None and p not in entered:
+            p = p.rsplit(".", 1)[0] if "." in p else ""
+        by_path_g.setdefault(p, []).append(r)
     # Each eager op joins the closest module path the graph has ops in: a fused
     # graph op (a whole encoder layer) meets the ops of the layer's submodules.
     by_path_e: dict[str, list[EagerOp]] = {}

@@ -49,7 +49,11 @@ class EagerOp:
 class EagerRun:
     ops: list[EagerOp] = field(default_factory=list)
     outputs: Any = None
+    # module path -> what each of its forward calls returned: the modules whose forward ran
     module_outputs: dict[str, list] = field(default_factory=dict)
+    #: Whether the run saw modules through their forward calls (hooks): a Python model's run
+    #: does; another archive's records (``--against``) name modules as the graph does.
+    by_forward: bool = False
 
 
 def parse_eager_args(items: list[str]) -> dict[str, Any]:
@@ -312,6 +316,7 @@ def run_eager(model: torch.nn.Module, args: tuple, grad: bool) -> EagerRun:
             handles.append(m.register_forward_pre_hook(pre))
             handles.append(m.register_forward_hook(post))
     model.eval()
+    run.by_forward = True
     try:
         with torch.set_grad_enabled(grad), recorder:
             run.outputs = model(*args)

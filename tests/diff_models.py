@@ -212,3 +212,30 @@ class Signs(nn.Module):
 
     def forward(self, x):
         return torch.sign(self.lin(x))
+
+
+class Correlation(nn.Module):
+    """A module used only through methods other than forward, one calling another (RAFT's CorrBlock)."""
+
+    def __init__(self, scale: float = 2.0):
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.scale = scale
+
+    def volume(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.proj(x)) * self.scale
+
+    def lookup(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.volume(x)) + 1
+
+
+class CallsAModulesMethods(nn.Module):
+    def __init__(self, scale: float = 2.0):
+        super().__init__()
+        self.corr = Correlation(scale)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(2):
+            x = x + self.corr.lookup(x)
+        return self.head(x)

@@ -170,6 +170,22 @@ def test_forks_and_with_blocks_align_whole(archive, capsys):
 
 
 @pytest.mark.parametrize("mode", ["trace", "script"])
+def test_methods_other_than_forward_align_where_they_are_called(archive, capsys, mode):
+    """``self.corr.lookup(x)`` runs in the graph as corr's method, eagerly inside the caller's forward
+    (no forward of corr ran): its ops are compared all the same, and a change inside it is found there."""
+    torch.manual_seed(0)
+    path = archive(D.CallsAModulesMethods(), mode, example=(torch.randn(3, 4),))
+    code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:CallsAModulesMethods", "--input", "float32[3,4]")
+    assert code == 0, err
+    assert rep["first_divergence"] is None and rep["coverage"] == 1.0, rep
+    code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:CallsAModulesMethods",
+                               "--eager-arg", "scale=3.0", "--input", "float32[3,4]")
+    assert code == 1, err
+    first = rep["first_divergence"]
+    assert first["kind"] == "aten::mul" and first["source"].endswith("diff_models.py:226"), first
+
+
+@pytest.mark.parametrize("mode", ["trace", "script"])
 def test_random_draws_agree_with_the_eager_model(archive, capsys, mode):
     torch.manual_seed(0)
     path = archive(D.Sampler(), mode, example=(torch.randn(2, 4),))
