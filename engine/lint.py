@@ -511,6 +511,41 @@ def _rank_locals(fn: ast.FunctionDef) -> set[str]:
     return {n for n, k in found.items() if k == stores[n]}
 
 
+_SHAPE_CALLS = frozenset({"size", "dim", "numel"})
+
+
+def _shape_locals(fn: ast.FunctionDef) -> set[str]:
+    """Locals set only from tensors' shapes (``h, w = img.shape[-2:]``, ``n = x.size(0)``)."""
+    stores = _stores(fn)
+    found: dict[str, int] = defaultdict(int)
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and _only_shape_reads(node.value):
+            target = node.targets[0]
+            for name in (target.elts if isinstance(target, (ast.Tuple, ast.List)) else [target]):
+                if isinstance(name, ast.Name):
+                    found[name.id] += 1
+    return {n for n, k in found.items() if k == stores[n]}
+
+
+def _only_shape_reads(expr: ast.AST) -> bool:
+    """The expression reads tensors only through their shapes (``x.shape[-2:]``, ``x.size(0) // 2``)."""
+    bases = set()
+    for n in ast.walk(expr):
+        if isinstance(n, ast.Attribute) and n.attr in ("shape", "ndim"):
+            bases.add(id(n.value))
+        elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in _SHAPE_CALLS:
+            bases.add(id(n.func.value))
+    if not bases:
+        return False
+    for n in ast.walk(expr):
+        if isinstance(n, ast.Name) and id(n) not in bases and n.id not in _NOT_DATA:
+            return False  # another value enters the computation
+        if isinstance(n, ast.Call) and not (isinstance(n.func, ast.Attribute) and n.func.attr in _SHAPE_CALLS) \
+                and not (isinstance(n.func, ast.Name) and n.func.id in ("len", "int")):
+            return False
+    return True
+
+
 def _is_rank_read(n: ast.AST) -> bool:
     if isinstance(n, ast.Attribute) and n.attr == "ndim":
         return True
@@ -616,8 +651,8 @@ def _collect(graph: Graph) -> dict[tuple[str, str, str], list[_Op]]:
 # ---------------------------------------------------------------- detectors
 
 
-def _branch_findings(fn: ast.FunctionDef, local: set[str], ranks: set[str], ops: list[_Op], lines: list[str],
-                     file: str, path: str, method: str) -> list[Finding]:
+def _branch_findings(fn: ast.FunctionDef, local: set[str], ranks: set[str], shapes: set[str], ops: list[_Op],
+                     lines: list[str], file: str, path: str, method: str) -> list[Finding]:
     out = []
     op_lines = {o.line for o in ops}
     for stmt in ast.walk(fn):
@@ -627,6 +662,10 @@ def _branch_findings(fn: ast.FunctionDef, local: set[str], ranks: set[str], ops:
             continue  # inside a branch the trace never entered: that outer `if` is the finding
         test = _src(stmt.test, lines)
         why = _depends_on_data(stmt.test, test, local, ranks)
+        if why == "tensor data":
+            data = {n.id for n in _data_parts(stmt.test) if isinstance(n, ast.Name)} & local
+            if data and data <= shapes:
+                why = "shape"  # ``h, w = img.shape[-2:]`` then ``if h > 1:``
         test_line = stmt.test.lineno
         test_ops = [o for o in ops if o.line == test_line and test_line != getattr(stmt.body, "lineno", -1)]
         if isinstance(stmt, ast.If):
@@ -967,9 +1006,9 @@ def lint_session(session: Any) -> LintReport:
                     continue
                 if fn not in facts:
                     facts[fn] = (_local_names(fn, _literal_arguments(file).get(fn.name, set())), _rank_locals(fn),
-                                 _static_loop_names(fn))
-                local, ranks, static = facts[fn]
-                findings += _branch_findings(fn, local, ranks, ops, lines, file, path, method)
+                                 _shape_locals(fn), _static_loop_names(fn))
+                local, ranks, shapes, static = facts[fn]
+                findings += _branch_findings(fn, local, ranks, shapes, ops, lines, file, path, method)
                 findings += _loop_findings(fn, local, static, ops, lines, file, path, method)
                 findings += _scalar_findings(fn, local, ops, lines, file, path, method, constants)
         for f in sorted(missing_files):

@@ -40,6 +40,7 @@ EXPECT = {
     "while-loop": ("unrolled-loop", "unrolled 3 times"),
     "len-list": ("frozen-branch", "took the if branch"),
     "shape-arith": ("baked-scalar", "int(half) = 3 became a constant"),
+    "shape-branch": ("frozen-branch", "took the if branch"),
 }
 
 
@@ -319,3 +320,11 @@ def test_loop_over_a_helpers_fixed_length_list_is_not_a_finding(archive):
     assert ("for i, b in enumerate(buckets):", "unrolled-loop") not in found, found
     assert (T.HashBuckets.LINE, "unrolled-loop") in found, found
     assert ("for row in x:", "unrolled-loop") in found, found
+
+
+def test_a_branch_on_a_dimension_read_into_a_local_says_it_reads_a_shape(tmp_path):
+    """``h, w = x.shape[-2:]`` then ``if h > 1:``: the evidence names a shape, not tensor data."""
+    cls, example = T.TRAPS["shape-branch"]
+    path = trace_to(tmp_path / "shape.pt", cls, example)
+    hit = next(f for f in lint_session(Session(path)).findings if f.line == line_of(cls))
+    assert hit.confidence == "medium" and hit.evidence.startswith("the test reads a shape (h > 1)"), hit.evidence

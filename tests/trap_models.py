@@ -126,6 +126,19 @@ class ShapeArith(nn.Module):
         return x.reshape(x.shape[0], int(half), 2)
 
 
+class HeightBranch(nn.Module):
+    """A branch on a dimension read into a local first (torchvision's RAFT ``grid_sample``)."""
+
+    LINE = "if h > 1:"
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        y = x / (w - 1)
+        if h > 1:
+            y = y * 2 / (h - 1) - 1
+        return y
+
+
 TRAPS = {
     "frozen-branch": (DataBranch, (torch.ones(2, 3),)),
     "unrolled-loop": (SizeLoop, (torch.randn(3, 4),)),
@@ -137,6 +150,7 @@ TRAPS = {
     "while-loop": (WhileNorm, (torch.full((4,), 3.0),)),
     "len-list": (LenList, ([torch.randn(2), torch.randn(2), torch.randn(2)],)),
     "shape-arith": (ShapeArith, (torch.randn(2, 6),)),
+    "shape-branch": (HeightBranch, (torch.randn(1, 4, 5),)),
 }
 
 
