@@ -344,6 +344,13 @@ def _fixed_length_iterable(expr: ast.AST, fn: ast.FunctionDef, helpers: frozense
     return all(isinstance(v, ast.Call) and _called_name(v) in helpers for v in values)
 
 
+def _pairwise(target: ast.AST, value: ast.AST) -> bool:
+    """``a, b = x, y``: as many names as values, no starred item."""
+    return isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, (ast.Tuple, ast.List)) \
+        and len(target.elts) == len(value.elts) and all(isinstance(t, ast.Name) for t in target.elts) \
+        and not any(isinstance(v, ast.Starred) for v in value.elts)
+
+
 def _local_names(fn: ast.FunctionDef, literal_arguments: set[str] = frozenset()) -> set[str]:
     """Names whose values can change from run to run: arguments and locals, less the
     Python values a trace sees as fixed by its caller or its configuration: arguments
@@ -359,6 +366,10 @@ def _local_names(fn: ast.FunctionDef, literal_arguments: set[str] = frozenset())
     for node in ast.walk(fn):
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             assigned[node.targets[0].id].append(node.value)
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and _pairwise(node.targets[0], node.value):
+            # ``patch_width, patch_height = self.patch_width, self.patch_height``: name by name
+            for name, value in zip(node.targets[0].elts, node.value.elts):
+                assigned[name.id].append(value)
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
             assigned[node.target.id].append(node.value)
     # Hugging Face's ``output_attentions = output_attentions if output_attentions is not None
@@ -806,8 +817,12 @@ def _scalar_findings(fn: ast.FunctionDef, local: set[str], ops: list[_Op], lines
     out = []
     ran = {o.line for o in ops}
     last = getattr(fn, "end_lineno", fn.lineno)
+    # ``x.to(torch.int64) if torch.jit.is_tracing() else int(x)`` (Hugging Face's torch_int):
+    # written for tracing, the trace takes the side its authors meant it to
+    for_tracing = {id(n) for branch in ast.walk(fn) if isinstance(branch, (ast.If, ast.IfExp))
+                   and "is_tracing" in ast.unparse(branch.test) for n in ast.walk(branch)}
     for stmt in ast.walk(fn):
-        if not isinstance(stmt, ast.Call):
+        if not isinstance(stmt, ast.Call) or id(stmt) in for_tracing:
             continue
         name = stmt.func.attr if isinstance(stmt.func, ast.Attribute) else (
             stmt.func.id if isinstance(stmt.func, ast.Name) else "")

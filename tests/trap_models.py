@@ -418,6 +418,12 @@ class IdiomConfig:
     output_attentions = False
     num_blocks = 2
     use_cache = False
+    patch = 2
+
+
+def torch_int(x):
+    """transformers.utils.generic.torch_int: a tensor stays one while tracing."""
+    return x.to(torch.int64) if torch.jit.is_tracing() and isinstance(x, torch.Tensor) else int(x)
 
 
 class HFIdioms(nn.Module):
@@ -444,7 +450,16 @@ class HFIdioms(nn.Module):
             x = x.flip(-1)
         return x + 1
 
+    def patches(self, x):
+        # MobileViT's unfolding: sizes from the configuration, and a size kept a tensor while tracing
+        patch_width, patch_height = self.config.patch, self.config.patch
+        patch_area = int(patch_width * patch_height)
+        width = x.shape[-1]
+        new_width = torch_int(torch.ceil(width / patch_width) * patch_width) if torch.jit.is_tracing() else width
+        return x[..., :new_width] * patch_area
+
     def forward(self, x, output_attentions=None, cache=None):
+        x = self.patches(x)
         x = self.layout(x, Mode.NCHW)
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         using_cache = cache.is_compileable if cache is not None else False
