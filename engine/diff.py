@@ -394,6 +394,19 @@ def _where(e: EagerOp) -> str | None:
     return _place(e.file, e.line) if e.file and e.line else None
 
 
+def _matchable(ops: _PathOps, g0: int, g1: int, e0: int, e1: int) -> int:
+    """How many of eager ops ``e0:e1`` graph ops ``g0:g1`` can stand for, in order (greedily)."""
+    found, k = 0, g0
+    for j in range(e0, e1):
+        while k < g1 and not ops.meets(k, j):
+            k += 1
+        if k == g1:
+            break
+        found += 1
+        k += 1
+    return found
+
+
 def _align_by_name(ops: _PathOps, g0: int, g1: int, e0: int, e1: int, pairs: list, report: "DiffReport") -> None:
     """Pair graph ops ``g0:g1`` with eager ops ``e0:e1`` by name and shape."""
     if g0 == g1 or e0 == e1:
@@ -413,15 +426,21 @@ def _align_by_name(ops: _PathOps, g0: int, g1: int, e0: int, e1: int, pairs: lis
         elif tag == "replace" and i2 - i1 > j2 - j1:
             # Python-level composites (F.multi_head_attention_forward) are one call
             # eagerly and many nodes in the graph: each eager call meets the last
-            # node of the run producing its shape; the nodes before it are covered.
+            # node of its run that produces its shape, the nodes before it are
+            # covered; but not one another call needs (``F.normalize(q) @
+            # F.normalize(k).T``: two runs of norm, clamp, expand_as, div, all of
+            # one shape): the last that leaves the later calls theirs, of the kind
+            # the last run ends in.
             start = i1
             for j in range(j1, j2):
-                hit = None
-                for k in range(start, i2):
-                    if ops.meets(k, j):
-                        hit = k
-                if hit is None:
+                hits = [k for k in range(start, i2) if ops.meets(k, j)]
+                if not hits:
                     continue
+                needed = _matchable(ops, hits[0] + 1, i2, j + 1, j2)
+                ending = [k for k in hits if ops.g_key[k] == ops.g_key[hits[-1]]]
+                hit = next((k for k in reversed(ending) if _matchable(ops, k + 1, i2, j + 1, j2) >= needed), None)
+                if hit is None:
+                    hit = next(k for k in reversed(hits) if _matchable(ops, k + 1, i2, j + 1, j2) >= needed)
                 pairs.append((g_ops[hit], e_ops[j]))
                 report.grouped += hit - start
                 start = hit + 1

@@ -239,3 +239,17 @@ class CallsAModulesMethods(nn.Module):
         for _ in range(2):
             x = x + self.corr.lookup(x)
         return self.head(x)
+
+
+class CosineAttention(nn.Module):
+    """Swin V2's cosine attention: two F.normalize of one shape in one statement, each one call
+    eagerly and four nodes in a trace (norm, clamp_min, expand_as, div)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qk = nn.Linear(8, 16)
+
+    def forward(self, x):
+        q, k = self.qk(x).chunk(2, dim=-1)
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        return attn.softmax(-1)

@@ -185,6 +185,16 @@ def test_methods_other_than_forward_align_where_they_are_called(archive, capsys,
     assert first["kind"] == "aten::mul" and first["source"].endswith("diff_models.py:226"), first
 
 
+def test_two_composites_of_one_shape_meet_their_own_calls(archive, capsys):
+    """Each eager F.normalize meets the div that ends its own run of nodes, not the other's."""
+    torch.manual_seed(0)
+    path = archive(D.CosineAttention(), "trace", example=(torch.randn(2, 5, 8),))
+    code, rep, err = diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:CosineAttention", "--input", "float32[2,5,8]")
+    assert code == 0, err
+    assert rep["first_divergence"] is None and rep["worst"] == [], rep["first_divergence"]
+    assert rep["coverage"] == 1.0, rep
+
+
 @pytest.mark.parametrize("mode", ["trace", "script"])
 def test_random_draws_agree_with_the_eager_model(archive, capsys, mode):
     torch.manual_seed(0)
