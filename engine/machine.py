@@ -813,6 +813,8 @@ class Machine:
         stop = self._can_run()
         if stop:
             return stop
+        if not self.breakpoints:
+            return self.run()  # nothing to stop at: the whole-run loop (engine._stepper's, where built)
         return self._run_while(lambda: True)
 
     def run_to(self, node_id: str) -> str:

@@ -208,6 +208,26 @@ def test_c_loop_runs_calls_once_their_callees_are_known(archive, loop_choice, mo
     assert values_equal(m.outputs, native(path, args))
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["call-tree", "inlined"])
+def test_continue_without_breakpoints_records_what_stepping_records(archive, inline):
+    """With nothing to stop at, continue takes the whole-run loop: after a few steps, the same
+    records as the step-by-step loop that breakpoints need (a predicate that never stops)."""
+    path = archive(M.ControlFlow(), "script")
+    args = (seq(2, 4), 4, "sum")
+    machines = []
+    for predicate in (None, lambda record: False):
+        s = Session(path, inline=inline)
+        if predicate is not None:
+            s.breakpoints.predicates.append(predicate)
+        m = s.start(values=args)
+        for _ in range(7):
+            m.step()
+        assert m.continue_() == Stop.FINISHED
+        machines.append(m)
+    assert values_equal(machines[0].outputs, native(path, args))
+    assert_same_timelines(*machines)
+
+
 @needs_c
 def test_c_loop_reads_the_interpreters_fields_directly():
     """configure() found every field it reads as a plain slot (else it reads by name, slowly but alike)."""
