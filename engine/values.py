@@ -233,8 +233,7 @@ def _tensor_stats(t: torch.Tensor) -> tuple | None:
             return None
     flat = t.reshape(-1)
     if moments.AVAILABLE and flat.device.type == "cpu":
-        flat = flat.contiguous()
-        return _stats_from_sums(flat, *moments.one_pass(flat))
+        return _contiguous_stats(flat.contiguous())
     lo, hi = torch.aminmax(flat)
     return _stats_from_sums(flat, lo.item(), hi.item(), flat.sum().item(), torch.dot(flat, flat).item())
 
