@@ -25,6 +25,7 @@ import torch
 
 from engine.convert import is_user_file
 from engine.eager import EagerOp, EagerRun
+from engine.ir import parent_module_path
 from engine.recipes import UNINITIALIZED, described
 from engine.timeline import StepRecord
 from engine.values import Dropped, TensorSummary, summarize_tensor
@@ -261,7 +262,7 @@ def align(records: list[StepRecord], eager: EagerRun, rtol: float, atol: float) 
     for r in graph_ops:
         p = r.module_path
         while entered is not None and p not in entered:
-            p = p.rsplit(".", 1)[0] if "." in p else ""
+            p = parent_module_path(p)
         by_path_g.setdefault(p, []).append(r)
     # Each eager op joins the closest module path the graph has ops in: a fused
     # graph op (a whole encoder layer) meets the ops of the layer's submodules.
@@ -269,7 +270,7 @@ def align(records: list[StepRecord], eager: EagerRun, rtol: float, atol: float) 
     for op in eager.ops:
         p = op.module_path
         while p not in by_path_g and p:
-            p = p.rsplit(".", 1)[0] if "." in p else ""
+            p = parent_module_path(p)
         by_path_e.setdefault(p, []).append(op)
     pairs: list[tuple[StepRecord, EagerOp]] = []
     for path, g_ops in by_path_g.items():
@@ -438,9 +439,8 @@ def _align_by_name(ops: _PathOps, g0: int, g1: int, e0: int, e1: int, pairs: lis
                     continue
                 needed = _matchable(ops, hits[0] + 1, i2, j + 1, j2)
                 ending = [k for k in hits if ops.g_key[k] == ops.g_key[hits[-1]]]
-                hit = next((k for k in reversed(ending) if _matchable(ops, k + 1, i2, j + 1, j2) >= needed), None)
-                if hit is None:
-                    hit = next(k for k in reversed(hits) if _matchable(ops, k + 1, i2, j + 1, j2) >= needed)
+                hit = next(k for k in [*reversed(ending), *reversed(hits)]
+                           if _matchable(ops, k + 1, i2, j + 1, j2) >= needed)
                 pairs.append((g_ops[hit], e_ops[j]))
                 report.grouped += hit - start
                 start = hit + 1

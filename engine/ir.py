@@ -201,6 +201,11 @@ class Graph:
         return sum(1 for _ in self.walk())
 
 
+def parent_module_path(path: str) -> str:
+    """``layer1.0.conv1`` -> ``layer1.0``; the root's (``""``) is the root."""
+    return path.rsplit(".", 1)[0] if "." in path else ""
+
+
 def walk_block(block: Block) -> Iterator[Node]:
     for n in block.nodes:
         yield n

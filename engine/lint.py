@@ -32,7 +32,7 @@ import torch
 
 from engine.convert import is_torch_frame
 from engine.errors import ModelError
-from engine.ir import Graph, Node
+from engine.ir import Graph, Node, parent_module_path
 
 KINDS = ("frozen-branch", "unrolled-loop", "baked-shape", "baked-scalar", "baked-device", "python-state",
          "trace-warning")
@@ -629,10 +629,6 @@ def _model_frames(node: Node) -> list[tuple[str, int, str]]:
     return frames
 
 
-def _parent(path: str) -> str:
-    return path.rsplit(".", 1)[0] if "." in path else ""
-
-
 _PLUMBING_KINDS = frozenset({"prim::Constant", "prim::GetAttr", "prim::ListConstruct", "prim::TupleConstruct",
                              "prim::NumToTensor", "aten::Int", "prim::TupleUnpack", "prim::ListUnpack"})
 
@@ -652,7 +648,7 @@ def _collect(graph: Graph) -> dict[tuple[str, str, str], list[_Op]]:
         for file, line, func in _model_frames(node):
             if is_torch_frame(file):
                 if func == "_call_impl":
-                    path = _parent(path)
+                    path = parent_module_path(path)
                 continue
             events[(file, func, path)].append(_Op(seq, node, line, path, inner))
             inner = inner + ((file, line),)

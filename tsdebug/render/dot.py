@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from engine.ir import Block, Graph, Node
+from engine.ir import Block, Graph, Node, parent_module_path
 
 HIDDEN = frozenset({"prim::Constant", "prim::GetAttr", "prim::ListConstruct", "prim::TupleConstruct",
                     "prim::ListUnpack", "prim::TupleUnpack", "prim::NumToTensor", "aten::Int"})
@@ -106,7 +106,7 @@ class DotBuilder:
                 key = f"module:{folded}"
                 box = self.box_of.get(key)
                 if box is None:
-                    box = _Box(key, folded or "model", [], folded.rsplit(".", 1)[0] if "." in folded else "")
+                    box = _Box(key, folded or "model", [], parent_module_path(folded))
                     self.box_of[key] = box
                     self.drawn.append(box)
                 box.nodes.append(n)
