@@ -26,7 +26,7 @@ import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -174,7 +174,8 @@ _NOT_DATA = frozenset({"self", "len", "int", "float", "bool", "isinstance", "Non
 
 
 def _depends_on_data(test_expr: ast.AST, test: str, local_names: set[str],
-                     rank_names: frozenset | set = frozenset()) -> str | None:
+                     rank_names: frozenset | set = frozenset(), shape_names: frozenset | set = frozenset()
+                     ) -> str | None:
     """Why an ``if``/``while`` test depends on what tracing cannot keep, or None.
 
     ``self.flag`` and ``self.sub is not None`` are configuration: the same on
@@ -190,11 +191,12 @@ def _depends_on_data(test_expr: ast.AST, test: str, local_names: set[str],
     if _reads_only_rank(test_expr, local_names, rank_names):
         return "rank"
     names = {n.id for n in _data_parts(test_expr) if isinstance(n, ast.Name)} - _NOT_DATA
-    if not names & local_names:
+    data = names & local_names
+    if not data:
         return None  # ``len(self.blocks) - 1``, a loop index over a module list: configuration
     if _SCALAR_TEXT.search(test):
         return "scalar"
-    if _SHAPE_TEXT.search(test):
+    if _SHAPE_TEXT.search(test) or data <= shape_names:  # ``h, w = img.shape[-2:]`` then ``if h > 1:``
         return "shape"
     return "tensor data"
 
@@ -511,15 +513,22 @@ def _stores(fn: ast.FunctionDef) -> dict[str, int]:
     return stores
 
 
-def _rank_locals(fn: ast.FunctionDef) -> set[str]:
-    """Locals set only from a tensor's rank (``ndim = tensor.ndim``)."""
+def _locals_set_only_from(fn: ast.FunctionDef, source: Callable[[ast.AST], bool]) -> set[str]:
+    """Locals every assignment of which (``a = ...`` or ``a, b = ...``) has a value ``source`` accepts."""
     stores = _stores(fn)
     found: dict[str, int] = defaultdict(int)
     for node in ast.walk(fn):
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
-                and _is_rank_read(node.value):
-            found[node.targets[0].id] += 1
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and source(node.value):
+            target = node.targets[0]
+            for name in (target.elts if isinstance(target, (ast.Tuple, ast.List)) else [target]):
+                if isinstance(name, ast.Name):
+                    found[name.id] += 1
     return {n for n, k in found.items() if k == stores[n]}
+
+
+def _rank_locals(fn: ast.FunctionDef) -> set[str]:
+    """Locals set only from a tensor's rank (``ndim = tensor.ndim``)."""
+    return _locals_set_only_from(fn, _is_rank_read)
 
 
 _SHAPE_CALLS = frozenset({"size", "dim", "numel"})
@@ -527,15 +536,7 @@ _SHAPE_CALLS = frozenset({"size", "dim", "numel"})
 
 def _shape_locals(fn: ast.FunctionDef) -> set[str]:
     """Locals set only from tensors' shapes (``h, w = img.shape[-2:]``, ``n = x.size(0)``)."""
-    stores = _stores(fn)
-    found: dict[str, int] = defaultdict(int)
-    for node in ast.walk(fn):
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and _only_shape_reads(node.value):
-            target = node.targets[0]
-            for name in (target.elts if isinstance(target, (ast.Tuple, ast.List)) else [target]):
-                if isinstance(name, ast.Name):
-                    found[name.id] += 1
-    return {n for n, k in found.items() if k == stores[n]}
+    return _locals_set_only_from(fn, _only_shape_reads)
 
 
 def _only_shape_reads(expr: ast.AST) -> bool:
@@ -668,11 +669,7 @@ def _branch_findings(fn: ast.FunctionDef, local: set[str], ranks: set[str], shap
         if _unreached(fn, stmt, op_lines):
             continue  # inside a branch the trace never entered: that outer `if` is the finding
         test = _src(stmt.test, lines)
-        why = _depends_on_data(stmt.test, test, local, ranks)
-        if why == "tensor data":
-            data = {n.id for n in _data_parts(stmt.test) if isinstance(n, ast.Name)} & local
-            if data and data <= shapes:
-                why = "shape"  # ``h, w = img.shape[-2:]`` then ``if h > 1:``
+        why = _depends_on_data(stmt.test, test, local, ranks, shapes)
         test_line = stmt.test.lineno
         test_ops = [o for o in ops if o.line == test_line and test_line != getattr(stmt.body, "lineno", -1)]
         if isinstance(stmt, ast.If):
