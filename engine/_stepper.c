@@ -267,6 +267,13 @@ static int put(PyObject *values, Py_ssize_t slot, PyObject *value)
     return PyList_SetItem(values, slot, value);
 }
 
+/* ``record`` holds a storage whose holders are ``holders`` (once, however many of its values do). */
+static int hold_once(PyObject *holders, PyObject *record)
+{
+    Py_ssize_t n = PyList_GET_SIZE(holders);
+    return n && PyList_GET_ITEM(holders, n - 1) == record ? 0 : PyList_Append(holders, record);
+}
+
 /* Timeline._keep(record, values): count the memory the record pins, drop what is over
  * budget, remember who holds what.  ``values`` is a list the record owns. */
 static int keep(PyObject *timeline, PyObject *record, PyObject *values)
@@ -334,8 +341,7 @@ static int keep(PyObject *timeline, PyObject *record, PyObject *values)
         PyObject *holders = PyDict_GetItemWithError(refs, key); /* borrowed */
         Py_DECREF(key);
         if (holders != NULL && PyList_Check(holders)) { /* seen before: hold it, once per record */
-            Py_ssize_t n = PyList_GET_SIZE(holders);
-            if ((n == 0 || PyList_GET_ITEM(holders, n - 1) != record) && PyList_Append(holders, record) < 0)
+            if (hold_once(holders, record) < 0)
                 goto tensor_failed;
             Py_DECREF(value);
             continue;
@@ -366,34 +372,35 @@ done:
     return status;
 }
 
-/* Timeline.add(record) */
-static int timeline_add(PyObject *timeline, PyObject *record)
+/* record.index = len(records); records.append(record) */
+static int append_record(PyObject *timeline, PyObject *record)
 {
     PyObject *records = PyObject_GetAttr(timeline, s_records);
     if (records == NULL)
         return -1;
-    int status = -1;
     PyObject *index = PyLong_FromSsize_t(PyList_GET_SIZE(records));
-    if (index == NULL || set_slot(record, &R_INDEX, index) < 0 || PyList_Append(records, record) < 0)
-        goto done;
-    PyObject *values = get_slot(record, &R_INPUTS);
-    if (values == NULL)
-        goto done;
-    int kept = keep(timeline, record, values);
-    Py_DECREF(values);
-    if (kept < 0)
-        goto done;
-    values = get_slot(record, &R_OUTPUTS);
-    if (values == NULL)
-        goto done;
-    int any = PyObject_IsTrue(values);
-    kept = any > 0 ? keep(timeline, record, values) : any;
-    Py_DECREF(values);
-    status = kept < 0 ? -1 : 0;
-done:
+    int status = index == NULL || set_slot(record, &R_INDEX, index) < 0 ? -1 : PyList_Append(records, record);
     Py_XDECREF(index);
     Py_DECREF(records);
     return status;
+}
+
+/* Timeline.add(record) */
+static int timeline_add(PyObject *timeline, PyObject *record)
+{
+    if (append_record(timeline, record) < 0)
+        return -1;
+    PyObject *values = get_slot(record, &R_INPUTS);
+    if (values == NULL)
+        return -1;
+    int kept = keep(timeline, record, values);
+    Py_DECREF(values);
+    if (kept < 0 || (values = get_slot(record, &R_OUTPUTS)) == NULL)
+        return -1;
+    int any = PyObject_IsTrue(values);
+    kept = any > 0 ? keep(timeline, record, values) : any;
+    Py_DECREF(values);
+    return kept < 0 ? -1 : 0;
 }
 
 /* Timeline.add_module_tensor(record, t): the record of a GetAttr whose output is a
@@ -403,14 +410,11 @@ static PyObject *add_module_tensor(PyObject *timeline, PyObject *record, PyObjec
     PyObject *key = storage_key(t);
     if (key == NULL)
         return NULL;
-    PyObject *free = NULL, *records = NULL, *refs = NULL, *index = NULL;
+    PyObject *free = NULL, *refs = NULL;
     int ok = 0;
     if ((free = PyObject_GetAttr(timeline, s_free)) == NULL || PySet_Add(free, key) < 0)
         goto done;
-    if ((records = PyObject_GetAttr(timeline, s_records)) == NULL)
-        goto done;
-    if ((index = PyLong_FromSsize_t(PyList_GET_SIZE(records))) == NULL
-        || set_slot(record, &R_INDEX, index) < 0 || PyList_Append(records, record) < 0)
+    if (append_record(timeline, record) < 0)
         goto done;
     if ((refs = PyObject_GetAttr(timeline, s_refs)) == NULL)
         goto done;
@@ -427,17 +431,13 @@ static PyObject *add_module_tensor(PyObject *timeline, PyObject *record, PyObjec
         Py_DECREF(fresh);
         if (stored < 0)
             goto done;
-    } else {
-        Py_ssize_t n = PyList_GET_SIZE(holders);
-        if ((n == 0 || PyList_GET_ITEM(holders, n - 1) != record) && PyList_Append(holders, record) < 0)
-            goto done;
+    } else if (hold_once(holders, record) < 0) {
+        goto done;
     }
     ok = 1;
 done:
     Py_XDECREF(free);
-    Py_XDECREF(records);
     Py_XDECREF(refs);
-    Py_XDECREF(index);
     if (!ok)
         Py_CLEAR(key);
     return key;
