@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                "demo (the debugger on a bundled model). "
                "See 'tsdebug run --help'.",
     )
-    parser.add_argument("-V", "--version", action=_Version, help="print tsdebug's and torch's versions and exit")
+    parser.add_argument("-V", "--version", action=_Version,
+                        help="print tsdebug's, torch's and Python's versions and the C extensions built, and exit")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the model through the engine and natively; compare the outputs",
                          description="Run MODEL through tsdebug's interpreter and through torch on the same "
