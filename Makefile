@@ -10,7 +10,7 @@ TEXTUAL ?= textual==8.2.8
 .PHONY: test demo venv bench screenshots clean
 
 # setup.py and the C sources: an edited extension is built again by the next make
-$(VENV)/.installed: pyproject.toml setup.py engine/_moments.c engine/_stepper.c
+$(VENV)/.installed: pyproject.toml setup.py engine/run/_moments.c engine/run/_stepper.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)" "$(TEXTUAL)"
@@ -32,4 +32,4 @@ screenshots: $(VENV)/.installed
 	$(PY) scripts/screenshots.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info engine/_moments.*.so engine/_stepper.*.so
+	rm -rf $(VENV) build *.egg-info engine/run/_moments.*.so engine/run/_stepper.*.so

@@ -25,8 +25,9 @@ warnings.simplefilter("ignore")
 
 from engine import Session  # noqa: E402
 from engine.session import clone_value  # noqa: E402
-from engine import moments, stepper  # noqa: E402
-from engine.values import human_bytes, values_equal  # noqa: E402
+from engine.run import moments  # noqa: E402
+from engine.run import stepper
+from engine.run.values import human_bytes, values_equal  # noqa: E402
 import models as B  # noqa: E402
 
 
@@ -102,7 +103,7 @@ TARGET_US = 5.0  # per-step overhead on the op-bound models
 
 def statistics_path() -> str:
     if not moments.BUILT:
-        return "torch's reductions (engine._moments was not built: no C compiler at install)"
+        return "torch's reductions (engine.run._moments was not built: no C compiler at install)"
     if not moments.AVAILABLE:
         return "torch's reductions (torch's OpenMP library was not found for the one-pass kernel)"
     return f"one pass in torch's OpenMP team ({os.path.basename(moments.OPENMP_LIBRARY)})"
@@ -121,10 +122,10 @@ def main() -> None:
         bench("small transformer 1x32 scripted", B.SmallTransformer(), ids, "script", n(60)),
         bench("lstm loop 64 steps scripted", B.LSTMLoop(), (torch.randn(64, 2, 16),), "script", n(40)),
     ]
-    loop = "C (engine._stepper)" if stepper.ACTIVE else (
+    loop = "C (engine.run._stepper)" if stepper.ACTIVE else (
         "Python (TSDEBUG_PURE_PYTHON is set)" if stepper.BUILT else
-        f"Python (engine._stepper refused: {stepper.PROBLEM})" if stepper.PROBLEM else
-        "Python (engine._stepper was not built)")
+        f"Python (engine.run._stepper refused: {stepper.PROBLEM})" if stepper.PROBLEM else
+        "Python (engine.run._stepper was not built)")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; statistics: {statistics_path()}; "
           f"run loop: {loop}")
     print(f"{'model':48} {'steps':>6} {'native ms':>10} {'engine ms':>10} {'ratio':>6} {'median':>7} {'µs/step':>8}"

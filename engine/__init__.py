@@ -1,7 +1,7 @@
 """tsdebug's engine: loading, IR, interpreter, recording.  Never imports a UI library."""
 
 from engine.errors import ArchiveError, InputError, ModelError, TsdebugError
-from engine.machine import Breakpoints, Machine, Stop
+from engine.run.machine import Breakpoints, Machine, Stop
 from engine.session import RunReport, Session
 
 __all__ = [

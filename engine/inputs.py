@@ -302,7 +302,7 @@ def _type_ok(value: Any, type_str: str) -> bool:
 
 
 def check_types(args: tuple, params: list[Param], method: str) -> None:
-    from engine.values import summarize
+    from engine.run.values import summarize
 
     for i, (value, p) in enumerate(zip(args, params)):
         if not _type_ok(value, p.type):
@@ -314,7 +314,7 @@ def check_types(args: tuple, params: list[Param], method: str) -> None:
 
 def from_specs(specs: list[Any], seed: int) -> tuple:
     """Turn traced-input specs (``TensorSpec`` or plain values) into values."""
-    from engine.archive import TensorSpec
+    from engine.formats.torchscript.archive import TensorSpec
 
     out = []
     for i, s in enumerate(specs):

@@ -1,6 +1,6 @@
 """The project's own IR of a TorchScript method graph.
 
-Built once from a ``torch._C.Graph`` by ``engine.convert``; everything above the
+Built once from a ``torch._C.Graph`` by ``engine.formats.torchscript.convert``; everything above the
 converter and the op runner sees only these classes.  Values are numbered
 densely per graph so that a frame's environment is a plain list.
 """
@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
+
+#: In ``Node.source_cell``: the source is read on first use.
+UNREAD = object()
 
 #: Node kinds the interpreter runs itself instead of handing to torch.
 CONTROL_KINDS = frozenset({"prim::If", "prim::Loop", "prim::CallMethod", "prim::CallFunction"})
@@ -88,7 +91,7 @@ class Node:
     attrs: dict[str, Any]
     blocks: tuple[Block, ...]
     schema: str | None
-    source_cell: list  # [SourceLoc | None], read lazily: see ``source``
+    source_cell: list  # [SourceLoc | None] or [UNREAD, reader]: see ``source``
     module_path: str
     callee: str | None
     in_idx: tuple[int, ...]
@@ -97,10 +100,17 @@ class Node:
 
     @property
     def source(self) -> SourceLoc | None:
-        """Where the node came from in the user's Python (read on first use)."""
-        from engine.convert import read_source
+        """Where the node came from in the user's Python.
 
-        return read_source(self)
+        A format that reads sources slowly (TorchScript's source ranges) puts
+        ``[UNREAD, reader]`` in ``source_cell``; ``reader(node)`` runs on
+        first use.
+        """
+        cell = self.source_cell
+        if cell[0] is UNREAD:
+            cell[0] = cell[1](self)
+            del cell[1:]
+        return cell[0]
 
     @property
     def is_control(self) -> bool:

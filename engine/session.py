@@ -21,13 +21,13 @@ from typing import Any, Callable
 
 import torch
 
-from engine import archive as archive_mod
+from engine.formats.torchscript import archive as archive_mod
 from engine import inputs as inputs_mod
 from engine.errors import InputError, ModelError, TsdebugError, first_error_line
-from engine.machine import Breakpoints, Machine, ModuleState
-from engine.program import Program
-from engine.timeline import DEFAULT_BUDGET
-from engine.values import max_abs_diff, summarize, values_equal
+from engine.run.machine import Breakpoints, Machine, ModuleState
+from engine.formats.torchscript.program import Program
+from engine.run.timeline import DEFAULT_BUDGET
+from engine.run.values import max_abs_diff, summarize, values_equal
 
 
 def clone_value(value: Any) -> Any:
@@ -280,8 +280,8 @@ class Session:
     def diff(self, eager_spec: str, eager_args: dict | None = None, eager_weights: str | None = None,
              rtol: float = 1e-5, atol: float = 1e-5) -> DiffResult:
         """Run the engine and the eager Python model on the same inputs; align and compare."""
-        from engine import diff as diff_mod
-        from engine import eager as eager_mod
+        from engine.check import diff as diff_mod
+        from engine.check import eager as eager_mod
 
         if self.machine is None:
             self.start()
@@ -316,8 +316,8 @@ class Session:
 
     def diff_against(self, other_path: str, rtol: float = 1e-5, atol: float = 1e-5) -> DiffResult:
         """Compare with a second archive (a scripted vs a traced export, two versions of one)."""
-        from engine import diff as diff_mod
-        from engine import eager as eager_mod
+        from engine.check import diff as diff_mod
+        from engine.check import eager as eager_mod
 
         if self.machine is None:
             self.start()
@@ -386,7 +386,7 @@ class Session:
 class DiffResult:
     """``tsdebug diff``: the engine's run against the eager Python model."""
 
-    report: Any  # engine.diff.DiffReport
+    report: Any  # engine.check.diff.DiffReport
     eager_spec: str
     machine: Machine
     eager_grad: bool

@@ -169,7 +169,7 @@ for name in ("resnet18", "mobilenet_v3_small", "vit_b_16", "convnext_tiny"):
             continue
         row = {"name": name, "mode": mode}
         try:
-            from engine.lint import lint_session
+            from engine.check.lint import lint_session
             s = Session(p)
             s.start(values=img)
             res = s.diff(f"torchvision.models:{name}")

@@ -317,7 +317,8 @@ def test_version_names_tsdebug_and_torch(capsys, flag):
     assert main([flag]) == 0
     out = capsys.readouterr().out.strip()
     assert out.startswith("tsdebug 0.") and f"torch {torch.__version__}" in out, out
-    from engine import moments, stepper
+    from engine.run import moments
+    from engine.run import stepper
     built = [name for name, there in (("moments", moments.BUILT), ("stepper", stepper.BUILT)) if there]
     assert (f"C extensions: {', '.join(built)}" if built else "no C extensions") in out, out
 
@@ -325,7 +326,7 @@ def test_version_names_tsdebug_and_torch(capsys, flag):
 def test_torchscript_deprecation_notes_are_silenced():
     """torch 2.11 deprecates TorchScript (DeprecationWarning), 2.14 says it again as FutureWarning, also
     from a user's Python model that diff and lint run (`torch.jit.fork`); the model's own warnings stay."""
-    code = ("import warnings, engine.archive\n"
+    code = ("import warnings, engine.formats.torchscript.archive\n"
             "warnings.warn('`torch.jit.fork` is deprecated. Please use `torch.compile` instead.', FutureWarning)\n"
             "warnings.warn('`torch.jit.script` is deprecated. Please switch to `torch.compile`.', FutureWarning)\n"
             "warnings.warn('TorchScript is deprecated', DeprecationWarning)\n"

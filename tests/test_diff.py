@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine import Session
-from engine.diff import comparable_records
+from engine.check.diff import comparable_records
 from tsdebug.cli import main
 import diff_models as D
 import models as M

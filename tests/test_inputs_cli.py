@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine import InputError, Session
-from engine.archive import read_traced_inputs
+from engine.formats.torchscript.archive import read_traced_inputs
 from engine.inputs import parse_spec
 from tsdebug.cli import main, parse_size
 import models as M

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine import Session
-from engine.lint import lint_session
+from engine.check.lint import lint_session
 from tsdebug.cli import main
 import models as M
 import trap_models as T

@@ -580,8 +580,8 @@ def test_every_run_starts_from_the_archives_state(tmp_path, inline):
 
 
 def test_enum_members_read_as_class_dot_name(archive):
-    from engine.program import EnumMember
-    from engine.values import summarize
+    from engine.formats.torchscript.program import EnumMember
+    from engine.run.values import summarize
 
     s = Session(archive(EnumRich(), "script"))
     s.start(values=(torch.ones(3),))

@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 
 from engine import Session
-from engine.recipes import Overwritten
-from engine.values import Dropped
-from engine.values import values_equal
+from engine.run.recipes import Overwritten
+from engine.run.values import Dropped
+from engine.run.values import values_equal
 import models as M
 
 
@@ -134,7 +134,7 @@ def test_lists_are_recorded_as_they_were(archive):
 
 
 def test_a_big_list_changed_after_its_op_ran_means_a_copy(archive):
-    from engine.timeline import COPY_LIMIT
+    from engine.run.timeline import COPY_LIMIT
 
     n = COPY_LIMIT + 10
     args = (torch.randn(2), n)
@@ -241,7 +241,7 @@ def test_a_finished_run_is_freed_without_the_cyclic_collector(archive):
 def test_shapes_are_shown_without_running_recipes(archive):
     _, m = conv_net_run(archive)
     rec = bn_recipe(m)
-    from engine.values import short_text
+    from engine.run.values import short_text
 
     assert short_text(rec.peek_outputs()[0]) == "float32[2,8,16,16]"
     assert isinstance(rec._outputs[0], Overwritten)  # still a recipe: nothing was run

@@ -5,7 +5,7 @@ import torch
 
 from engine import Session
 from engine.session import clone_value
-from engine.values import values_equal
+from engine.run.values import values_equal
 import models as M
 
 

@@ -1,4 +1,4 @@
-"""The C loop (engine._stepper) records what the Python interpreter records, and runs exactly.
+"""The C loop (engine.run._stepper) records what the Python interpreter records, and runs exactly.
 
 Every other test runs whichever loop is active (the C one where it was
 built); these run both on the same archives and compare the timelines
@@ -14,13 +14,14 @@ import sys
 import pytest
 import torch
 
-from engine import Session, stepper
-from engine.machine import Stop
-from engine.values import Dropped, values_equal
+from engine import Session
+from engine.run import stepper
+from engine.run.machine import Stop
+from engine.run.values import Dropped, values_equal
 import models as M
 from test_run_exact import CASES, native, seq
 
-needs_c = pytest.mark.skipif(not stepper.BUILT, reason="engine._stepper was not built (no C compiler)")
+needs_c = pytest.mark.skipif(not stepper.BUILT, reason="engine.run._stepper was not built (no C compiler)")
 
 
 @pytest.fixture
@@ -186,7 +187,7 @@ def test_c_loop_stops_when_cancelled(archive, loop_choice):
 @needs_c
 def test_c_loop_runs_calls_once_their_callees_are_known(archive, loop_choice, monkeypatch):
     """The first run hands each new call to Python (which resolves the callee); later runs make the calls in C."""
-    import engine.machine as machine_module
+    import engine.run.machine as machine_module
     python_calls = {"n": 0}
     handler = machine_module._HANDLERS["prim::CallMethod"]
 
@@ -238,7 +239,7 @@ def test_c_loop_reads_the_interpreters_fields_directly():
 def test_pure_python_switch(tmp_path):
     """TSDEBUG_PURE_PYTHON=1 runs the Python interpreter alone; a built C loop accepted the interpreter's classes."""
     assert stepper.BUILT == (stepper._stepper is not None), stepper.PROBLEM
-    code = "import engine.machine, engine.stepper as s; print(s.ACTIVE)"
+    code = "import engine.run.machine, engine.run.stepper as s; print(s.ACTIVE)"
     env = dict(os.environ, TSDEBUG_PURE_PYTHON="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

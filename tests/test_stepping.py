@@ -5,7 +5,7 @@ import math
 import torch
 
 from engine import Session, Stop
-from engine.values import Dropped, summarize, values_equal
+from engine.run.values import Dropped, summarize, values_equal
 import models as M
 
 

@@ -1,4 +1,4 @@
-"""Statistics of recorded tensors: the one-pass kernel (engine/_moments.c) against torch's own reductions."""
+"""Statistics of recorded tensors: the one-pass kernel (engine/run/_moments.c) against torch's own reductions."""
 
 import math
 import sys
@@ -7,10 +7,12 @@ import pytest
 import torch
 
 import models as M
-from engine import Session, moments, values
-from engine.values import Dropped
+from engine import Session
+from engine.run import moments
+from engine.run import values
+from engine.run.values import Dropped
 
-needs_kernel = pytest.mark.skipif(not moments.BUILT, reason="engine._moments was not built (no C compiler)")
+needs_kernel = pytest.mark.skipif(not moments.BUILT, reason="engine.run._moments was not built (no C compiler)")
 
 
 def torch_stats(t: torch.Tensor, monkeypatch) -> tuple:

@@ -22,7 +22,7 @@ from textual.widgets import Footer
 
 from engine import Session, Stop, TsdebugError
 from engine.ir import Node
-from engine.values import short_text
+from engine.run.values import short_text
 from tsdebug.widgets import CallStack, Inspector, ProgramView, RowState, SourcePane, StatusBar
 from tsdebug.widgets.graphview import GraphView
 from tsdebug.widgets.goto import GotoScreen, Target
@@ -328,7 +328,7 @@ class TsdebugApp(App):
         if rec is None and m.view is None and node is m.live_node and m.current_frame is not None:
             # about to run: its inputs are known now
             env = m.current_frame.env
-            from engine.timeline import StepRecord
+            from engine.run.timeline import StepRecord
 
             rec = StepRecord(len(tl), node, m.current_path, node.module_path or m.current_frame.module_path,
                              len(m.stack), [env[v.index] for v in node.inputs])
@@ -595,7 +595,7 @@ class TsdebugApp(App):
                         "--eager package.module:Name or --eager path/to/file.py:Name "
                         "(a class or a function returning the nn.Module).", title="eager comparison", timeout=10)
             return
-        from engine.eager import parse_eager_args
+        from engine.check.eager import parse_eager_args
 
         args = self.args
         self.state = "running"
@@ -676,7 +676,7 @@ class TsdebugApp(App):
         """What tracing froze; choosing one shows its nodes and line."""
         if self.session is None or self.state in ("running", "loading"):
             return
-        from engine.lint import lint_session
+        from engine.check.lint import lint_session
         from tsdebug.widgets.findings import FindingsScreen
 
         if getattr(self, "_lint", None) is None:

@@ -86,13 +86,13 @@ def version_line() -> str:
 
 
 def _speedups() -> str:
-    """Which optional C extensions were built (engine._moments, engine._stepper), found on disk:
+    """Which optional C extensions were built (engine.run._moments, engine.run._stepper), found on disk:
     importing the engine would import torch."""
     import importlib.machinery
     import importlib.util
 
     spec = importlib.util.find_spec("engine")
-    folder = os.path.dirname(spec.origin) if spec is not None and spec.origin else None
+    folder = os.path.join(os.path.dirname(spec.origin), "run") if spec is not None and spec.origin else None
     built = [name for name in ("moments", "stepper") if folder and any(
         os.path.exists(os.path.join(folder, f"_{name}{suffix}")) for suffix in importlib.machinery.EXTENSION_SUFFIXES)]
     text = f"C extensions: {', '.join(built)}" if built else "no C extensions (built without a C compiler)"
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "disagree. Exit 0 with no findings, 1 with findings, 2 on error.")
     _model_options(lint)
     _eager_options(lint)
-    # engine.lint.CONFIDENCES, written out: importing the engine loads torch, too slow for --help
+    # engine.check.lint.CONFIDENCES, written out: importing the engine loads torch, too slow for --help
     lint.add_argument("--min-confidence", choices=("low", "medium", "high"), default="low",
                       help="report (and exit 1 for) only findings this sure or surer (default: low, all of them)")
     lint.add_argument("--json", action="store_true", help="print one JSON object")
@@ -244,7 +244,7 @@ def _session(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
-    from engine.values import human_bytes, summarize
+    from engine.run.values import human_bytes, summarize
 
     if args.save_outputs and os.path.abspath(args.save_outputs) == os.path.abspath(args.model):
         return _fail("--save-outputs would overwrite the model; choose another file", args.json)
@@ -307,8 +307,8 @@ def _fmt(x) -> str:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from engine.eager import parse_eager_args
-    from engine.values import summarize
+    from engine.check.eager import parse_eager_args
+    from engine.run.values import summarize
 
     if bool(args.eager) == bool(args.against):
         return _fail("give the reference: --eager package.module:Name (the Python model) or --against OTHER.pt",
@@ -386,8 +386,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
-    from engine.eager import parse_eager_args
-    from engine.lint import CONFIDENCES, lint_session
+    from engine.check.eager import parse_eager_args
+    from engine.check.lint import CONFIDENCES, lint_session
 
     with Status() as status, _json_stdout(args):
         status.show(f"loading {args.model}…")
@@ -395,7 +395,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
         status.show(f"reading the graphs of {args.model}…")
         report = lint_session(session)
         if args.eager:
-            from engine.lint import conversion_evidence, counterexamples, trace_warnings
+            from engine.check.lint import conversion_evidence, counterexamples, trace_warnings
 
             kwargs = parse_eager_args(args.eager_arg)
             session.start(specs=args.input or None, inputs_file=args.inputs)
@@ -453,7 +453,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from engine.eager import parse_eager_args
+    from engine.check.eager import parse_eager_args
     from tsdebug.render import engine_note, export, overlay_from_session
     from tsdebug.render.layout import LayoutError
 
@@ -471,7 +471,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         else:
             session.machine.run()
     if args.lint:
-        from engine.lint import lint_session
+        from engine.check.lint import lint_session
 
         findings = lint_session(session)
     overlay = overlay_from_session(session, graph, diff, findings)

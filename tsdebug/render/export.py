@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from engine.values import short_text
+from engine.run.values import short_text
 from tsdebug.render.dot import Overlay, build_dot
 from tsdebug.render.layout import LayoutError, builtin_layout, find_engine, run_engine
 from tsdebug.render.svg import to_svg

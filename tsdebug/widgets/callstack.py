@@ -7,7 +7,7 @@ from textual.message import Message
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
-from engine.machine import FrameInfo
+from engine.run.machine import FrameInfo
 
 
 class CallStack(OptionList):

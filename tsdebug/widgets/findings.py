@@ -1,4 +1,4 @@
-"""The findings pane (``L``): what tracing froze, from ``engine.lint``.
+"""The findings pane (``L``): what tracing froze, from ``engine.check.lint``.
 
 Choosing a finding shows its nodes in the program pane and its line in the
 source pane.
@@ -14,7 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
-from engine.lint import CONFIDENCES, Finding
+from engine.check.lint import CONFIDENCES, Finding
 
 KIND_STYLE = {"frozen-branch": "bold red", "unrolled-loop": "bold yellow", "baked-shape": "bold magenta",
               "baked-scalar": "bold magenta", "baked-device": "bold red", "python-state": "bold cyan",

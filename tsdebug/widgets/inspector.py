@@ -18,8 +18,8 @@ from textual.reactive import reactive
 from textual.widgets import Static
 
 from engine.ir import Node
-from engine.timeline import StepRecord
-from engine.values import Dropped, histogram, preview, short_text, summarize
+from engine.run.timeline import StepRecord
+from engine.run.values import Dropped, histogram, preview, short_text, summarize
 
 SPARK = "▁▂▃▄▅▆▇█"
 COLLAPSED_ITEMS = 8
@@ -101,7 +101,7 @@ class Inspector(VerticalScroll, can_focus=True):
     def show(self, node: Node | None, record: StepRecord | None, live: list | None = None,
              note: str = "", reference: Any = None) -> None:
         """``record``: the node's step (or None if not run); ``live``: current output values;
-        ``reference``: the eager comparison of this node (an ``engine.diff.NodeDiff``)."""
+        ``reference``: the eager comparison of this node (an ``engine.check.diff.NodeDiff``)."""
         self._shown = (node, record, live, note)
         self._reference = reference
         self._redraw()

@@ -38,7 +38,7 @@ class SourcePane(Widget):
 
     def show(self, loc: SourceLoc | None, caller: SourceLoc | None = None) -> None:
         """``caller``: the user's call site, shown when ``loc`` is inside torch itself."""
-        from engine.convert import is_torch_frame
+        from engine.sources import is_torch_frame
 
         own = loc is not None and loc.file and loc.origin in ("scripted", "traced") and not is_torch_frame(loc.file)
         if own or caller is None or caller is loc or not caller.file:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from engine.values import human_bytes
+from engine.run.values import human_bytes
 
 STATE_STYLE = {"paused": "bold green", "running": "bold yellow", "finished": "bold cyan",
                "error": "bold red", "history": "bold magenta", "loading": "bold yellow"}

@@ -6,7 +6,7 @@ whole node.  ``prim::Constant`` nodes have no effect to watch, so they run
 (and are recorded) on the way to the next node rather than as stops.
 
 ``step`` dispatches on the node's kind to one small method per family, the
-way ``torch.fx.Interpreter.run_node`` does: leaf ops go to ``engine.ops``;
+way ``torch.fx.Interpreter.run_node`` does: leaf ops go to ``engine.formats.torchscript.ops``;
 control flow, calls and attributes are the interpreter's own.
 
 The machine executes in its own time; ``back`` and the forward moves that
@@ -24,16 +24,16 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from engine import stepper
+from engine.run import stepper
 from engine.errors import ModelError, TsdebugError, first_error_line
-from engine.convert import is_torch_frame
+from engine.sources import is_torch_frame
 from engine.ir import Block, Graph, Node, SourceLoc, Value
-from engine.ops import ModelRaised
-from engine.program import (ClassInstance, ObjectRef, Program, is_enum_type, is_script_class_copy, read_enum_attr,
+from engine.formats.torchscript.ops import ModelRaised
+from engine.formats.torchscript.program import (ClassInstance, ObjectRef, Program, is_enum_type, is_script_class_copy, read_enum_attr,
                             read_object_attr, store_instance, write_object_attr)
-from engine.recipes import AutocastRegion, Recompute, autocast_regions
-from engine.timeline import DEFAULT_BUDGET, StepRecord, Timeline, container_copy
-from engine.values import Dropped, iter_tensors, summarize
+from engine.run.recipes import AutocastRegion, Recompute, autocast_regions
+from engine.run.timeline import DEFAULT_BUDGET, StepRecord, Timeline, container_copy
+from engine.run.values import Dropped, iter_tensors, summarize
 
 _perf_ns = time.perf_counter_ns
 
@@ -814,7 +814,7 @@ class Machine:
         if stop:
             return stop
         if not self.breakpoints:
-            return self.run()  # nothing to stop at: the whole-run loop (engine._stepper's, where built)
+            return self.run()  # nothing to stop at: the whole-run loop (engine.run._stepper's, where built)
         return self._run_while(lambda: True)
 
     def run_to(self, node_id: str) -> str:
@@ -836,7 +836,7 @@ class Machine:
         handlers = _HANDLERS
         leaf = Machine._run_leaf
         with self._context():
-            if stepper.ACTIVE:  # the same loop in C, for the common nodes (engine/stepper.py)
+            if stepper.ACTIVE:  # the same loop in C, for the common nodes (engine/run/stepper.py)
                 if stepper.run(self):
                     return Stop.CANCELLED
             while stack and self.error is None:

@@ -1,4 +1,4 @@
-/* engine._moments: min, max, sum and sum of squares of a contiguous float32 or
+/* engine.run._moments: min, max, sum and sum of squares of a contiguous float32 or
  * float64 buffer in one pass.
  *
  * Every tensor a run records is summarized (values.summarize_tensor), and with
@@ -6,7 +6,7 @@
  * tensor, while it is still in cache.  torch needs three reductions for them
  * (aminmax, sum, dot), three passes and three dispatches; this reads the data
  * once.  It is optional: setup.py builds it when a C compiler is there, and
- * engine/values.py uses torch's reductions without it (or without torch's
+ * engine/run/values.py uses torch's reductions without it (or without torch's
  * OpenMP team, below).
  *
  * NaN: the comparisons below skip it (a NaN compares false), but it makes the
@@ -24,7 +24,7 @@
  * measured, it cost more than the two reductions it saved.  So the pass runs
  * in torch's own OpenMP team, split the same way: use_openmp() is handed
  * GOMP_parallel and omp_get_thread_num/omp_get_num_threads from the OpenMP
- * library torch loaded (engine/moments.py finds it); a second runtime would
+ * library torch loaded (engine/run/moments.py finds it); a second runtime would
  * start a second team competing for the same cores.
  */
 #define PY_SSIZE_T_CLEAN
@@ -234,7 +234,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "engine._moments",
+    PyModuleDef_HEAD_INIT, "engine.run._moments",
     "One-pass min, max, sum and sum of squares of a contiguous buffer.", -1, methods,
 };
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import moments
+from engine.run import moments
 
 #: Elements above which previews show the corners only.
 PREVIEW_EDGE = 3
@@ -219,7 +219,7 @@ def _tensor_stats(t: torch.Tensor) -> tuple | None:
     """(min, max, mean, std, nan, inf) of ``t``'s finite elements, or None when it has no numbers.
 
     This runs for every recorded tensor, so it is written for speed.  On the
-    CPU one pass of ``engine._moments`` gives min, max, sum and sum of
+    CPU one pass of ``engine.run._moments`` gives min, max, sum and sum of
     squares; without it, three reductions (aminmax, sum, and a dot product
     for the squares: BLAS, one pass, no temporary; var_mean and vector_norm
     are several times slower on CPU), each read back with ``item()``.  Finite
@@ -330,7 +330,7 @@ def summarize(value: Any, depth: int = 0) -> ValueSummary:
         return ValueSummary(kind="device", text=str(value))
     if isinstance(value, torch.dtype):
         return ValueSummary(kind="dtype", text=str(value).replace("torch.", ""))
-    from engine.program import ClassInstance, EnumMember, ObjectRef
+    from engine.formats.torchscript.program import ClassInstance, EnumMember, ObjectRef
 
     if isinstance(value, (ClassInstance, ObjectRef)):
         return ValueSummary(kind="object", text=f"<{value.short_name}>")

@@ -1,6 +1,6 @@
 """Convert ``torch._C.Graph`` objects into ``engine.ir``.
 
-This module and ``engine.ops`` are the only places that walk torch's graph
+This module and ``engine.formats.torchscript.ops`` are the only places that walk torch's graph
 objects.  Walking them is slow (tens of microseconds per call), so each graph
 is converted once and the interpreter executes the converted form.
 """
@@ -13,32 +13,12 @@ from typing import Any
 
 import torch
 
-from engine.ir import Block, Graph, Node, SourceLoc, Value
+from engine.ir import UNREAD, Block, Graph, Node, SourceLoc, Value
+from engine.sources import is_torch_frame
 
 _TRACED_FRAME = re.compile(r"^(?P<file>.+?)\((?P<line>\d+)\): (?P<func>.+)$")
 _SCRIPTED_HEAD = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+)')
 _HIERARCHY_PART = re.compile(r"([^.()]+)\([^()]*\)")
-
-#: Path fragments that mark a frame as torch's own code rather than the user's.
-_TORCH_DIRS = tuple(
-    {
-        "/site-packages/torch/",
-        "/dist-packages/torch/",
-        "\\site-packages\\torch\\",
-        torch.__file__.rsplit("/", 1)[0] + "/",
-    }
-)
-
-
-def is_torch_frame(path: str) -> bool:
-    return any(d in path for d in _TORCH_DIRS)
-
-
-def is_user_file(path: str | None) -> bool:
-    """A file of the user's Python: not torch's own, not the archive's serialized code, not
-    code made at run time (``<string>``)."""
-    return bool(path) and not is_torch_frame(path) and not path.startswith(("code/__torch__", "<"))
-
 
 @lru_cache(maxsize=65536)
 def parse_source_range(text: str) -> SourceLoc | None:
@@ -123,15 +103,9 @@ def _attr_value(n: torch._C.Node, name: str) -> Any:
 
 
 _BLOCK_KINDS = frozenset({"prim::If", "prim::Loop", "prim::With", "prim::Closure"})
-_UNREAD = object()
-
-
 def read_source(node: "Node") -> SourceLoc | None:
-    """``Node.source``: parsed from torch's source range on first use."""
-    cell = node.source_cell
-    if cell[0] is _UNREAD:
-        cell[0] = parse_source_range(node.handle.sourceRange()) if node.handle is not None else None
-    return cell[0]
+    """``Node.source`` of a TorchScript node: parsed from torch's source range on first use."""
+    return parse_source_range(node.handle.sourceRange()) if node.handle is not None else None
 
 
 class _Converter:
@@ -172,7 +146,7 @@ class _Converter:
                     attrs["value"] = n.output().toIValue()
                 except Exception:
                     if out_type.kind() == "EnumType":  # its Python class is not imported
-                        from engine.program import enum_constant
+                        from engine.formats.torchscript.program import enum_constant
 
                         attrs["value"] = enum_constant(n)
             elif out_type.kind() == "FunctionType":
@@ -187,7 +161,7 @@ class _Converter:
         if schema == "(no schema)":
             schema = None
         # Source text is formatted by torch on request (slow): read lazily.
-        src_cell = [_UNREAD]
+        src_cell = [UNREAD, read_source]
         module_path = ""
         if self.inlined:
             module_path = module_path_from_hierarchy(n.getModuleHierarchy())

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from engine.convert import is_torch_frame
+from engine.sources import is_torch_frame
 from engine.errors import ModelError
 from engine.ir import Graph, Node, parent_module_path
 
@@ -1163,7 +1163,7 @@ def counterexamples(session: Any, report: LintReport, eager_spec: str, eager_arg
 
 
 def _eager_runs(session: Any, spec: str, kwargs: dict | None, weights: str | None, args: tuple) -> bool:
-    from engine import eager as eager_mod
+    from engine.check import eager as eager_mod
     from engine.session import clone_value
 
     try:
@@ -1178,7 +1178,7 @@ def _eager_runs(session: Any, spec: str, kwargs: dict | None, weights: str | Non
 
 
 def _describe(x: Any) -> str:
-    from engine.values import short_text
+    from engine.run.values import short_text
 
     return short_text(x, 40)
 
@@ -1191,7 +1191,7 @@ def conversion_evidence(session: Any, report: LintReport, eager_spec: str, eager
     ``item``, ``__len__``, ``size``/``shape``…) is confirmed: its evidence
     says so and its confidence rises to high.
     """
-    from engine import eager as eager_mod
+    from engine.check import eager as eager_mod
     from engine.session import clone_value
 
     try:
@@ -1225,7 +1225,7 @@ def trace_warnings(session: Any, report: LintReport, eager_spec: str, eager_args
     """
     import warnings
 
-    from engine import eager as eager_mod
+    from engine.check import eager as eager_mod
     from engine.session import clone_value
 
     try:

@@ -1,4 +1,4 @@
-"""Min, max, sum and sum of squares of a CPU tensor in one pass (``engine/_moments.c``).
+"""Min, max, sum and sum of squares of a CPU tensor in one pass (``engine/run/_moments.c``).
 
 ``values`` summarizes every tensor a run records; this is its fast path.  The
 C part is optional (``BUILT``: setup.py builds it when a C compiler is
@@ -17,7 +17,7 @@ import sys
 import torch
 
 try:
-    from engine import _moments
+    from engine.run import _moments
 except ImportError:  # built without a C compiler
     _moments = None
 

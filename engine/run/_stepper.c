@@ -1,11 +1,11 @@
-/* engine._stepper: the interpreter's whole-run loop and the timeline's
+/* engine.run._stepper: the interpreter's whole-run loop and the timeline's
  * bookkeeping for the common nodes, in C.
  *
- * engine/machine.py (Machine.run and the _run_* handlers) and
- * engine/timeline.py (Timeline._keep) are the reference: this file does what
+ * engine/run/machine.py (Machine.run and the _run_* handlers) and
+ * engine/run/timeline.py (Timeline._keep) are the reference: this file does what
  * they do, for the cases that make up most steps of a real model, and hands
  * everything else to them.  It is optional (setup.py builds it when a C
- * compiler is there; see engine/stepper.py), and it changes no result: the
+ * compiler is there; see engine/run/stepper.py), and it changes no result: the
  * tests run models with and without it and compare the timelines.
  *
  * Why: with summaries only, a conv net spends most of its overhead in the
@@ -40,7 +40,7 @@
 /* ------------------------------------------------------------ configuration */
 
 /* Set once by configure(): the classes and constants the Python side uses. */
-static PyObject *StepRecordType;   /* engine.timeline.StepRecord */
+static PyObject *StepRecordType;   /* engine.run.timeline.StepRecord */
 static PyObject *TensorType;       /* torch.Tensor */
 static PyObject *ScriptModuleType; /* torch._C.ScriptModule */
 static PyObject *NotTensors;       /* timeline._NOT_TENSORS: types that never hold a tensor */
@@ -85,7 +85,7 @@ static int intern_names(void)
 static int configured(void)
 {
     if (StepRecordType == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "engine._stepper: configure() was not called");
+        PyErr_SetString(PyExc_RuntimeError, "engine.run._stepper: configure() was not called");
         return 0;
     }
     return 1;
@@ -567,7 +567,7 @@ static int learn_record_layout(PyObject *type)
     /* the fields above, "autocast" (set on some records only) and "__weakref__": nothing else */
     if (n != RECORD_FIELDS + 2) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "configure: StepRecord's slots are not those engine._stepper knows");
+            PyErr_SetString(PyExc_TypeError, "configure: StepRecord's slots are not those engine.run._stepper knows");
         return -1;
     }
     for (int f = 0; f < RECORD_FIELDS; f++) {
@@ -1146,7 +1146,7 @@ static int run_one(PyObject *machine, PyObject *stack, PyObject *timeline, PyObj
         PyObject *handler = PyDict_GetItemWithError(Handlers, kind); /* borrowed */
         if (handler == NULL) {
             if (!PyErr_Occurred())
-                PyErr_Format(PyExc_RuntimeError, "engine._stepper: no handler for %U", kind);
+                PyErr_Format(PyExc_RuntimeError, "engine.run._stepper: no handler for %U", kind);
             goto done;
         }
         status = call_handler(handler, &s) < 0 ? -1 : 1;
@@ -1155,7 +1155,7 @@ static int run_one(PyObject *machine, PyObject *stack, PyObject *timeline, PyObj
     if ((s.frame = get_slot(s.act, &A_FRAME)) == NULL || (s.env = get_slot(s.frame, &F_ENV)) == NULL)
         goto done;
     if (!PyList_Check(s.env)) {
-        PyErr_SetString(PyExc_TypeError, "engine._stepper: a frame's env must be a list");
+        PyErr_SetString(PyExc_TypeError, "engine.run._stepper: a frame's env must be a list");
         goto done;
     }
     int done_here;
@@ -1213,7 +1213,7 @@ static PyObject *run(PyObject *self, PyObject *machine)
     if (leaf_ops == NULL)
         goto done;
     if (!PyList_Check(stack) || !PyDict_Check(leaf_ops)) {
-        PyErr_SetString(PyExc_TypeError, "engine._stepper.run: not a Machine");
+        PyErr_SetString(PyExc_TypeError, "engine.run._stepper.run: not a Machine");
         goto done;
     }
     while (PyList_GET_SIZE(stack)) {
@@ -1285,7 +1285,7 @@ PyDoc_STRVAR(configure_doc,
              "configure(StepRecord, Tensor, ScriptModule, not_tensors, module_members, handlers,\n"
              "          run_leaf, run_getattr, copy_limit, classes)\n\n"
              "classes: Frame, Activation, Node, Block, Value, LeafOp and StepRecord by name.\n"
-             "The classes and tables of engine.timeline and engine.machine this module follows.");
+             "The classes and tables of engine.run.timeline and engine.run.machine this module follows.");
 
 static PyObject *configure(PyObject *self, PyObject *args)
 {
@@ -1392,8 +1392,8 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "engine._stepper",
-    "The interpreter's whole-run loop and the timeline's bookkeeping for common nodes (see engine/stepper.py).",
+    PyModuleDef_HEAD_INIT, "engine.run._stepper",
+    "The interpreter's whole-run loop and the timeline's bookkeeping for common nodes (see engine/run/stepper.py).",
     -1, methods,
 };
 

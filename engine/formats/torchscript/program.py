@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from engine.convert import convert_graph, short_graph_name
+from engine.formats.torchscript.convert import convert_graph, short_graph_name
 from engine.errors import ModelError
 from engine.ir import Graph, Node
-from engine.ops import LeafOp, Messages, return_none
+from engine.formats.torchscript.ops import LeafOp, Messages, return_none
 
 
 class ClassInstance:

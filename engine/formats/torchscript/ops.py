@@ -299,7 +299,7 @@ ENUM_OPS: dict[str, Callable] = {
 
 def _enum_runner(node: Node) -> Runner:
     """Enum ops: on ``EnumMember`` values here; on members of an imported class, compiled."""
-    from engine.program import EnumMember
+    from engine.formats.torchscript.program import EnumMember
 
     ours = ENUM_OPS[node.kind]
     compiled: list[Runner] = []
@@ -315,20 +315,20 @@ def _enum_runner(node: Node) -> Runner:
 
 
 def _is_object(x: Any) -> bool:
-    from engine.program import ClassInstance, ObjectRef
+    from engine.formats.torchscript.program import ClassInstance, ObjectRef
 
     return isinstance(x, (list, dict, torch._C.ScriptObject, ClassInstance, ObjectRef))
 
 
 def _ObjectRefType():
-    from engine.program import ObjectRef
+    from engine.formats.torchscript.program import ObjectRef
 
     return ObjectRef
 
 
 def _isinstance_runner(node: Node, compiled_run: Runner) -> Runner:
     """``prim::isinstance`` on the interpreter's own class objects is answered here."""
-    from engine.program import ClassInstance, ObjectRef
+    from engine.formats.torchscript.program import ClassInstance, ObjectRef
 
     names = {str(t) for t in node.attrs.get("types", [])}
 
@@ -481,7 +481,7 @@ _VERDICTS: dict[tuple, bool] = {}
 
 def _same_results(got: list, expected: list) -> bool:
     """Bit for bit: same types, values, dtypes and strides."""
-    from engine.values import values_equal
+    from engine.run.values import values_equal
 
     return len(got) == len(expected) and all(
         type(a) is type(b) and values_equal(a, b) and (not isinstance(a, torch.Tensor) or
@@ -566,7 +566,7 @@ def runner_for(node: Node, messages: Messages | None, leaf: LeafOp) -> Runner:
         return compiled[0](args)
 
     if kind == "prim::CreateObject":
-        from engine.program import ClassInstance
+        from engine.formats.torchscript.program import ClassInstance
 
         qualname = node.outputs[0].type
         ty = node.handle.output().type()

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engine.values import Dropped, summarize_tensor
+from engine.run.values import Dropped, summarize_tensor
 
 if TYPE_CHECKING:
-    from engine.timeline import StepRecord
+    from engine.run.timeline import StepRecord
 
 _SEQUENCES = (list, tuple)
 

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from engine.convert import is_torch_frame, is_user_file
+from engine.sources import is_torch_frame, is_user_file
 from engine.errors import EagerError, first_error_line
-from engine.recipes import UNINITIALIZED
-from engine.values import summarize_tensor
+from engine.run.recipes import UNINITIALIZED
+from engine.run.values import summarize_tensor
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -221,7 +221,7 @@ class _Recorder(TorchFunctionMode):
 
 def run_from_records(records: list) -> EagerRun:
     """Another archive's engine run, seen as a reference run (``--against``)."""
-    from engine.diff import comparable_records
+    from engine.check.diff import comparable_records
 
     run = EagerRun()
     for rec in comparable_records(records):

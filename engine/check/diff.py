@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
-from engine.convert import is_user_file
-from engine.eager import EagerOp, EagerRun
+from engine.sources import is_user_file
+from engine.check.eager import EagerOp, EagerRun
 from engine.ir import parent_module_path
-from engine.recipes import UNINITIALIZED, described
-from engine.timeline import StepRecord
-from engine.values import Dropped, TensorSummary, summarize_tensor
+from engine.run.recipes import UNINITIALIZED, described
+from engine.run.timeline import StepRecord
+from engine.run.values import Dropped, TensorSummary, summarize_tensor
 
 #: Graph ops that move shapes and Python values around rather than compute.
 PLUMBING = frozenset({

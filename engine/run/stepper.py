@@ -1,13 +1,13 @@
-"""The interpreter's whole-run loop in C (``engine/_stepper.c``), where it was built.
+"""The interpreter's whole-run loop in C (``engine/run/_stepper.c``), where it was built.
 
 With summaries only, most of a conv net's overhead is the Python run for
 each step: dispatch, the step record, the accounting of each value.
-``engine._stepper`` does that for the common nodes (constants, list and
+``engine.run._stepper`` does that for the common nodes (constants, list and
 tuple construction, a module's GetAttr, leaf ops, method calls and the
 return from them or from an If branch) and for ``Timeline.add``, and hands
 every other node to the machine's own handlers.  ``Machine.run`` and
 ``Timeline.add``/``set_outputs`` take it while ``ACTIVE``.  The Python code
-in engine/machine.py and engine/timeline.py is the reference it follows and
+in engine/run/machine.py and engine/run/timeline.py is the reference it follows and
 what runs without it: the C part is optional (setup.py builds it when a C
 compiler is there), ``TSDEBUG_PURE_PYTHON=1`` turns it off, and the tests
 run models both ways and compare the timelines.
@@ -20,10 +20,12 @@ from typing import Any, Callable
 
 import torch
 
-from engine import ir, ops, timeline
+from engine import ir
+from engine.formats.torchscript import ops
+from engine.run import timeline
 
 try:
-    from engine import _stepper
+    from engine.run import _stepper
 except ImportError:  # built without a C compiler
     _stepper = None
 
@@ -37,7 +39,7 @@ PROBLEM: str | None = None
 
 def configure(handlers: dict[str, Callable], run_leaf: Callable, run_getattr: Callable,
               module_members: frozenset, frame: type, activation: type) -> None:
-    """Hand the C loop the machine's handlers and tables (engine.machine calls this once)."""
+    """Hand the C loop the machine's handlers and tables (engine.run.machine calls this once)."""
     global BUILT, PROBLEM
     if _stepper is None:
         return

@@ -6,7 +6,7 @@ true:
 
 * in-place ops: before an op overwrites a tensor, every earlier record that
   holds memory the op writes is given the value as it was: a recipe
-  (``engine.recipes``) when the op that made the value can make it again,
+  (``engine.run.recipes``) when the op that made the value can make it again,
   else a private copy.  The in-place op's own input shares it.  Recipes are
   run when a record is read, so a conv net whose activations are
   overwritten by ``relu_`` pays for no copies while it runs;
@@ -31,8 +31,8 @@ from typing import Any, Iterator
 import torch
 
 from engine.ir import Node
-from engine.recipes import Overwritten, Recompute, described, holds, map_leaves, resolved
-from engine.values import Dropped, summarize_tensor
+from engine.run.recipes import Overwritten, Recompute, described, holds, map_leaves, resolved
+from engine.run.values import Dropped, summarize_tensor
 
 DEFAULT_BUDGET = 1 << 30  # 1 GiB
 
@@ -173,7 +173,7 @@ def container_copy(value: Any) -> Any:
 #: Dead entries of the dropped cache are swept when it grows past this (and then past twice its live size).
 _DROPPED_SWEEP = 1024
 
-#: ``engine._stepper`` while ``engine.stepper`` has the C loop on: ``add`` and
+#: ``engine.run._stepper`` while ``engine.run.stepper`` has the C loop on: ``add`` and
 #: ``set_outputs`` hand over to it (``_keep`` below is what it follows).
 _FAST: Any = None
 
@@ -235,7 +235,7 @@ class Timeline:
         return ptr
 
     def add(self, record: StepRecord) -> StepRecord:
-        if _FAST is not None:  # engine.stepper: the same, in C
+        if _FAST is not None:  # engine.run.stepper: the same, in C
             return _FAST.add(self, record)
         records = self.records
         record.index = len(records)
