@@ -216,6 +216,43 @@ def parent_module_path(path: str) -> str:
     return path.rsplit(".", 1)[0] if "." in path else ""
 
 
+def _uses(node: Node) -> set[int]:
+    """Values a node reads, directly or anywhere inside its blocks."""
+    used = set(node.in_idx)
+    for b in node.blocks:
+        used.update(v.index for v in b.returns)
+        for inner in b.nodes:
+            used |= _uses(inner)
+    return used
+
+
+def last_uses(params: tuple[Value, ...], nodes: tuple[Node, ...], returns: tuple[Value, ...]) -> tuple[tuple[int, ...], ...]:
+    """Per node of a block, the values defined in the block that die after it.
+
+    A value used inside a nested block (a loop body) dies after the node that
+    holds the block, so it survives every iteration.  Returned values never
+    die here: the block's owner reads them when the block ends.
+    """
+    defined: dict[int, int] = {v.index: 0 for v in params}
+    for i, n in enumerate(nodes):
+        for o in n.out_idx:
+            defined[o] = i
+    last: dict[int, int] = {}
+    for i, n in enumerate(nodes):
+        for v in _uses(n):
+            if v in defined:
+                last[v] = i
+    keep = {v.index for v in returns}
+    frees: list[list[int]] = [[] for _ in nodes]
+    for v, at in defined.items():
+        if v in keep:
+            continue
+        i = last.get(v, at)
+        if nodes:
+            frees[max(i, at)].append(v)
+    return tuple(tuple(f) for f in frees)
+
+
 def walk_block(block: Block) -> Iterator[Node]:
     for n in block.nodes:
         yield n

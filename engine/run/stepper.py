@@ -21,8 +21,7 @@ from typing import Any, Callable
 import torch
 
 from engine import ir
-from engine.formats.torchscript import ops
-from engine.run import timeline
+from engine.run import leaf, timeline
 
 try:
     from engine.run import _stepper
@@ -46,7 +45,7 @@ def configure(handlers: dict[str, Callable], run_leaf: Callable, run_getattr: Ca
     try:
         # the classes whose slots the C side reads at their offsets
         classes = {"Frame": frame, "Activation": activation, "Node": ir.Node, "Block": ir.Block, "Value": ir.Value,
-                   "LeafOp": ops.LeafOp, "StepRecord": timeline.StepRecord}
+                   "LeafOp": leaf.LeafOp, "StepRecord": timeline.StepRecord}
         _stepper.configure(timeline.StepRecord, torch.Tensor, torch._C.ScriptModule, timeline._NOT_TENSORS,
                            module_members, handlers, run_leaf, run_getattr, timeline.COPY_LIMIT, classes)
     except Exception as exc:  # e.g. a StepRecord with fields this build does not know: the Python loop

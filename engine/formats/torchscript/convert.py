@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from engine.ir import UNREAD, Block, Graph, Node, SourceLoc, Value
+from engine.ir import UNREAD, Block, Graph, Node, SourceLoc, Value, last_uses
 from engine.sources import is_torch_frame
 
 _TRACED_FRAME = re.compile(r"^(?P<file>.+?)\((?P<line>\d+)\): (?P<func>.+)$")
@@ -187,43 +187,6 @@ class _Converter:
             out_idx=tuple(v.index for v in outputs),
             handle=n,
         )
-
-
-def _uses(node: Node) -> set[int]:
-    """Values a node reads, directly or anywhere inside its blocks."""
-    used = set(node.in_idx)
-    for b in node.blocks:
-        used.update(v.index for v in b.returns)
-        for inner in b.nodes:
-            used |= _uses(inner)
-    return used
-
-
-def last_uses(params: tuple[Value, ...], nodes: tuple[Node, ...], returns: tuple[Value, ...]) -> tuple[tuple[int, ...], ...]:
-    """Per node of a block, the values defined in the block that die after it.
-
-    A value used inside a nested block (a loop body) dies after the node that
-    holds the block, so it survives every iteration.  Returned values never
-    die here: the block's owner reads them when the block ends.
-    """
-    defined: dict[int, int] = {v.index: 0 for v in params}
-    for i, n in enumerate(nodes):
-        for o in n.out_idx:
-            defined[o] = i
-    last: dict[int, int] = {}
-    for i, n in enumerate(nodes):
-        for v in _uses(n):
-            if v in defined:
-                last[v] = i
-    keep = {v.index for v in returns}
-    frees: list[list[int]] = [[] for _ in nodes]
-    for v, at in defined.items():
-        if v in keep:
-            continue
-        i = last.get(v, at)
-        if nodes:
-            frees[max(i, at)].append(v)
-    return tuple(tuple(f) for f in frees)
 
 
 def convert_graph(

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from engine.ir import Node
+from engine.run.leaf import LeafOp, Messages
 
 #: Takes the node's input values, returns its outputs as a fresh list.
 Runner = Callable[[list], list]
@@ -275,19 +276,6 @@ PRIM_OPS: dict[str, Callable[[list], Any]] = {
 }
 
 
-class Messages:
-    """What the model printed or warned while running, kept off the terminal."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def warn(self, message: str, *_rest) -> None:
-        self.lines.append(f"warning: {message}")
-
-    def print(self, *args) -> None:
-        self.lines.append(" ".join(str(a) for a in args))
-
-
 #: What the interpreter does itself with an enum member torch could not hand over (``EnumMember``).
 ENUM_OPS: dict[str, Callable] = {
     "prim::EnumName": lambda a: a[0].name,
@@ -490,30 +478,18 @@ def _same_results(got: list, expected: list) -> bool:
     )
 
 
-class LeafOp:
-    """How the interpreter runs one leaf node.
+def leaf_op(node: Node, messages: Messages | None = None) -> LeafOp:
+    """How the interpreter runs one TorchScript leaf node."""
+    info = schema_info(node.schema)
+    # inputs it writes when its ``training`` input is True, which its schema does not say
+    training_writes = RUNNING_STATS if node.kind in UPDATES_RUNNING_STATS else ()
+    leaf = LeafOp(_not_built, info.tensor_writes, info.container_writes, training_writes)
+    leaf.run = runner_for(node, messages, leaf)
+    return leaf
 
-    ``run(args)`` takes the node's input values and returns its outputs as a
-    fresh list; ``writes`` are the inputs whose tensors the op overwrites,
-    ``mutates`` those whose lists or dicts it changes.
-    ``run`` may replace itself after its first call (see ``_overload_runner``).
-    """
 
-    __slots__ = ("run", "writes", "mutates", "training_writes")
-
-    def __init__(self, node: Node, messages: Messages | None = None):
-        info = schema_info(node.schema)
-        self.writes = info.tensor_writes
-        self.mutates = info.container_writes  # inputs whose lists or dicts it changes
-        # inputs it writes when its ``training`` input is True, which its schema does not say
-        self.training_writes = RUNNING_STATS if node.kind in UPDATES_RUNNING_STATS else ()
-        self.run = runner_for(node, messages, self)
-
-    def writes_now(self, args: list) -> tuple[int, ...]:
-        """The inputs this call overwrites: its schema's, and a norm's statistics in training mode."""
-        if self.training_writes and len(args) > TRAINING and args[TRAINING] is True:
-            return self.writes + self.training_writes
-        return self.writes
+def _not_built(args: list) -> list:  # pragma: no cover - replaced before the op is handed out
+    raise RuntimeError("leaf op not built")
 
 
 #: Norms that, with input 5 (``training``/``use_input_stats``) True, update their running
@@ -521,7 +497,6 @@ class LeafOp:
 UPDATES_RUNNING_STATS = frozenset({"aten::batch_norm", "aten::instance_norm", "aten::_batch_norm_impl_index",
                                    "aten::native_batch_norm"})
 RUNNING_STATS = (3, 4)
-TRAINING = 5
 
 
 def runner_for(node: Node, messages: Messages | None, leaf: LeafOp) -> Runner:

@@ -10,7 +10,8 @@ import torch
 from engine.formats.torchscript.convert import convert_graph, short_graph_name
 from engine.errors import ModelError
 from engine.ir import Graph, Node
-from engine.formats.torchscript.ops import LeafOp, Messages, return_none
+from engine.formats.torchscript.ops import leaf_op, return_none
+from engine.run.leaf import LeafOp, Messages
 
 
 class ClassInstance:
@@ -436,5 +437,5 @@ class Program:
         """How to run a leaf node (built on first use, then cached)."""
         got = self.leaf_ops.get(node)
         if got is None:
-            got = self.leaf_ops[node] = LeafOp(node, self.messages)
+            got = self.leaf_ops[node] = leaf_op(node, self.messages)
         return got
