@@ -14,8 +14,21 @@ from typing import Any, Iterator
 #: In ``Node.source_cell``: the source is read on first use.
 UNREAD = object()
 
+#: A module call an exported program's flat graph is regrouped into (its callee graph holds the call's nodes).
+CALL_MODULE = "prim::CallModule"
+
+#: Higher-order ops of exported programs whose subgraphs are nested blocks the machine steps into.
+COND = "higher_order::cond"
+WHILE_LOOP = "higher_order::while_loop"
+MAP = "higher_order::map_impl"
+SET_GRAD = "higher_order::wrap_with_set_grad_enabled"
+AUTOCAST = "higher_order::wrap_with_autocast"
+INVOKE_SUBGRAPH = "higher_order::invoke_subgraph"
+SUBGRAPH_KINDS = frozenset({COND, WHILE_LOOP, MAP, SET_GRAD, AUTOCAST, INVOKE_SUBGRAPH})
+
 #: Node kinds the interpreter runs itself instead of handing to torch.
-CONTROL_KINDS = frozenset({"prim::If", "prim::Loop", "prim::CallMethod", "prim::CallFunction"})
+CONTROL_KINDS = frozenset({"prim::If", "prim::Loop", "prim::CallMethod", "prim::CallFunction", CALL_MODULE}) \
+    | SUBGRAPH_KINDS
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,11 +21,10 @@ from typing import Any, Callable
 
 import torch
 
-from engine.formats.torchscript import archive as archive_mod
+from engine import formats
 from engine import inputs as inputs_mod
 from engine.errors import InputError, ModelError, TsdebugError, first_error_line
 from engine.run.machine import Breakpoints, Machine, ModuleState
-from engine.formats.torchscript.program import Program
 from engine.run.timeline import DEFAULT_BUDGET
 from engine.run.values import max_abs_diff, summarize, values_equal
 
@@ -139,11 +138,18 @@ class Session:
         grad: bool = False,
         budget: int = DEFAULT_BUDGET,
         seed: int = 0,
+        trust_pickles: bool = False,
     ):
         self.path = path
         self.device = device
-        self.archive = archive_mod.load(path, device=device, libraries=libraries)
-        self.program = Program(self.archive.cpp, self.archive.cu, frozenset(self.archive.traced_inputs))
+        self.libraries = tuple(libraries)
+        self.trust_pickles = trust_pickles
+        # the format's loaded program: LoadedArchive (.pt) or LoadedExport (.pt2)
+        self.loaded = formats.load(path, device=device, libraries=libraries, trust_pickles=trust_pickles)
+        self.format = self.loaded.format
+        # the TorchScript archive, for the analyses that read one (lint's traced shapes); None for a .pt2
+        self.archive = self.loaded.archive if self.format == "torchscript" else None
+        self.program = self.loaded.program
         if method not in self.program.method_names():
             names = ", ".join(sorted(self.program.method_names()))
             raise TsdebugError(f"{path} has no method {method!r}; it has {names}")
@@ -166,20 +172,14 @@ class Session:
 
     @property
     def params(self) -> list[inputs_mod.Param]:
-        return inputs_mod.signature(self.archive.cpp._get_method(self.method))
+        return self.loaded.params(self.method)
 
     def signature_text(self) -> str:
         return inputs_mod.describe_signature(self.method, self.params)
 
     def method_kinds(self) -> dict[str, str]:
         """``traced``, ``scripted`` or ``unknown`` for each method of the root module."""
-        kinds = {}
-        for name in sorted(self.program.method_names()):
-            try:
-                kinds[name] = self.program.root_graph(name).origin
-            except TsdebugError:
-                kinds[name] = "unknown"
-        return kinds
+        return self.loaded.method_kinds()
 
     @property
     def graph(self):
@@ -203,12 +203,11 @@ class Session:
             args = tuple(inputs_mod.parse_spec(s, self.seed, i) for i, s in enumerate(specs))
             source = "--input " + " ".join(specs)
         else:
-            stored = self.archive.traced_inputs.get(self.method)
+            stored = self.loaded.stored_inputs(self.method, self.seed)
             if stored:
-                args = inputs_mod.from_specs(list(stored), self.seed)
-                source = "shapes stored by torch.jit.trace (" + ", ".join(str(s) for s in stored) + ")"
+                args, source = stored
             else:
-                args = inputs_mod.infer_inputs(self.program, self.method, params, self.seed)
+                args = self.loaded.infer_inputs(self.method, params, self.seed)
                 if args is None:
                     raise InputError(
                         f"cannot guess the inputs of {self.signature_text()}; give one --input per "
@@ -256,26 +255,19 @@ class Session:
             budget=self.budget,
             breakpoints=self.breakpoints,
             module_state=self.module_state,
+            params=self.params,
         )
         return self.machine
 
     # ------------------------------------------------------------ native runs
 
     def run_native(self, args: tuple | None = None) -> tuple[Any, float]:
-        """``module.<method>(*inputs)`` on an independent copy of the archive."""
+        """``module.<method>(*inputs)`` (an archive) or ``ep.module()(*args, **kwargs)`` (a .pt2), on an
+        independent copy of the program."""
         args = self.inputs if args is None else args
-        module = archive_mod.load_native_copy(self.archive)
-        fn = getattr(module, self.method)
-        # The model's own warnings: the engine's run keeps them (program.messages);
-        # the terminal belongs to tsdebug.
-        with torch.set_grad_enabled(self.grad), warnings.catch_warnings(record=True), \
-                contextlib.redirect_stdout(io.StringIO()):  # TorchScript's print writes to sys.stdout
-            warnings.simplefilter("always")
-            if self.random is not None:
-                self.random.restore()
-            t0 = time.perf_counter()
-            out = fn(*clone_value(args))
-            return out, time.perf_counter() - t0
+        if self.random is not None:
+            self.random.restore()
+        return self.loaded.run_native(self.method, clone_value(args), self.grad, self.params)
 
     def diff(self, eager_spec: str, eager_args: dict | None = None, eager_weights: str | None = None,
              rtol: float = 1e-5, atol: float = 1e-5) -> DiffResult:
@@ -294,7 +286,7 @@ class Session:
                 raise InputError(f"--eager-weights {eager_weights}: not a state dict")
             eager_mod.load_weights(model, state, eager_weights)
         else:
-            eager_mod.load_weights(model, dict(self.archive.module.state_dict()), self.path)
+            eager_mod.load_weights(model, self.loaded.state_dict(), self.path)
         if self.device != "cpu":
             model = model.to(self.device)
         machine = self.restart()
@@ -322,7 +314,8 @@ class Session:
         if self.machine is None:
             self.start()
         other = Session(other_path, device=self.device, method=self.method, inline=self.inline,
-                        grad=self.grad, budget=self.budget, seed=self.seed)
+                        grad=self.grad, budget=self.budget, seed=self.seed, libraries=self.libraries,
+                        trust_pickles=self.trust_pickles)
         other.start(values=self.inputs)
         other.random = self.random
         theirs = other.restart()
@@ -355,7 +348,7 @@ class Session:
             methods=self.method_kinds(),
             inputs=list(self.inputs),
             input_source=self.input_source,
-            imported_libraries=self.archive.imported_libraries,
+            imported_libraries=self.loaded.imported_libraries,
         )
         machine = self.restart()
         said = len(self.program.messages.lines)

@@ -71,8 +71,6 @@ def make_bad_files(tmp_path, good):
     torch.save(m, files["whole_module"])
     files["legacy"] = tmp_path / "legacy.pt"
     torch.save(m.state_dict(), files["legacy"], _use_new_zipfile_serialization=False)
-    files["pt2"] = tmp_path / "m.pt2"
-    torch.export.save(torch.export.export(m, (torch.randn(1, 2),)), files["pt2"])
     # The first bytes of a real ONNX ModelProto: ir_version, producer "pytorch", its version.
     files["onnx"] = tmp_path / "m.onnx"
     files["onnx"].write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x042.13" + b"\x3a\x00" * 8)
@@ -102,7 +100,6 @@ EXPECT = {
     "state_dict": "state dict",
     "whole_module": "whole nn.Module",
     "legacy": "legacy",
-    "pt2": "torch.export",
     "onnx": "ONNX",
     "truncated": "truncated",
     "corrupt": "corrupt",

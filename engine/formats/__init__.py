@@ -1,0 +1,84 @@
+"""Where programs come from: one package per format, each a loader, a converter into the IR and a
+leaf-op runner.
+
+``load(path)`` tells the format from the file's contents (not its suffix)
+and returns the format's loaded program (``LoadedArchive`` for a
+TorchScript archive, ``LoadedExport`` for a torch.export ``.pt2``).  Both
+offer the same things to the session: ``program`` (what the machine runs:
+``root_graph``, ``leaf``, ``bind``, ``outputs_of``...), ``params(method)``,
+``stored_inputs``, ``infer_inputs``, ``run_native``, ``state_dict``,
+``method_kinds``, ``symbolic_shapes`` and ``imported_libraries``.
+Nothing above this package knows a format's details.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Any
+
+from engine.errors import ArchiveError
+
+
+def _zip_names(path: str) -> list[str] | None:
+    """The member names of a zip file, or None when the file is not one (read from its directory only)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+
+
+def sniff(path: str) -> str:
+    """``"exported"``, ``"executorch"`` or ``"torchscript"`` (which also covers what is neither:
+    the TorchScript loader explains what such a file is)."""
+    if not os.path.isfile(path):
+        return "torchscript"
+    names = _zip_names(path)
+    if names is not None:
+        from engine.formats.exported.archive import is_exported_zip
+
+        return "exported" if is_exported_zip(names) else "torchscript"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return "torchscript"
+    from engine.formats.exported.archive import is_executorch
+
+    return "executorch" if is_executorch(head) else "torchscript"
+
+
+def load(path: str, *, device: str = "cpu", libraries: tuple[str, ...] = (), trust_pickles: bool = False) -> Any:
+    """The program in ``path``, loaded by its format's loader; errors are ``ArchiveError`` one-liners."""
+    kind = sniff(path)
+    if kind == "executorch":
+        raise ArchiveError(f"{path} is an ExecuTorch program (.pte): lowered for a runtime, with no graph "
+                           "tsdebug can step; open the .pt2 that torch.export.save wrote before lowering it")
+    if kind == "exported":
+        from engine.formats.exported import LoadedExport
+        from engine.formats.torchscript.archive import check_device, load_libraries
+
+        check_device(device)
+        load_libraries(libraries)
+        return LoadedExport(path, device=device, trust_pickles=trust_pickles, load_namespace=import_op_namespace)
+    from engine.formats.torchscript import LoadedArchive
+
+    return LoadedArchive(path, device=device, libraries=libraries)
+
+
+def import_op_namespace(namespace: str) -> bool:
+    """Make the operators of ``namespace`` available by importing the package known to register them."""
+    from engine.formats.torchscript.archive import import_namespace
+
+    return import_namespace(namespace)
+
+
+__all__ = ["load", "sniff", "import_op_namespace"]

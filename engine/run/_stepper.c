@@ -60,7 +60,7 @@ static PyObject *s_stack, *s_error, *s_cancel, *s_value, *s_timeline, *s_leaf_op
     *s_refs, *s_dropped_cache, *s_version, *s_untyped_storage, *s_data_ptr, *s_keep_tensor, *s_keep_container,
     *s_exit_block, *s_getattr, *s_name, *s_attr_overlay, *s_module_storages, *s_fail, *s_writes_now,
     *s_keep_py, *s_free, *s_inputs_before_write, *s_program, *s_callees, *s_inputs_attr, *s_body, *s_loop,
-    *s_fork_kind, *s_body_kind, *s_entered, *s_done;
+    *s_then, *s_else, *s_fork_kind, *s_body_kind, *s_entered, *s_done;
 
 static int intern_names(void)
 {
@@ -76,7 +76,8 @@ static int intern_names(void)
     NAME(s_attr_overlay, "_attr_overlay") NAME(s_module_storages, "_module_storages") NAME(s_fail, "_fail")
     NAME(s_writes_now, "writes_now") NAME(s_keep_py, "_keep") NAME(s_free, "_free")
     NAME(s_inputs_before_write, "_inputs_before_write") NAME(s_program, "program") NAME(s_callees, "_callees")
-    NAME(s_inputs_attr, "inputs") NAME(s_body, "body") NAME(s_loop, "loop") NAME(s_fork_kind, "prim::fork")
+    NAME(s_inputs_attr, "inputs") NAME(s_body, "body") NAME(s_loop, "loop") NAME(s_then, "then")
+    NAME(s_else, "else") NAME(s_fork_kind, "prim::fork")
     NAME(s_body_kind, "body") NAME(s_entered, "entered") NAME(s_done, "done")
 #undef NAME
     return 0;
@@ -1024,9 +1025,12 @@ static int exit_block(PyObject *machine, PyObject *stack, PyObject *act, PyObjec
     }
     if ((kind = get_slot(act, &A_KIND)) == NULL || (owner = get_slot(act, &A_OWNER)) == NULL)
         goto done;
-    int loop = PyUnicode_Check(kind) ? PyUnicode_Compare(kind, s_loop) == 0 : 1;
-    if (loop || owner == Py_None || (owner_kind = get_slot(owner, &N_KIND)) == NULL) {
-        status = loop || owner == Py_None ? 0 : -1;
+    /* a call's body or an If branch ends here; a loop iteration, a while_loop's or map's block and a
+     * block that set grad mode or autocast end in Python */
+    int other = PyUnicode_Check(kind) ? (PyUnicode_Compare(kind, s_body) != 0 && PyUnicode_Compare(kind, s_then) != 0
+                                         && PyUnicode_Compare(kind, s_else) != 0) : 1;
+    if (other || owner == Py_None || (owner_kind = get_slot(owner, &N_KIND)) == NULL) {
+        status = other || owner == Py_None ? 0 : -1;
         goto done;
     }
     if (PyUnicode_Compare(owner_kind, s_fork_kind) == 0) {

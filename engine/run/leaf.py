@@ -23,18 +23,21 @@ class LeafOp:
     fresh list; ``writes`` are the inputs whose tensors the op overwrites,
     ``mutates`` those whose lists or dicts it changes, ``training_writes``
     those it overwrites only when its input ``TRAINING`` is True (a norm's
-    running statistics, which its schema does not mark).  ``run`` may
+    running statistics, which its schema does not mark).  ``deterministic``:
+    running it again on the same inputs gives the same bits (what lets the
+    timeline remake an overwritten value instead of copying it).  ``run`` may
     replace itself after its first call.
     """
 
-    __slots__ = ("run", "writes", "mutates", "training_writes")
+    __slots__ = ("run", "writes", "mutates", "training_writes", "deterministic")
 
     def __init__(self, run: Runner, writes: tuple[int, ...] = (), mutates: tuple[int, ...] = (),
-                 training_writes: tuple[int, ...] = ()):
+                 training_writes: tuple[int, ...] = (), deterministic: bool = True):
         self.run = run
         self.writes = writes
         self.mutates = mutates
         self.training_writes = training_writes
+        self.deterministic = deterministic
 
     def writes_now(self, args: list) -> tuple[int, ...]:
         """The inputs this call overwrites: its schema's, and a norm's statistics in training mode."""

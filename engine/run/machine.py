@@ -27,7 +27,8 @@ import torch
 from engine.run import stepper
 from engine.errors import ModelError, TsdebugError, first_error_line
 from engine.sources import is_torch_frame
-from engine.ir import Block, Graph, Node, SourceLoc, Value
+from engine.ir import (AUTOCAST, CALL_MODULE, COND, INVOKE_SUBGRAPH, MAP, SET_GRAD, WHILE_LOOP, Block, Graph, Node,
+                       SourceLoc, Value)
 from engine.formats.torchscript.ops import ModelRaised
 from engine.formats.torchscript.program import (ClassInstance, ObjectRef, Program, is_enum_type, is_script_class_copy, read_enum_attr,
                             read_object_attr, store_instance, write_object_attr)
@@ -67,20 +68,21 @@ class Frame:
 class Activation:
     """A block in progress: a method body, an If branch or a Loop iteration."""
 
-    __slots__ = ("frame", "block", "pc", "kind", "owner", "record", "trip", "max_trip", "path", "t0")
+    __slots__ = ("frame", "block", "pc", "kind", "owner", "record", "trip", "max_trip", "path", "t0", "carry")
 
     def __init__(self, frame: Frame, block: Block, kind: str, path: tuple, owner: Node | None = None,
                  record: StepRecord | None = None):
         self.frame = frame
         self.block = block
         self.pc = 0
-        self.kind = kind  # "body", "then", "else", "loop"
+        self.kind = kind  # "body", "then", "else", "loop"; "while-cond", "while-body", "map", "block"
         self.owner = owner
         self.record = record
         self.trip = 0
         self.max_trip = 0
         self.path = path
         self.t0 = 0
+        self.carry: Any = None  # what a while_loop, map or grad/autocast block keeps between its blocks
 
 
 @dataclass
@@ -196,8 +198,10 @@ class Machine:
         budget: int = DEFAULT_BUDGET,
         breakpoints: Breakpoints | None = None,
         module_state: ModuleState | None = None,
+        params: list | None = None,
     ):
         self.program = program
+        self.params = params  # the method's parameters (engine.inputs.Param), for programs that take keywords
         self.module_state = module_state
         self.method = method
         self.inline = inline
@@ -226,18 +230,19 @@ class Machine:
         self._object_nodes: set[str] = set()  # GetAttr nodes that yield class objects
         self._autocast: list[AutocastRegion] = []  # open ``with torch.autocast(...)`` blocks, innermost last
         self._module_storages: set[int] = set()  # tensors read from module attributes
-        n_params = len(self.graph.inputs) - 1
-        if len(self.inputs) != n_params:
-            names = ", ".join(v.name.split(".")[0] for v in self.graph.inputs[1:])
-            raise TsdebugError(
-                f"{self.method} takes {n_params} input(s) ({names}), got {len(self.inputs)}"
-            )
+        self._grad_modes: list[bool] = []  # grad mode set by the blocks open now (wrap_with_set_grad_enabled)
         frame = Frame(self.graph, "", self.method)
-        root_self = self.graph.inputs[0]
-        frame.env[root_self.index] = self.program.module
-        frame.paths[root_self.index] = ""
-        for v, x in zip(self.graph.inputs[1:], self.inputs):
+        # the program binds its root graph's inputs: self and the inputs (an archive), or the
+        # program's state and the flattened inputs (an exported program)
+        values = self.program.bind(self.method, self.graph, self.inputs, self.params)
+        for t in self.program.state_tensors():
+            self._module_storages.add(t.untyped_storage().data_ptr())
+            self.timeline.mark_free(t)
+        for v, x in zip(self.graph.inputs, values):
             frame.env[v.index] = x
+            if isinstance(x, torch._C.ScriptModule):
+                frame.paths[v.index] = ""
+                continue
             self.timeline.mark_free(x)
             for t in iter_tensors(x):
                 self.timeline.mark_free(t)
@@ -294,7 +299,7 @@ class Machine:
                 out.append(FrameInfo(act.frame.label, act.frame.module_path, act.frame.graph, node,
                                      start=act.frame.start))
             else:
-                if act.kind == "loop":
+                if act.kind in _LOOP_KINDS:
                     out[-1].loops.append(act.trip)
                 out[-1].node = node
         return out
@@ -315,7 +320,7 @@ class Machine:
         self._cancel = True
 
     def _context(self):
-        return _ExecContext(self.grad)
+        return _ExecContext(self._grad_modes[-1] if self._grad_modes else self.grad)
 
     # --------------------------------------------------------------- execution
 
@@ -343,6 +348,10 @@ class Machine:
     def _exit_block(self, act: Activation) -> None:
         env = act.frame.env
         returns = [env[v.index] for v in act.block.returns]
+        if act.kind in _BLOCK_ENDS:
+            returns = _BLOCK_ENDS[act.kind](self, act, returns)
+            if returns is None:  # the node goes on: another block or iteration
+                return
         if act.kind == "loop":
             act.trip += 1
             cond, carried = returns[0], returns[1:]
@@ -358,7 +367,7 @@ class Machine:
         self.stack.pop()
         record = act.record
         if act.kind == "body" and not self.stack:
-            self.outputs = returns[0] if len(returns) == 1 else tuple(returns)
+            self.outputs = self.program.outputs_of(self.method, returns)
             self._flush_attrs()
             return
         owner = act.owner
@@ -753,6 +762,84 @@ class Machine:
             return
         self._push_frame(act, node, graph, args, frame.module_path, graph.name, args)
 
+    # -------------------------------------------- exported programs' module calls and subgraphs
+
+    def _run_call_module(self, act: Activation, node: Node) -> None:
+        """A module call regrouped from an exported program's flat graph: a frame like a method call's."""
+        frame = act.frame
+        args = [frame.env[i] for i in node.in_idx]
+        try:
+            graph = self.program.callee_graph(node, None)
+        except TsdebugError as exc:
+            record = self._record(act, node, args)
+            self.timeline.add(record)
+            self._fail(node, exc, record)
+            return
+        self._push_frame(act, node, graph, args, node.module_path, f"{node.module_path}.forward", args)
+
+    @staticmethod
+    def _bind(env: list, block: Block, values: Iterable) -> None:
+        for v, x in zip(block.params, values):
+            env[v.index] = x
+
+    def _run_cond(self, act: Activation, node: Node) -> None:
+        """``torch.cond(pred, true_fn, false_fn, operands)``: a step into the branch ``pred`` picks."""
+        env = act.frame.env
+        args = [env[i] for i in node.in_idx]
+        branch = 0 if bool(args[0]) else 1
+        block = node.blocks[branch]
+        self._bind(env, block, args[1:])
+        self._enter(act, node, block, "then" if branch == 0 else "else", args)
+
+    def _run_while_loop(self, act: Activation, node: Node) -> None:
+        """``while_loop(cond_fn, body_fn, carried, additional)``: the cond block, then the body while it is True.
+
+        Each test of the condition and each iteration of the body is a block
+        one steps into (``iter N`` in the path, like a ``prim::Loop``).
+        """
+        env = act.frame.env
+        args = [env[i] for i in node.in_idx]
+        n = node.attrs.get("carried", len(args))
+        cond = node.blocks[0]
+        new = self._enter(act, node, cond, "while-cond", args, path=act.path + ("iter 0",))
+        new.carry = [args[:n], args[n:]]  # carried values, additional inputs (every block takes both)
+        self._bind(env, cond, args)
+
+    def _run_map(self, act: Activation, node: Node) -> None:
+        """``map(fn, xs, *args)``: the body once per row of ``xs``, the results stacked."""
+        env = act.frame.env
+        args = [env[i] for i in node.in_idx]
+        n = node.attrs.get("mapped", 1)
+        xs, rest = args[:n], args[n:]
+        rows = xs[0].shape[0] if xs and isinstance(xs[0], torch.Tensor) else 0
+        body = node.blocks[0]
+        if rows == 0:
+            record = self._record(act, node, args)
+            self.timeline.add(record)
+            self._fail(node, ValueError("map over an empty dimension (torch.export does not allow it either)"),
+                       record)
+            return
+        new = self._enter(act, node, body, "map", args, path=act.path + ("iter 0",))
+        new.carry = (xs, rest, [], rows)
+        self._bind(env, body, [x[0] for x in xs] + rest)
+
+    def _run_subgraph_block(self, act: Activation, node: Node) -> None:
+        """A subgraph run once: ``invoke_subgraph``, or a block with grad mode or autocast set."""
+        env = act.frame.env
+        args = [env[i] for i in node.in_idx]
+        block = node.blocks[0]
+        new = self._enter(act, node, block, "block", args)
+        if node.kind == SET_GRAD:
+            enabled = bool(node.attrs.get("grad_enabled"))
+            self._grad_modes.append(enabled)
+            torch.set_grad_enabled(enabled)
+            new.carry = "grad"
+        elif node.kind == AUTOCAST:
+            device, dtype, enabled, _cache = node.attrs["autocast"]
+            self._autocast.append(AutocastRegion(device, dtype, enabled))
+            new.carry = "autocast"
+        self._bind(env, block, args)
+
     def _step_live(self) -> None:
         act = self.stack[-1]
         node = act.block.nodes[act.pc]
@@ -957,6 +1044,70 @@ _HANDLERS: dict[str, Callable[[Machine, Activation, Node], None]] = {
     "prim::Constant": Machine._run_constant,
     "prim::ListConstruct": Machine._run_construct,
     "prim::TupleConstruct": Machine._run_construct,
+    CALL_MODULE: Machine._run_call_module,
+    COND: Machine._run_cond,
+    WHILE_LOOP: Machine._run_while_loop,
+    MAP: Machine._run_map,
+    SET_GRAD: Machine._run_subgraph_block,
+    AUTOCAST: Machine._run_subgraph_block,
+    INVOKE_SUBGRAPH: Machine._run_subgraph_block,
+}
+
+
+def _end_while_cond(machine: Machine, act: Activation, returns: list) -> list | None:
+    """The condition of a ``while_loop`` was tested: into the body, or the loop's results."""
+    carried, additional = act.carry
+    if not bool(returns[0]):
+        return list(carried)
+    body = act.owner.blocks[1]
+    act.block, act.kind, act.pc = body, "while-body", 0
+    Machine._bind(act.frame.env, body, list(carried) + list(additional))
+    return None
+
+
+def _end_while_body(machine: Machine, act: Activation, returns: list) -> list | None:
+    """An iteration of a ``while_loop`` ended: its results are the next test's inputs."""
+    act.carry[0] = list(returns)
+    act.trip += 1
+    cond = act.owner.blocks[0]
+    act.block, act.kind, act.pc = cond, "while-cond", 0
+    act.path = act.path[:-1] + (f"iter {act.trip}",)
+    Machine._bind(act.frame.env, cond, list(returns) + list(act.carry[1]))
+    return None
+
+
+def _end_map(machine: Machine, act: Activation, returns: list) -> list | None:
+    """A row of a ``map`` is done: the next row, or the rows' results stacked."""
+    xs, rest, outs, rows = act.carry
+    outs.append(list(returns))
+    act.trip += 1
+    if act.trip < rows:
+        act.pc = 0
+        act.path = act.path[:-1] + (f"iter {act.trip}",)
+        Machine._bind(act.frame.env, act.block, [x[act.trip] for x in xs] + list(rest))
+        return None
+    return [torch.stack([row[k] for row in outs]) for k in range(len(outs[0]))]
+
+
+def _end_block(machine: Machine, act: Activation, returns: list) -> list | None:
+    """A subgraph block ended: the grad mode or autocast it set is undone."""
+    if act.carry == "grad":
+        machine._grad_modes.pop()
+        torch.set_grad_enabled(machine._grad_modes[-1] if machine._grad_modes else machine.grad)
+    elif act.carry == "autocast":
+        machine._autocast.pop()
+    return returns
+
+
+#: Activations that iterate: the call stack shows their trip count.
+_LOOP_KINDS = frozenset({"loop", "while-cond", "while-body", "map"})
+
+#: How the blocks of exported programs' higher-order ops end (``Machine._exit_block``).
+_BLOCK_ENDS: dict[str, Callable[[Machine, Activation, list], list | None]] = {
+    "while-cond": _end_while_cond,
+    "while-body": _end_while_body,
+    "map": _end_map,
+    "block": _end_block,
 }
 
 

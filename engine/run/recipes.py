@@ -143,9 +143,8 @@ class Recompute:
         if record.status != "done" or not node.kind.startswith("aten::") or node.schema is None \
                 or node.kind in _UNINITIALIZED:
             return None
-        handle = node.handle
         op = self.program.leaf(node)
-        if handle is None or handle.isNondeterministic() or op.mutates:
+        if not op.deterministic or op.mutates:
             return None
         if op.writes_now(record._inputs) != op.writes:
             return None  # in training mode it updates running statistics: run again, it would again

@@ -258,15 +258,18 @@ def _cpp_warnings_filtered():
 _CPP_DEPRECATION = re.compile(r"^\[W.*\] Warning: .*\b(?:is|are) deprecated\b")
 
 
-def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = ()) -> Archive:
-    """Load a TorchScript archive for the engine; errors are ``ArchiveError`` one-liners."""
-    identify(path)
+def check_device(device: str) -> None:
+    """``--device``: one torch knows, and that this machine has."""
     try:
         torch.device(device)
     except Exception:
         raise ArchiveError(f"--device {device!r} is not a device torch knows (try cpu or cuda:0)") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ArchiveError(f"--device {device}: this machine has no CUDA device; use --device cpu")
+
+
+def load_libraries(libraries: tuple[str, ...]) -> None:
+    """``--library``: operator libraries the program needs, loaded before it is."""
     for lib in libraries:
         if not os.path.exists(lib):
             raise ArchiveError(f"--library {lib}: no such file")
@@ -274,6 +277,24 @@ def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = ()) -> Arc
             torch.ops.load_library(lib)
         except Exception as exc:
             raise ArchiveError(f"--library {lib}: cannot load ({str(exc).splitlines()[0]})") from None
+
+
+def import_namespace(namespace: str) -> bool:
+    """Import the Python package that registers the operator namespace ``namespace``; True when it did."""
+    if importlib.util.find_spec(namespace) is None:
+        return False
+    try:
+        importlib.import_module(namespace)
+        return True
+    except Exception:
+        return False
+
+
+def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = ()) -> Archive:
+    """Load a TorchScript archive for the engine; errors are ``ArchiveError`` one-liners."""
+    identify(path)
+    check_device(device)
+    load_libraries(libraries)
     imported: list[str] = []
     tried: set[str] = set()
     while True:
@@ -287,14 +308,11 @@ def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = ()) -> Arc
             missing = _missing_op(message)
             if missing is not None:
                 namespace, op = missing
-                if namespace not in tried and importlib.util.find_spec(namespace) is not None:
+                if namespace not in tried:
                     tried.add(namespace)
-                    try:
-                        importlib.import_module(namespace)
+                    if import_namespace(namespace):
                         imported.append(namespace)
                         continue
-                    except Exception:
-                        pass
                 raise ArchiveError(
                     f"{path} needs the operator {namespace}::{op}, which is not loaded: "
                     f"install the Python package that provides it (pip install {namespace}) "

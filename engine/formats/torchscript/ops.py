@@ -483,7 +483,8 @@ def leaf_op(node: Node, messages: Messages | None = None) -> LeafOp:
     info = schema_info(node.schema)
     # inputs it writes when its ``training`` input is True, which its schema does not say
     training_writes = RUNNING_STATS if node.kind in UPDATES_RUNNING_STATS else ()
-    leaf = LeafOp(_not_built, info.tensor_writes, info.container_writes, training_writes)
+    deterministic = node.handle is not None and not node.handle.isNondeterministic()
+    leaf = LeafOp(_not_built, info.tensor_writes, info.container_writes, training_writes, deterministic)
     leaf.run = runner_for(node, messages, leaf)
     return leaf
 

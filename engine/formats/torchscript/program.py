@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from engine.formats.torchscript.convert import convert_graph, short_graph_name
-from engine.errors import ModelError
+from engine.errors import ModelError, TsdebugError
 from engine.ir import Graph, Node
 from engine.formats.torchscript.ops import leaf_op, return_none
 from engine.run.leaf import LeafOp, Messages
@@ -430,6 +430,25 @@ class Program:
             if g.name == name:
                 return g
         return None
+
+    # -- calling convention -------------------------------------------------
+
+    def bind(self, method: str, graph: Graph, inputs: tuple, params: list | None = None) -> list:
+        """Values for the root graph's inputs: the module (``self``), then the inputs."""
+        n_params = len(graph.inputs) - 1
+        if len(inputs) != n_params:
+            names = ", ".join(v.name.split(".")[0] for v in graph.inputs[1:])
+            raise TsdebugError(f"{method} takes {n_params} input(s) ({names}), got {len(inputs)}")
+        return [self.module, *inputs]
+
+    def outputs_of(self, method: str, returns: list) -> Any:
+        """What the method returns, from its graph's returned values."""
+        return returns[0] if len(returns) == 1 else tuple(returns)
+
+    def state_tensors(self) -> list:
+        """Tensors the machine must treat as the module's before any GetAttr reads them (none here:
+        an archive's method reads its parameters and buffers through GetAttr)."""
+        return []
 
     # -- leaf ops -----------------------------------------------------------
 
