@@ -91,6 +91,9 @@ class RunReport:
     native_error: str | None = None
     imported_libraries: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)  # what the model printed or warned during the run
+    format: str = "torchscript"
+    native_call: str = "module(*inputs)"  # what the native run calls
+    symbolic_shapes: dict | None = None  # an exported program's dynamic dimensions and their ranges
 
     def to_json(self) -> dict:
         err = None
@@ -121,6 +124,9 @@ class RunReport:
             "native_error": self.native_error,
             "imported_libraries": self.imported_libraries,
             "messages": self.messages,
+            "format": self.format,
+            "native_call": self.native_call,
+            "symbolic_shapes": self.symbolic_shapes,
         }
 
 
@@ -216,6 +222,7 @@ class Session:
                 source = "inferred from the graph"
         args = inputs_mod.fill_defaults(args, params, self.method)
         inputs_mod.check_types(args, params, self.method)
+        self.loaded.check_inputs(self.method, args, params)
         if self.device != "cpu":
             args = to_device(args, self.device)
         return args, source
@@ -349,6 +356,9 @@ class Session:
             inputs=list(self.inputs),
             input_source=self.input_source,
             imported_libraries=self.loaded.imported_libraries,
+            format=self.format,
+            native_call=self.loaded.native_call,
+            symbolic_shapes=self.loaded.symbolic_shapes(),
         )
         machine = self.restart()
         said = len(self.program.messages.lines)

@@ -53,7 +53,7 @@ def human_seconds(s: float | None) -> str:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a TorchScript archive saved with torch.jit.save")
+    p.add_argument("model", help="a TorchScript archive (torch.jit.save) or a torch.export program (.pt2)")
     p.add_argument("--input", action="append", default=[], metavar="SPEC",
                    help="one model input, repeated in order: float32[1,3,224,224], 1x3x224x224, "
                         "int64[2,8]:0..1000, int:3, bool:true, or a .pt/.npy/.npz file")
@@ -68,6 +68,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record-budget", type=parse_size, default=1 << 30, metavar="SIZE",
                    help="memory for recorded tensors before only summaries are kept (default: 1GiB)")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default: 0)")
+    p.add_argument("--trust-pickles", action="store_true",
+                   help="load the pickled parts of a .pt2 (tensor subclasses, TorchBind objects, example inputs "
+                        "the safe loader refuses): only for files you trust, a pickle can run code")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -238,6 +241,7 @@ def _session(args: argparse.Namespace):
         grad=args.grad,
         budget=args.record_budget,
         seed=args.seed,
+        trust_pickles=getattr(args, "trust_pickles", False),
     )
 
 
@@ -274,7 +278,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"outputs    {summarize(report.outputs).short()}  {verdict}")
             else:
                 diff = report.max_abs_diff
-                print(f"outputs    {summarize(report.outputs).short()}  {verdict} module(*inputs)"
+                print(f"outputs    {summarize(report.outputs).short()}  {verdict} {report.native_call}"
                       + (f"  (max abs diff {diff:.3g})" if diff is not None else ""))
         print(f"time       engine {human_seconds(report.engine_seconds)}, native {human_seconds(report.native_seconds)}"
               "  (first runs, each compiling as it goes)")

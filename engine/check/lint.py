@@ -979,7 +979,11 @@ def _weigh_training_mode(findings: list[Finding], module: Any) -> None:
 
 
 def lint_session(session: Any) -> LintReport:
-    """Findings for every traced method of the session's archive."""
+    """Findings for every traced method of the session's archive (or of its exported program)."""
+    if getattr(session, "format", "torchscript") == "exported":
+        from engine.check.lint_exported import lint_exported
+
+        return lint_exported(session)
     report = LintReport(methods=session.method_kinds())
     program = session.program
     for method, origin in report.methods.items():

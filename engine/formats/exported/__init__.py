@@ -65,6 +65,7 @@ class LoadedExport:
     """One ``.pt2`` opened for debugging."""
 
     format = FORMAT
+    native_call = "ep.module()(*inputs)"  # what the native run calls, in reports
     kind_text = "torch.export program"
 
     def __init__(self, path: str, *, device: str = "cpu", trust_pickles: bool = False,
@@ -139,6 +140,25 @@ class LoadedExport:
     def infer_inputs(self, method: str, params: list[Param], seed: int) -> tuple | None:
         return None
 
+    def check_inputs(self, method: str, args: tuple, params: list[Param]) -> None:
+        """What ``ep.module()`` checks before it runs: the inputs' structure, and each tensor's shape
+        against the exported one (static dims equal, dynamic dims in their range)."""
+        from torch.export._unlift import _check_inputs_match
+
+        call_args, kwargs = split_call(args, params, self.program.in_spec)
+        try:
+            flat = _check_inputs_match(call_args, kwargs, self.program.in_spec)
+        except ValueError:
+            _leaves, spec = pytree.tree_flatten((call_args, kwargs))
+            raise InputError(f"the inputs do not have the structure the program was exported with "
+                             f"({', '.join(str(p) for p in params)}); got {_short_spec(spec)}") from None
+        try:
+            self.ep._check_input_constraints(flat)
+        except Exception as exc:
+            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise InputError(f"the inputs do not fit the exported program: {first} (a dimension exported "
+                             "as static must keep its size; export it with dynamic_shapes to vary it)") from None
+
     def symbolic_shapes(self) -> dict:
         """What the program knows of its dynamic dimensions: each user input's shape with its symbols,
         and the range of each symbol."""
@@ -178,6 +198,11 @@ class LoadedExport:
         return {"forward": "exported"}
 
 
+def _short_spec(spec: Any) -> str:
+    text = " ".join(str(spec).split())
+    return text if len(text) < 160 else text[:159] + "…"
+
+
 def _bound(x: Any) -> int | None:
     try:
         v = int(x)
@@ -188,7 +213,7 @@ def _bound(x: Any) -> int | None:
 
 def _describe(val: Any) -> str:
     if isinstance(val, torch.Tensor):
-        dims = ",".join(str(d) for d in val.shape)
+        dims = ",".join(str(d) if isinstance(d, int) else f"{d}={_concrete(d)}" for d in val.shape)
         return f"{str(val.dtype).replace('torch.', '')}[{dims}]"
     return repr(val)
 

@@ -212,19 +212,42 @@ def _callable_kind(target: Any) -> str:
     return f"{module or 'python'}::{getattr(target, '__name__', type(target).__name__)}"
 
 
+#: Arguments a norm overwrites in training mode although its schema does not mark them (``aten::batch_norm``).
+_RUNNING_STATS = ("running_mean", "running_var")
+_TRAINING_FLAGS = ("training", "use_input_stats")
+
+
 def _written_inputs(target: Any, args: tuple, kwargs: dict, refs: list) -> tuple[int, ...]:
-    """Positions in the op's inputs whose tensors the op overwrites (``Tensor(a!)`` in its schema)."""
+    """Positions in the op's inputs whose tensors the op overwrites: ``Tensor(a!)`` in its schema, and
+    a norm's running statistics when it runs in training mode."""
     if not isinstance(target, torch._ops.OpOverload):
         return ()
     out: list[int] = []
-    for i, arg in enumerate(target._schema.arguments):
+    schema_args = list(target._schema.arguments)
+
+    def value_of(i: int, arg: Any) -> Any:
+        return kwargs.get(arg.name) if arg.kwarg_only or i >= len(args) else args[i]
+
+    training = next((value_of(i, a) for i, a in enumerate(schema_args) if a.name in _TRAINING_FLAGS), False)
+    for i, arg in enumerate(schema_args):
         alias = arg.alias_info
-        if alias is None or not alias.is_write:
+        written = alias is not None and alias.is_write
+        if not written and arg.name in _RUNNING_STATS and training is not False:
+            written = True  # True, or decided at run time (a Ref): keep a copy either way
+        if not written:
             continue
-        value = kwargs.get(arg.name) if arg.kwarg_only or i >= len(args) else args[i]
-        for r in _refs_in(value):
+        for r in _refs_in(value_of(i, arg)):
             out.append(r.index)
     return tuple(sorted(set(out)))
+
+
+def _shape_text(val: Any) -> str | None:
+    """An output's ``val`` as the exported graph knows it: ``float32[s77,4,8,8]`` (symbols kept)."""
+    if isinstance(val, torch.Tensor):
+        return f"{str(val.dtype).replace('torch.', '')}[{','.join(str(d) for d in val.shape)}]"
+    if isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        return str(val)
+    return None
 
 
 def _refs_in(value: Any):
@@ -383,6 +406,11 @@ class _FxReader:
         op.fallback_trace = outer_trace
         op.source_fn = source_fn
         val = meta.get("val")
+        shapes = [_shape_text(v) for v in (val if isinstance(val, (list, tuple)) else [val])]
+        if picks is not None:
+            shapes = [shapes[i] if i < len(shapes) else None for i in picks]
+        if any(shapes) and any(s and any(c.isalpha() for c in s.split("[", 1)[-1]) for s in shapes):
+            op.attrs["symbolic_shape"] = ", ".join(s or "?" for s in shapes)  # only where a dim is a symbol
         if picks is not None:
             op.picks = picks
             vals = val if isinstance(val, (list, tuple)) else [None] * (max(picks) + 1)
@@ -570,11 +598,21 @@ class Built:
 
 
 class GraphBuilder:
-    """Second pass: ``ir.Graph`` objects from the ``_Op`` records, flat or as a call tree."""
+    """Second pass: ``ir.Graph`` objects from the ``_Op`` records, flat or as a call tree.
 
-    def __init__(self, root: _Block, infos: list[_ValueInfo], method: str = "forward"):
+    ``state`` maps the value ids of the program's own placeholders
+    (parameters, buffers, constants) to their values: each graph that reads
+    one holds it as a ``prim::Constant`` (named by its place in the module,
+    ``layers.0.conv.weight``), as an archive's graph reads its weights from
+    ``self``, so module calls pass activations only and the root graph's
+    inputs are the user's.
+    """
+
+    def __init__(self, root: _Block, infos: list[_ValueInfo], state: dict[int, Any] | None = None,
+                 method: str = "forward"):
         self.root = root
         self.infos = infos
+        self.state = state or {}
         self.method = method
         self.module_types: dict[str, str] = {}
 
@@ -583,7 +621,7 @@ class GraphBuilder:
         self.inlined = inlined
         numbering = _Numbering(self.infos)
         name = f"{self.method}[inlined]" if inlined else self.method
-        body = self._block(self.root, numbering, name, self.method, base=())
+        body = self._block(self.root, numbering, name, self.method, base=(), graph_body=True)
         graph = Graph(name=name, qualname=self.method, inputs=body.params, outputs=body.returns, body=body,
                       num_values=len(numbering.index), inlined=inlined)
         graph.origin = "exported"
@@ -608,12 +646,29 @@ class GraphBuilder:
                        for b in op.blocks)
         return self._node(op, numbering, node_id, blocks)
 
-    def _block(self, block: _Block, numbering: _Numbering, block_id: str, prefix: str, base: tuple) -> Block:
-        params = tuple(numbering.value(v) for v in block.params)
+    def _state_reads(self, ops: list[_Op], numbering: _Numbering, prefix: str) -> list[Node]:
+        """A ``prim::Constant`` for each of the program's own values these ops read (see the class)."""
+        out = []
+        seen: set[int] = set()
+        for op in ops:
+            for v in _reads(op):
+                if v in self.state and v not in seen:
+                    seen.add(v)
+                    value = numbering.value(v)
+                    out.append(Node(id=f"{prefix}/{value.name}", kind="prim::Constant", inputs=(), outputs=(value,),
+                                    attrs={"value": self.state[v], "state": True}, blocks=(), schema=None,
+                                    source_cell=[None], module_path="", callee=None, in_idx=(),
+                                    out_idx=(value.index,), handle=None))
+        return out
+
+    def _block(self, block: _Block, numbering: _Numbering, block_id: str, prefix: str, base: tuple,
+               graph_body: bool = False) -> Block:
+        params = tuple(numbering.value(v) for v in block.params if v not in self.state)
+        state = self._state_reads(block.ops, numbering, prefix) if graph_body else []
         if self.inlined:
-            nodes = tuple(self._leaf_or_hop(op, numbering, prefix, base) for op in block.ops)
+            nodes = tuple(state) + tuple(self._leaf_or_hop(op, numbering, prefix, base) for op in block.ops)
         else:
-            nodes = tuple(self._scoped(block.ops, numbering, prefix, base, set(block.returns)))
+            nodes = tuple(state) + tuple(self._scoped(block.ops, numbering, prefix, base, set(block.returns)))
         returns = tuple(numbering.value(v) for v in block.returns)
         return Block(id=block_id, params=params, nodes=nodes, returns=returns,
                      frees=last_uses(params, nodes, returns))
@@ -652,7 +707,7 @@ class GraphBuilder:
         reads: list[int] = []
         for op in ops:
             for v in _reads(op):
-                if v not in defined and v not in reads:
+                if v not in defined and v not in reads and v not in self.state:
                     reads.append(v)
             defined.update(_defines(op))
         results = [v for v in _ordered_defines(ops) if v in used_after]
@@ -661,7 +716,8 @@ class GraphBuilder:
         node_id = f"{prefix}/@{path}"
         body_ops = list(ops)
         params = tuple(inner.value(v) for v in reads)
-        nodes = tuple(self._scoped(body_ops, inner, prefix, scope, set(results)))
+        nodes = tuple(self._state_reads(body_ops, inner, prefix)) + \
+            tuple(self._scoped(body_ops, inner, prefix, scope, set(results)))
         returns = tuple(inner.value(v) for v in results)
         body = Block(id=f"{node_id}:{graph_name}", params=params, nodes=nodes, returns=returns,
                      frees=last_uses(params, nodes, returns))

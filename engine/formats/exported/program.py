@@ -68,7 +68,14 @@ class ExportedProgramCode:
     def __init__(self, ep: Any):
         self.ep = ep
         self.root_block, self.value_infos, self.signature = read_program(ep)
-        self._builder = GraphBuilder(self.root_block, self.value_infos)
+        self._state = self._state_values()
+        state_by_value = {}
+        for (name, kind, target), vid in zip(self.signature.inputs, self.root_block.params):
+            if name in self._state:
+                state_by_value[vid] = self._state[name]
+                if target:
+                    self.value_infos[vid].name = target  # layers.0.conv.weight, not p_layers_0_conv_weight
+        self._builder = GraphBuilder(self.root_block, self.value_infos, state_by_value)
         self._built: dict[bool, Any] = {}
         self.leaf_ops: dict[Node, LeafOp] = {}
         self.messages = Messages()
@@ -76,7 +83,6 @@ class ExportedProgramCode:
         self.traced_methods: frozenset[str] = frozenset()
         self.in_spec = ep.call_spec.in_spec
         self.out_spec = ep.call_spec.out_spec
-        self._state = self._state_values()
 
     # -- graphs
 
@@ -177,19 +183,11 @@ class ExportedProgramCode:
         return leaves
 
     def bind(self, method: str, graph: Graph, inputs: tuple, params: list | None = None) -> list:
-        """Values for ``graph.inputs``: the program's state, then the flattened user inputs."""
+        """Values for ``graph.inputs``: the flattened user inputs (the graphs hold the program's state)."""
         leaves = self.flatten_inputs(method, inputs, params or [])
-        users = iter(leaves)
-        out = []
-        for name, kind, _target in self.signature.inputs:
-            if kind == "user input":
-                try:
-                    out.append(next(users))
-                except StopIteration:
-                    raise TsdebugError("fewer inputs than the program takes") from None
-            else:
-                out.append(self._state[name])
-        return out
+        if len(leaves) != len(graph.inputs):
+            raise TsdebugError(f"the program takes {len(graph.inputs)} input value(s), got {len(leaves)}")
+        return leaves
 
     def outputs_of(self, method: str, returns: list) -> Any:
         try:

@@ -27,6 +27,7 @@ class LoadedArchive:
     """One TorchScript archive opened for debugging."""
 
     format = FORMAT
+    native_call = "module(*inputs)"  # what the native run calls, in reports
     kind_text = "TorchScript archive"
 
     def __init__(self, path: str, *, device: str = "cpu", libraries: tuple[str, ...] = ()):
@@ -49,6 +50,9 @@ class LoadedArchive:
 
     def infer_inputs(self, method: str, params: list, seed: int) -> tuple | None:
         return inputs_mod.infer_inputs(self.program, method, params, seed)
+
+    def check_inputs(self, method: str, args: tuple, params: list) -> None:
+        """Nothing beyond the parameter types: an archive's graph keeps no shapes."""
 
     def symbolic_shapes(self) -> dict | None:
         return None  # shapes in an archive's graph types are erased by save and load
