@@ -338,7 +338,9 @@ class Session:
         report = diff_mod.align(machine.timeline.records, run, rtol, atol)
         report.outputs_close, report.outputs_metrics = diff_mod.compare_outputs(
             machine.outputs, run.outputs, rtol, atol)
-        return DiffResult(report, other_path, machine, self.grad, rtol, atol)
+        result = DiffResult(report, other_path, machine, self.grad, rtol, atol)
+        result.other_outputs = theirs.outputs
+        return result
 
     def run_and_compare(self, stage: Callable[[str], None] = lambda name: None) -> RunReport:
         """Run the engine to the end and torch natively on the same inputs.
@@ -395,6 +397,7 @@ class DiffResult:
     eager_grad: bool
     rtol: float
     atol: float
+    other_outputs: Any = None  # --against: the other program's outputs
 
     def to_json(self) -> dict:
         r = self.report

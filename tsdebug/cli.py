@@ -17,7 +17,7 @@ from typing import Sequence
 
 from tsdebug.progress import Status, steps_of
 
-COMMANDS = ("run", "diff", "lint", "render", "demo")
+COMMANDS = ("run", "diff", "lint", "render", "export", "demo")
 
 
 def _json_stdout(args: argparse.Namespace):
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A terminal debugger for TorchScript programs.",
         epilog="tsdebug MODEL [options] opens the debugger on MODEL. "
                "Commands: run (engine vs native, for CI), diff (engine vs the eager Python model), "
-               "lint (what tracing froze), render (export the graph), "
+               "lint (what tracing froze), render (export the graph), export (to a verified .pt2), "
                "demo (the debugger on a bundled model). "
                "See 'tsdebug run --help'.",
     )
@@ -194,6 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--lint", action="store_true", help="mark what tracing froze")
     render.add_argument("--call-tree", action="store_true",
                         help="draw the method's own graph (calls as single nodes) instead of the inlined one")
+    export = sub.add_parser("export", help="turn an archive into a torch.export program (.pt2) and verify it",
+                            description="Convert MODEL (a TorchScript archive) into a torch.export program with "
+                                        "torch's converter, or export the Python model (--eager) on the "
+                                        "archive's weights; write it to OUT and verify node by node that the "
+                                        "two compute the same. Where it cannot, name the node or line that "
+                                        "blocks it. Exit 0 written and verified, 1 written but different, "
+                                        "2 could not export.")
+    _model_options(export)
+    _eager_options(export)
+    export.add_argument("-o", "--output", required=True, metavar="OUT.pt2", help="the program to write")
+    export.add_argument("--json", action="store_true", help="print one JSON object")
     demo = sub.add_parser("demo", help="open the debugger on a bundled example model",
                           description="Open the debugger on a bundled example model (built on first use).")
     demo.add_argument("--print-path", action="store_true", help="only build the demo archive and print its path")
@@ -491,6 +502,50 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.check.eager import parse_eager_args
+    from engine.check.export import export_program
+
+    with Status() as status, _json_stdout(args):
+        status.show(f"loading {args.model}…")
+        session = _session(args)
+        session.start(specs=args.input or None, inputs_file=args.inputs)
+        report = export_program(session, args.output, eager=args.eager,
+                                eager_args=parse_eager_args(args.eager_arg) if args.eager else None,
+                                eager_weights=args.eager_weights, rtol=args.rtol, atol=args.atol,
+                                stage=status.show)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, default=str))
+        if report.error:
+            print(f"tsdebug: error: {report.error}", file=sys.stderr)
+        return report.exit_code
+    print(f"model      {report.model}")
+    if not report.written:
+        for issue in report.issues:
+            where = f"{issue['file']}:{issue['line']}" if issue.get("file") else "(no line)"
+            text = f"  {issue['text']}" if issue.get("text") else ""
+            print(f"blocks     {issue['kind']}: {issue['expr']} at {where}{text}")
+        for note in report.notes:
+            print(f"note       {note}")
+        print(f"tsdebug: error: {report.error}", file=sys.stderr)
+        return 2
+    print(f"wrote      {report.output}  ({report.route})")
+    for note in report.notes:
+        print(f"note       {note}")
+    for v in report.verifications:
+        detail = ""
+        if v.verdict == "within tolerance" and v.worst:
+            detail = f"  (worst node {v.worst['node']} {v.worst['kind']}, max abs {v.worst['max_abs']:.3g})"
+        elif v.verdict == "differs" and v.first_divergence:
+            fd = v.first_divergence
+            detail = f"  (first divergence at {fd['node']} {fd['kind']} in the archive, {fd['eager_op']} in the program)"
+        elif v.verdict == "failed":
+            detail = f"  ({v.error})"
+        aligned = f", {v.aligned} of {v.comparable} nodes compared" if v.comparable else ""
+        print(f"verified   {v.verdict} on {v.inputs}{aligned}{detail}")
+    return report.exit_code
+
+
 def cmd_open(args: argparse.Namespace) -> int:
     from tsdebug.app import open_debugger
 
@@ -518,7 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] in (*COMMANDS, "-V", "--version"):  # --version prints and exits in the parser
             args = build_parser().parse_args(argv)
             handler = {"run": cmd_run, "diff": cmd_diff, "lint": cmd_lint, "render": cmd_render,
-                       "demo": cmd_demo}[args.command]
+                       "export": cmd_export, "demo": cmd_demo}[args.command]
         elif not argv or argv[0] in ("-h", "--help"):
             build_parser().print_help()
             return 0 if argv else 2

@@ -15,8 +15,10 @@ gets its own one-line explanation.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import os
 import warnings
 import zipfile
@@ -149,21 +151,28 @@ def _tensor_from_raw(reader: _Reader, folder: str, meta: Any, serde: tuple, raw_
         if len(data) % size:
             raise ArchiveError(f"{reader.path} is corrupt: {meta.path_name} holds {len(data)} bytes, not a "
                                f"whole number of {dtype} elements")
+        # into memory torch allocated (aligned as its kernels expect: a tensor over the bytes read
+        # can sit at any address, and some kernels then sum in another order than for torch's own load)
+        flat = torch.empty(len(data) // size, dtype=dtype)
         if data:
-            flat = torch.frombuffer(bytearray(data), dtype=dtype)
-        else:
-            flat = torch.empty(0, dtype=dtype)
+            flat.view(torch.uint8).copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        if tensor_meta.requires_grad:
+            # as torch's loader does: kernels choose their path by requires_grad even under no_grad
+            # (matmul folds a 3-D input into one mm only when no operand requires grad), so the
+            # bits of a run depend on it
+            flat.requires_grad_(True)
         raw_cache[meta.path_name] = flat
     sizes = deserialize_size(tensor_meta.sizes)
     strides = deserialize_stride(tensor_meta.strides)
     offset = deserialize_storage_offset(tensor_meta.storage_offset)
     if flat.numel() == 0:
-        return torch.zeros(sizes, dtype=dtype)
+        return torch.zeros(sizes, dtype=dtype, requires_grad=bool(tensor_meta.requires_grad))
     needed = offset + sum((s - 1) * st for s, st in zip(sizes, strides) if s > 0) + 1 if all(sizes) else 0
     if needed > flat.numel() or offset < 0 or any(s < 0 for s in sizes):
         raise ArchiveError(f"{reader.path} is corrupt: {meta.path_name} is smaller than the tensor its config "
                            f"describes ({list(sizes)})")
-    return torch.as_strided(flat, sizes, strides, offset)
+    with torch.enable_grad():  # a view of a tensor that requires grad, as torch's loader makes it
+        return torch.as_strided(flat, sizes, strides, offset)
 
 
 def _trusted_pickle(reader: _Reader, folder: str, what: str, fqn: str, path_name: str, trust: bool,
@@ -313,7 +322,7 @@ def load(path: str, zf: zipfile.ZipFile, *, device: str = "cpu", trust_pickles: 
     tried: set[str] = set()
     while True:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _torch_logs_off():
                 warnings.simplefilter("ignore")
                 # (args, kwargs) or None: a tuple is used as it is, so torch unpickles nothing here
                 ep = Deserializer(None).deserialize(serialized, state, constants, example)
@@ -347,6 +356,18 @@ def load(path: str, zf: zipfile.ZipFile, *, device: str = "cpu", trust_pickles: 
             raise ArchiveError(f"--device {device}: cannot move the program's weights there ({exc})") from None
     return ExportedArchive(path=path, program=ep, model_name=model, example_inputs=example,
                            example_inputs_note=note, trusted_parts=trusted, imported_libraries=imported, device=device)
+
+
+@contextlib.contextmanager
+def _torch_logs_off():
+    """torch's deserializer logs warnings ("Symbol u0 did not appear in the graph") to the terminal."""
+    logger = logging.getLogger("torch._export.serde.serialize")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _missing_namespace(message: str) -> str | None:
