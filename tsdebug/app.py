@@ -590,10 +590,12 @@ class TsdebugApp(App):
             self.notify(f"eager comparison {'on' if self.compare_on else 'off'}", timeout=2)
             self.after_move(None)
             return
-        if not getattr(self.args, "eager", None):
+        against = getattr(self.args, "against", None)
+        if not getattr(self.args, "eager", None) and not against:
             self.notify("The eager comparison needs the Python model: start tsdebug with "
                         "--eager package.module:Name or --eager path/to/file.py:Name "
-                        "(a class or a function returning the nn.Module).", title="eager comparison", timeout=10)
+                        "(a class or a function returning the nn.Module), or another program with "
+                        "--against OTHER.pt2.", title="eager comparison", timeout=10)
             return
         from engine.check.eager import parse_eager_args
 
@@ -603,8 +605,11 @@ class TsdebugApp(App):
 
         def work() -> None:
             try:
-                result = self.session.diff(args.eager, parse_eager_args(args.eager_arg), args.eager_weights,
-                                           args.rtol, args.atol)
+                if against:
+                    result = self.session.diff_against(against, args.rtol, args.atol)
+                else:
+                    result = self.session.diff(args.eager, parse_eager_args(args.eager_arg), args.eager_weights,
+                                               args.rtol, args.atol)
             except TsdebugError as exc:
                 self.call_from_thread(self._eager_done, None, exc.message)
                 return

@@ -230,6 +230,9 @@ def build_open_parser() -> argparse.ArgumentParser:
     )
     _model_options(parser)
     _eager_options(parser)
+    parser.add_argument("--against", metavar="OTHER",
+                        help="make e compare with a second program (an archive or a .pt2) instead of the Python "
+                             "model: the same marks, D, ] and [, the other side's value in the inspector")
     return parser
 
 

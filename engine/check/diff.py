@@ -36,12 +36,19 @@ PLUMBING = frozenset({
     "aten::__getitem__", "aten::append", "aten::list", "aten::warn", "aten::detach", "aten::contiguous",
     "aten::numel", "aten::Bool", "aten::eq", "aten::ne", "aten::__is__", "aten::__isnot__", "aten::__not__",
     "aten::wait",  # hands over what a fork computed: the eager run has no such op
+    # an exported program's shape reads and the checks torch.export inserted
+    "aten::sym_size", "aten::sym_numel", "aten::sym_stride", "aten::_assert_scalar", "aten::_assert_tensor_metadata",
+    "aten::sym_constrain_range_for_size", "aten::sym_constrain_range", "aten::_assert_async",
 })
 
 _SYNONYMS = {
     "convolution": "conv", "conv1d": "conv", "conv2d": "conv", "conv3d": "conv", "conv_transpose2d": "conv",
     "addmm": "linear", "linear": "linear",
     "native_batch_norm": "batch_norm", "batch_norm": "batch_norm",
+    # the same ops after torch.export's decompositions
+    "native_batch_norm_legit_no_training": "batch_norm", "native_batch_norm_legit": "batch_norm",
+    "native_batch_norm_legit_functional": "batch_norm", "native_layer_norm": "layer_norm",
+    "softmax": "softmax", "safe_softmax": "softmax", "log_softmax": "log_softmax",
     "view": "reshape", "reshape": "reshape", "flatten": "reshape", "unsafe_view": "reshape", "reshape_alias": "reshape",
     "max_pool2d_with_indices": "max_pool2d",
     "t": "transpose", "permute": "transpose", "transpose": "transpose",
@@ -222,8 +229,9 @@ _VIEWS = frozenset({"aten::slice", "aten::view", "aten::reshape", "aten::expand"
 def comparable_records(records: list[StepRecord]) -> list[StepRecord]:
     out = []
     for r in records:
-        kind = r.node.kind
-        if kind.startswith("prim::") or kind in PLUMBING or r.status != "done" or canon(kind) in UNINITIALIZED:
+        kind = r.node.kind.split(".", 1)[0]  # an exported program's kinds name their overload: aten::add.Tensor
+        if kind.startswith(("prim::", "higher_order::", "operator::", "builtins::", "math::", "torch::")) \
+                or kind in PLUMBING or r.status != "done" or canon(kind) in UNINITIALIZED:
             continue
         t = _first_tensor(r.outputs)
         if t is None:
@@ -253,6 +261,10 @@ def align(records: list[StepRecord], eager: EagerRun, rtol: float, atol: float) 
     report = DiffReport()
     graph_ops = comparable_records(records)
     report.comparable = len(graph_ops)
+    if graph_ops and eager.ops and not any(op.module_path for op in eager.ops):
+        # the reference knows no modules (a program torch's converter made from an inlined
+        # graph): one path for both, aligned by name, shape, line and order alone
+        eager = _flattened(eager)
     # A graph op of a module whose forward the eager run never entered (a method other than
     # forward, called from outside: RAFT's ``self.corr_block.index_pyramid(...)``) ran,
     # eagerly, inside the forward that called it: it joins the closest module path whose
@@ -303,6 +315,11 @@ def align(records: list[StepRecord], eager: EagerRun, rtol: float, atol: float) 
             r for r in graph_ops if g_start < r.index < report.first.record.index and r.index not in aligned_graph
         ]
     return report
+
+
+def _flattened(eager: EagerRun) -> EagerRun:
+    """``eager`` with every graph op joining the root path too: as if only the root's forward had run."""
+    return EagerRun(ops=eager.ops, outputs=eager.outputs, module_outputs={"": []}, by_forward=True)
 
 
 def _located(rec: StepRecord) -> str | None:
