@@ -75,3 +75,33 @@ def test_converted_program_without_module_paths_still_aligns(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     v = report["verifications"][0]
     assert v["verdict"] == "bit-identical" and v["aligned"] == v["comparable"] > 10
+
+
+def test_the_debugger_compares_with_another_program(pair):
+    """``tsdebug MODEL --against OTHER``: e runs the other program and marks where they part; D goes there."""
+    import asyncio
+
+    from tsdebug.app import TsdebugApp
+    from tsdebug.cli import build_open_parser
+
+    async def settle(pilot, app):
+        for _ in range(400):
+            await pilot.pause()
+            if app.state not in ("running", "loading"):
+                break
+            await asyncio.sleep(0.01)
+        await pilot.pause()
+
+    async def run():
+        app = TsdebugApp(build_open_parser().parse_args([pair["archive"], "--against", pair["changed"]]))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            await pilot.press("e")
+            await settle(pilot, app)
+            first = app.diff_result.report.first
+            assert first is not None and first.record.module_path == "layer1.0.bn2"
+            await pilot.press("D")
+            await settle(pilot, app)
+            assert app.machine.current_record is first.record
+
+    asyncio.run(run())
