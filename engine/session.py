@@ -23,36 +23,12 @@ import torch
 
 from engine.formats.torchscript import archive as archive_mod
 from engine import inputs as inputs_mod
+from engine.aliasing import clone_value, to_device
 from engine.errors import InputError, ModelError, TsdebugError, first_error_line
 from engine.run.machine import Breakpoints, Machine, ModuleState
 from engine.formats.torchscript.program import Program
 from engine.run.timeline import DEFAULT_BUDGET
 from engine.run.values import max_abs_diff, summarize, values_equal
-
-
-def clone_value(value: Any) -> Any:
-    """A deep copy of the tensors in a value, so two runs never share inputs."""
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, list):
-        return [clone_value(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(clone_value(v) for v in value)
-    if isinstance(value, dict):
-        return {k: clone_value(v) for k, v in value.items()}
-    return value
-
-
-def to_device(value: Any, device: str) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, list):
-        return [to_device(v, device) for v in value]
-    if isinstance(value, tuple):
-        return tuple(to_device(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    return value
 
 
 class RandomState:
