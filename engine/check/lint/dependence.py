@@ -237,14 +237,54 @@ def _local_names(fn: ast.FunctionDef, literal_arguments: set[str] = frozenset())
     # only ``name = value`` statements set them (no loop target, unpacking or ``+=``)
     simple = {n: values for n, values in assigned.items() if len(values) == stores[n] and n not in names & {
         a.arg for a in args}}
-    changed = True
-    while changed:
-        changed = False
-        for name, values in simple.items():
-            if name not in plain and all(_fixed_value(v, plain, names) for v in values):
-                plain.add(name)
-                changed = True
-    return names - plain - _static_loop_names(fn)
+    static = _static_loop_names(fn)
+    fixed_before = set(plain)
+    grown: set[str] = set()
+    while True:
+        plain = set(fixed_before)
+        changed = True
+        while changed:
+            changed = False
+            for name, values in simple.items():
+                if name not in plain and name not in grown and all(_fixed_value(v, plain, names) for v in values):
+                    plain.add(name)
+                    changed = True
+        # ``keep = []`` then ``keep.append(b)`` in ``for b in boxes:``: a list whose length the run decides
+        more = {n for n in _grown_at_run_time(fn, plain & set(simple), plain | static, names)} - grown
+        if not more:
+            return names - plain - static
+        grown |= more
+
+
+_LIST_MUTATORS = frozenset({"append", "extend", "insert", "pop", "remove", "clear"})
+
+
+def _grown_at_run_time(fn: ast.FunctionDef, candidates: set[str], fixed: set[str], names: set[str]) -> set[str]:
+    """The ``candidates`` (lists set from constants) that grow or shrink (``append``, ``pop`` …)
+    under a ``while``, or a ``for``/``if``/comprehension whose iterable or test reads what is
+    not ``fixed``: their length is the run's, not the same on every run."""
+    out: set[str] = set()
+
+    def visit(node: ast.AST, run_dependent: bool) -> None:
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _LIST_MUTATORS \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id in candidates and run_dependent:
+            out.add(node.func.value.id)
+        for field_name, child in ast.iter_fields(node):
+            for c in (child if isinstance(child, list) else [child]):
+                if not isinstance(c, ast.AST):
+                    continue
+                inner = run_dependent
+                if isinstance(node, ast.While) and field_name in ("body", "orelse"):
+                    inner = True
+                elif isinstance(node, ast.For) and field_name in ("body", "orelse"):
+                    inner = run_dependent or not _fixed_value(node.iter, fixed, names) \
+                        and not _static_iterable(node.iter, fixed)
+                elif isinstance(node, (ast.If, ast.IfExp)) and field_name in ("body", "orelse"):
+                    inner = run_dependent or not _fixed_value(node.test, fixed, names)
+                visit(c, inner)
+
+    visit(fn, False)
+    return out
 
 
 _STATIC_ITER = re.compile(r"self(\.[\w.]+)?(\.(children|modules|named_children|named_modules|values|items|keys)\(\))?"

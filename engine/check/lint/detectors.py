@@ -56,6 +56,12 @@ def _branch_findings(fn: ast.FunctionDef, local: set[str], ranks: set[str], shap
             continue  # nothing after it ran either: no sign the `if` was reached
         taken = "the if branch" if in_body else ("the else branch" if in_else else
                                                    "neither: the branch was skipped")
+        frozen = f"took {taken}"
+        if not in_body and not in_else and isinstance(stmt, ast.If) and _makes_no_ops(stmt.body) \
+                and _makes_no_ops(stmt.orelse):
+            # ``if b[4] > 0.5: keep.append(b)``: the side taken shows only in what the list holds later
+            frozen = (f"which side ran is not in the graph: neither makes ops of its own "
+                      f"({_src(stmt.body[0], lines)})")
         kind = "python-state" if why == "python-state" else "frozen-branch"
         if why == "python-state":
             evidence = "the test reads self.training, a Python attribute: the trace keeps the mode it was made in"
@@ -83,19 +89,53 @@ def _branch_findings(fn: ast.FunctionDef, local: set[str], ranks: set[str], shap
             confidence = "low"
         nodes = [o.node.id for o in (in_body or in_else or test_ops)][:20]
         out.append(Finding(kind, file, test_line, lines[test_line - 1].strip() if test_line <= len(lines) else None,
-                           f"took {taken}", evidence, confidence, nodes, path, method))
+                           frozen, evidence, confidence, nodes, path, method))
     return out
 
 
+def _makes_no_ops(body: list[ast.stmt]) -> bool:
+    """Statements that only move Python values (``keep.append(b)``, ``n = m``, ``break``): no ops."""
+    def plain(e: ast.AST) -> bool:
+        return isinstance(e, (ast.Name, ast.Constant))
+
+    for s in body:
+        if isinstance(s, (ast.Pass, ast.Break, ast.Continue)):
+            continue
+        if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Attribute) \
+                and plain(s.value.func.value) and all(plain(a) for a in s.value.args) and not s.value.keywords:
+            continue
+        if isinstance(s, ast.Assign) and all(isinstance(t, ast.Name) for t in s.targets) and plain(s.value):
+            continue
+        return False
+    return True
+
+
 def _loop_findings(fn: ast.FunctionDef, local: set[str], static: set[str], ops: list[_Op], lines: list[str],
-                   file: str, path: str, method: str) -> list[Finding]:
+                   file: str, path: str, method: str, rows: dict[str, int],
+                   argument_rows: dict[str, int] | None = None) -> list[Finding]:
+    """Loops whose trip count the run decides, unrolled. ``rows``: how many rows each
+    ``aten::unbind`` of the graph was unpacked into (``for b in boxes:`` iterates over those);
+    ``argument_rows``: for the traced method itself, the rows of each tensor argument in the
+    example the trace stored."""
     out = []
     for stmt in ast.walk(fn):
         if not isinstance(stmt, (ast.For, ast.While)):
             continue
         body = _span(stmt.body)
         in_body = [o for o in ops if _in(body, o.line)]
-        if not in_body:
+        head_span = (stmt.lineno, getattr(stmt.iter if isinstance(stmt, ast.For) else stmt.test, "end_lineno",
+                                          stmt.lineno))
+        # iterating over a tensor unbinds it on the loop's line: one row per iteration, even
+        # where the body left no ops (indexing and comparisons that only decide a Python list)
+        unbinds = [o for o in ops if o.node.kind == "aten::unbind" and _in(head_span, o.line)
+                   and o.node.id in rows] if isinstance(stmt, ast.For) else []
+        if not in_body and not unbinds:
+            # a body of indexing and comparisons whose rows nothing used: the trace dropped even
+            # the unbind, and only the code after the loop shows it ran
+            ran_after = any(o.line > getattr(stmt, "end_lineno", stmt.lineno) for o in ops)
+            if isinstance(stmt, ast.For) and ran_after and _tests_its_items(stmt) \
+                    and _names(stmt.iter) & local and not _static_iterable(stmt.iter, static):
+                out.append(_loop_without_ops(stmt, lines, file, path, method, argument_rows or {}))
             continue
         if isinstance(stmt, ast.For):
             head = _src(stmt.iter, lines)
@@ -103,7 +143,11 @@ def _loop_findings(fn: ast.FunctionDef, local: set[str], static: set[str], ops: 
                 continue  # a module list, a fixed count, a configuration list: the same every run
             if _fixed_length_iterable(stmt.iter, fn, _fixed_length_helpers(file)):
                 continue  # a list a helper of this file builds one item per fixed iteration
-            if _reads_only_rank(stmt.iter, local):
+            if unbinds:
+                n_rows = rows[unbinds[0].node.id]
+                why, confidence = (f"the loop iterates over the rows of a tensor ({head}): the trace unbinds it "
+                                   f"into the example's {n_rows} row{'s' if n_rows != 1 else ''}"), "high"
+            elif _reads_only_rank(stmt.iter, local):
                 # ``range(x.dim())``: the trace keeps its example's ranks
                 why, confidence = f"the trip count comes from the rank of a tensor ({head})", "low"
             else:
@@ -115,12 +159,88 @@ def _loop_findings(fn: ast.FunctionDef, local: set[str], static: set[str], ops: 
             head = _src(stmt.test, lines)
             why = f"a while loop on {head}"
             confidence = "high"
-        trips = _iterations(stmt, in_body)
+        if in_body:
+            trips = _iterations(stmt, in_body)
+            evidence = f"{why}; the body's ops repeat {trips}× in the graph"
+        else:
+            trips = rows[unbinds[0].node.id]
+            evidence = f"{why}; the body left no ops of its own (it only decides Python values)"
         out.append(Finding("unrolled-loop", file, stmt.lineno,
                            lines[stmt.lineno - 1].strip() if stmt.lineno <= len(lines) else None,
-                           f"unrolled {trips} time{'s' if trips != 1 else ''}",
-                           f"{why}; the body's ops repeat {trips}× in the graph", confidence,
-                           [o.node.id for o in in_body][:20], path, method))
+                           f"unrolled {trips} time{'s' if trips != 1 else ''}", evidence, confidence,
+                           [o.node.id for o in unbinds[:1] + in_body][:20], path, method))
+    out += _comprehension_findings(fn, local, static, ops, lines, file, path, method, rows)
+    return out
+
+
+def _tests_its_items(loop: ast.For) -> bool:
+    """The body indexes the loop's items or compares them with numbers (``b[4] > 0.5``)."""
+    targets = {n.id for n in ast.walk(loop.target) if isinstance(n, ast.Name)}
+    for n in ast.walk(ast.Module(body=loop.body, type_ignores=[])):
+        if isinstance(n, ast.Subscript) and isinstance(n.value, ast.Name) and n.value.id in targets:
+            return True
+        if isinstance(n, ast.Compare) and any(isinstance(c, ast.Name) and c.id in targets
+                                              for c in [n.left, *n.comparators]) \
+                and any(isinstance(c, ast.Constant) and isinstance(c.value, (int, float))
+                        for c in [n.left, *n.comparators]):
+            return True
+    return False
+
+
+def _iterated_arguments(expr: ast.AST) -> list[str]:
+    """The names a loop iterates over directly: ``boxes``, ``enumerate(zip(boxes, scores))``."""
+    if isinstance(expr, ast.Name):
+        return [expr.id]
+    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id in ("enumerate", "zip",
+                                                                                           "reversed"):
+        return [n for a in expr.args for n in _iterated_arguments(a)]
+    return []
+
+
+def _loop_without_ops(stmt: ast.For, lines: list[str], file: str, path: str, method: str,
+                      argument_rows: dict[str, int]) -> Finding:
+    head = _src(stmt.iter, lines)
+    named = _iterated_arguments(stmt.iter)
+    counts = [argument_rows[n] for n in named if n in argument_rows]
+    if counts and len(counts) == len(named):
+        trips = min(counts)
+        frozen = f"unrolled {trips} time{'s' if trips != 1 else ''}"
+        why = (f"the loop iterates over the rows of the traced input{'s' if len(named) > 1 else ''} "
+               f"{', '.join(named)} ({trips} in the example)")
+        confidence = "high"
+    else:
+        frozen = "unrolled (its body left no ops: the trip count is not in the graph)"
+        why = f"the trip count comes from {head}, which the run decides"
+        confidence = "medium"
+    return Finding("unrolled-loop", file, stmt.lineno, lines[stmt.lineno - 1].strip() if stmt.lineno <= len(lines)
+                   else None, frozen,
+                   f"{why}; its body only indexes and compares, so no op of it reached the graph, and the code "
+                   "after it ran: what the loop decided is fixed to the example", confidence, [], path, method)
+
+
+def _comprehension_findings(fn: ast.FunctionDef, local: set[str], static: set[str], ops: list[_Op],
+                            lines: list[str], file: str, path: str, method: str,
+                            rows: dict[str, int]) -> list[Finding]:
+    """``[b for b in boxes if b[4] > 0.5]``: a comprehension over a tensor's rows, unrolled."""
+    out = []
+    for node in ast.walk(fn):
+        if not isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+            continue
+        for gen in node.generators:
+            if _static_iterable(gen.iter, static) or not _names(gen.iter) & local:
+                continue
+            span = (gen.iter.lineno, getattr(gen.iter, "end_lineno", gen.iter.lineno))
+            unbinds = [o for o in ops if o.node.kind == "aten::unbind" and _in(span, o.line) and o.node.id in rows]
+            if not unbinds:
+                continue
+            n_rows = rows[unbinds[0].node.id]
+            line = node.lineno
+            out.append(Finding(
+                "unrolled-loop", file, line, lines[line - 1].strip() if line <= len(lines) else None,
+                f"unrolled {n_rows} time{'s' if n_rows != 1 else ''}",
+                f"the comprehension iterates over the rows of a tensor ({_src(gen.iter, lines)}): the trace unbinds "
+                f"it into the example's {n_rows} row{'s' if n_rows != 1 else ''}", "high",
+                [unbinds[0].node.id], path, method))
     return out
 
 
@@ -218,8 +338,16 @@ def _scalar_findings(fn: ast.FunctionDef, local: set[str], ops: list[_Op], lines
             if not (line in ran or consts):
                 continue
             value = f" = {consts[0][1]!r}" if consts else ""
+            if _built_list(fn, stmt.args[0]):
+                # ``keep = []`` grown in ``for b in boxes:``: its length is the example's
+                evidence = (f"{arg} is a Python list whose length the run decides (it grows in a loop or branch "
+                            "on the inputs); its len() is a Python int to the tracer")
+            else:
+                evidence = "len() of a tensor is a Python int to the tracer"
+            if consts:
+                evidence += f" (constant at line {consts[0][0].source.line})"
             out.append(Finding("baked-shape", file, line, text, f"len({arg}){value} became a constant",
-                               "len() of a tensor is a Python int to the tracer", "medium",
+                               evidence, "high" if consts else "medium",
                                [c[0].id for c in consts][:5], path, method))
             continue
         if not consts and line not in ran:
@@ -230,6 +358,14 @@ def _scalar_findings(fn: ast.FunctionDef, local: set[str], ops: list[_Op], lines
                            + (f" (tensor constant at line {consts[0][0].source.line})" if consts else ""),
                            "high" if consts else "medium", [c[0].id for c in consts][:5], path, method))
     return out
+
+
+def _built_list(fn: ast.FunctionDef, expr: ast.AST) -> bool:
+    """``expr`` names a local made as a Python list (``keep = []``, ``[b for b in boxes]``)."""
+    if not isinstance(expr, ast.Name):
+        return False
+    return any(isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == expr.id for t in n.targets)
+               and isinstance(n.value, (ast.List, ast.ListComp)) for n in ast.walk(fn))
 
 
 def _device_findings(graph: Graph, method: str) -> list[Finding]:

@@ -10,7 +10,7 @@ from engine.check.lint.dependence import _local_names, _rank_locals, _shape_loca
 from engine.check.lint.detectors import (
     _branch_findings, _device_findings, _loop_findings, _scalar_findings, _shape_findings, _stack_only_loops,
 )
-from engine.check.lint.events import _collect
+from engine.check.lint.events import _collect, _unbound_rows
 from engine.check.lint.report import Finding, LintReport
 from engine.check.lint.source import _functions, _literal_arguments, _parse
 
@@ -49,11 +49,13 @@ def lint_session(session: Any) -> LintReport:
         graph = program.root_graph(method, inlined=True)
         findings: list[Finding] = []
         dims: set[int] = set()
-        for spec in session.archive.traced_inputs.get(method, []) or []:
+        traced = list(session.archive.traced_inputs.get(method, []) or [])
+        for spec in traced:
             dims.update(getattr(spec, "shape", ()) or ())
         findings += _device_findings(graph, method)
         findings += _shape_findings(graph, method, dims)
         events = _collect(graph)
+        rows = _unbound_rows(graph)
         constants = [n for n in graph.walk() if n.kind == "prim::Constant"]
         missing_files = set()
         # one analysis of a function serves all its module instances: (run-dependent names,
@@ -77,7 +79,8 @@ def lint_session(session: Any) -> LintReport:
                                  _shape_locals(fn), _static_loop_names(fn))
                 local, ranks, shapes, static = facts[fn]
                 findings += _branch_findings(fn, local, ranks, shapes, ops, lines, file, path, method)
-                findings += _loop_findings(fn, local, static, ops, lines, file, path, method)
+                findings += _loop_findings(fn, local, static, ops, lines, file, path, method, rows,
+                                           _argument_rows(fn, traced) if path == "" and func == method else None)
                 findings += _scalar_findings(fn, local, ops, lines, file, path, method, constants)
         for f in sorted(missing_files):
             report.notes.append(f"{f} is not on disk: branches cannot be seen there, loops only from repeats")
@@ -85,6 +88,13 @@ def lint_session(session: Any) -> LintReport:
     _weigh_training_mode(report.findings, session.archive.module)
     report.findings.sort(key=lambda f: (f.method, f.file or "", f.line or 0, f.module_path, f.kind))
     return report
+
+
+def _argument_rows(fn: ast.FunctionDef, traced: list) -> dict[str, int]:
+    """The traced method's tensor arguments -> their rows in the example the trace stored."""
+    params = [a.arg for a in fn.args.posonlyargs + fn.args.args][1:]
+    return {name: spec.shape[0] for name, spec in zip(params, traced)
+            if getattr(spec, "shape", None)}
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:

@@ -1,4 +1,8 @@
-"""With the Python model (``--eager``): inputs that disagree, conversions seen, torch's own warnings."""
+"""With the Python model (``--eager``): inputs that disagree, conversions seen, torch's own warnings.
+
+These add evidence and findings of their own (``trace-warning``); they never
+change the confidence of a finding lint made from the archive alone.
+"""
 
 from __future__ import annotations
 
@@ -28,9 +32,15 @@ def _perturbations(session: Any) -> list[tuple[str, tuple]]:
             pass
 
     def map_tensors(f):
+        # one result per tensor of an argument tuple, however often it appears (``mha(x, x, x)``
+        # perturbed stays self-attention); a memo per tuple, since each() maps its items one by one
+        memo: dict[int, Any] = {}
+
         def g(x):
             if isinstance(x, torch.Tensor) and x.is_floating_point():
-                return f(x)
+                if id(x) not in memo:
+                    memo[id(x)] = (x, f(x))
+                return memo[id(x)][1]
             if isinstance(x, list):
                 return [g(v) for v in x]
             if isinstance(x, tuple):
@@ -144,7 +154,8 @@ def conversion_evidence(session: Any, report: LintReport, eager_spec: str, eager
 
     A finding on a line where the Python converts a tensor (``__bool__``,
     ``item``, ``__len__``, ``size``/``shape``…) is confirmed: its evidence
-    says so and its confidence rises to high.
+    says so.  Its confidence stays what lint gave it, so that one finding
+    reads the same in ``lint``, ``lint --eager`` and the UI's ``L``.
     """
     from engine.check import eager as eager_mod
     from engine.session import clone_value
@@ -167,8 +178,8 @@ def conversion_evidence(session: Any, report: LintReport, eager_spec: str, eager
     for f in report.findings:
         names = by_line.get((f.file, f.line))
         if names:
+            # evidence only: a finding's confidence is lint's own, the same with or without --eager and in the UI
             f.evidence += f"; confirmed: the Python converts a tensor here ({', '.join(names)})"
-            f.confidence = "high"
 
 
 def trace_warnings(session: Any, report: LintReport, eager_spec: str, eager_args: dict | None,

@@ -58,3 +58,15 @@ def _collect(graph: Graph) -> dict[tuple[str, str, str], list[_Op]]:
             events[(file, func, path)].append(_Op(seq, node, line, path, inner))
             inner = inner + ((file, line),)
     return events
+
+
+def _unbound_rows(graph: Graph) -> dict[str, int]:
+    """``aten::unbind`` node id -> how many rows the trace unpacked it into (iterating over a
+    tensor, ``for b in boxes:``, unbinds it once and hands the loop one row per iteration)."""
+    rows: dict[str, int] = {}
+    for n in graph.walk():
+        if n.kind == "prim::ListUnpack" and n.inputs:
+            p = graph.producer(n.inputs[0])
+            if p is not None and p.kind == "aten::unbind":
+                rows[p.id] = len(n.outputs)
+    return rows
