@@ -135,15 +135,71 @@ class NodeDiff:
 
 
 @dataclass
+class OutputDifference:
+    """One place where the two runs' outputs differ: ``where`` (``output``, ``output[1]``,
+    ``output['boxes']``), ``kind`` (shape, dtype, value, structure) and what, in words."""
+
+    where: str
+    kind: str
+    what: str
+    metrics: Metrics | None = None
+    ours: Any = None  # the engine's value there (to find the node that made it)
+    record: StepRecord | None = None  # that node's record, where found
+
+    def to_json(self) -> dict:
+        node = self.record.node if self.record is not None else None
+        return {"where": self.where, "kind": self.kind, "what": self.what,
+                "metrics": self.metrics.to_json() if self.metrics else None,
+                "node": node.id if node else None, "node_kind": node.kind if node else None,
+                "source": str(node.source) if node and node.source and node.source.file else None}
+
+
+@dataclass
 class DiffReport:
     comparable: int = 0
     aligned: list[NodeDiff] = field(default_factory=list)
-    grouped: int = 0  # graph nodes inside a composite the eager run made as one call
+    pairs: list[tuple[StepRecord, EagerOp]] = field(default_factory=list)  # every aligned pair, compared or not
+    grouped_records: set[int] = field(default_factory=set)  # graph nodes inside a composite the eager run made as one call
+    grouped_eager: set[int] = field(default_factory=set)  # eager calls inside one fused graph op
     first: NodeDiff | None = None
-    unaligned_eager_before_first: list[EagerOp] = field(default_factory=list)
-    unaligned_graph_before_first: list[StepRecord] = field(default_factory=list)
     outputs_close: bool | None = None
     outputs_metrics: Metrics | None = None
+    output_differences: list[OutputDifference] = field(default_factory=list)
+    parting: Any = None  # engine.check.parting.Parting: where the runs part, when they do
+    archive_error: Any = None  # engine.errors.ModelError: the archive raised on this input
+    error_record: StepRecord | None = None  # its failing node's record
+    eager_error: Any = None  # engine.check.eager.RunFailure: the reference raised on this input
+
+    @property
+    def grouped(self) -> int:
+        return len(self.grouped_records)
+
+    @property
+    def unaligned_eager_before_first(self) -> list[EagerOp]:
+        return self.parting.eager_only if self.first is not None and self.parting is not None else []
+
+    @property
+    def unaligned_graph_before_first(self) -> list[StepRecord]:
+        return self.parting.graph_only if self.first is not None and self.parting is not None else []
+
+    def marked_records(self) -> list[int]:
+        """The steps a view marks as where the runs disagree: the divergent aligned nodes;
+        without one, where the runs part (the node where shapes part, or the first the
+        archive ran alone) and the archive's failing node."""
+        marked = [d.record.index for d in self.divergent]
+        if not marked and self.parting is not None:
+            p = self.parting
+            if p.shapes_part is not None:
+                marked.append(p.shapes_part[0].index)
+            elif p.graph_only:
+                marked.append(p.graph_only[0].index)
+            elif p.last_agreed is not None and self.error_record is None:
+                marked.append(p.last_agreed.record.index)  # the other run went on alone after it
+        if self.error_record is not None:
+            marked.append(self.error_record.index)
+        if not marked and not self.outputs_close:
+            marked += [d.record.index for d in self.output_differences if d.record is not None][:1]
+        return sorted(set(marked))
 
     @property
     def coverage(self) -> float:
@@ -175,17 +231,159 @@ def flat_tensors(value: Any) -> list:
 
 
 def compare_outputs(ours: Any, reference: Any, rtol: float, atol: float) -> tuple[bool, Metrics | None]:
-    a, b = flat_tensors(ours), flat_tensors(reference)
-    if len(a) != len(b):
-        return False, None
-    worst = None
-    ok = True
-    for x, y in zip(a, b):
-        m = compare(x, y, rtol, atol)
-        ok = ok and m.close
-        if worst is None or (m.max_abs > worst.max_abs):
-            worst = m
-    return ok, worst
+    """Whether two runs' outputs agree (every tensor close, with its shape and dtype, every other
+    value equal), and the tensor metrics of the worst pair."""
+    diffs, worst = output_differences(ours, reference, rtol, atol)
+    return not diffs, worst
+
+
+def output_differences(ours: Any, reference: Any, rtol: float, atol: float,
+                       where: str = "output") -> tuple[list[OutputDifference], Metrics | None]:
+    """Each place the outputs differ, and the metrics of the worst tensor pair compared.
+
+    Containers are walked together; where one side is a dict and the other a sequence (a
+    Python model's ``ModelOutput`` against an archive's tuple) their leaves are compared in order.
+    """
+    out: list[OutputDifference] = []
+    worst: list[Metrics | None] = [None]
+
+    def keep(m: Metrics) -> None:
+        if worst[0] is None or m.max_abs > worst[0].max_abs or (not m.shape_ok and worst[0].shape_ok):
+            worst[0] = m
+
+    def walk(a: Any, b: Any, at: str) -> None:
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            m = compare(a, b, rtol, atol)
+            keep(m)
+            if not m.shape_ok:
+                out.append(OutputDifference(at, "shape", f"shape {list(a.shape)} vs {list(b.shape)}"
+                                            + ("" if m.dtype_ok else f", dtype {_dt(a)} vs {_dt(b)}"), m, a))
+            elif not m.dtype_ok:
+                agree = "values agree" if m.close else f"max abs {m.max_abs:.3g}"
+                out.append(OutputDifference(at, "dtype", f"dtype {_dt(a)} vs {_dt(b)} ({agree})", m, a))
+            elif not m.close:
+                out.append(OutputDifference(at, "value", f"max abs {_num(m.max_abs)}, max rel {_num(m.max_rel)}"
+                                            + (f", {m.nan_mismatch} NaN mismatches" if m.nan_mismatch else ""), m, a))
+            return
+        if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+            out.append(OutputDifference(at, "structure", f"{_kind(a)} vs {_kind(b)}", None, a))
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            only_a, only_b = [k for k in a if k not in b], [k for k in b if k not in a]
+            if only_a or only_b:
+                out.append(OutputDifference(at, "structure", "keys " + "; ".join(
+                    p for p in (f"only in the archive: {', '.join(map(repr, only_a))}" if only_a else "",
+                                f"only in the reference: {', '.join(map(repr, only_b))}" if only_b else "") if p),
+                    None, a))
+            for k in a:
+                if k in b:
+                    walk(a[k], b[k], f"{at}[{k!r}]")
+            return
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            if len(a) != len(b):
+                out.append(OutputDifference(at, "structure", f"{len(a)} items vs {len(b)}", None, a))
+                return
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{at}[{i}]")
+            return
+        if isinstance(a, (list, tuple, dict)) and isinstance(b, (list, tuple, dict)):
+            xs, ys = _flat_values(a), _flat_values(b)
+            if len(xs) != len(ys):
+                out.append(OutputDifference(at, "structure", f"{_kind(a)} of {len(xs)} values vs {_kind(b)} of "
+                                            f"{len(ys)}", None, a))
+                return
+            for i, (x, y) in enumerate(zip(xs, ys)):
+                walk(x, y, f"{at}[{i}]")
+            return
+        if not _same_value(a, b, rtol, atol):
+            out.append(OutputDifference(at, "value" if type(a) is type(b) or _number(a) and _number(b)
+                                        else "structure", f"{_short(a)} vs {_short(b)}", None, a))
+
+    walk(ours, reference, where)
+    return out, worst[0]
+
+
+def _dt(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}" if math.isfinite(x) else str(x)
+
+
+def _kind(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor {_dt(x)}{list(x.shape)}"
+    if x is None:
+        return "None"
+    return f"a {type(x).__name__}"
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _same_value(a: Any, b: Any, rtol: float, atol: float) -> bool:
+    """Python values as the user compares them: numbers within the tolerances (``2.0`` is ``2``)."""
+    if _number(a) and _number(b):
+        if math.isnan(a) and math.isnan(b):
+            return True
+        return math.isclose(a, b, rel_tol=rtol, abs_tol=atol) or a == b
+    if type(a) is not type(b) and not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:
+        return True  # values that cannot be compared (a module, a class object): nothing to say
+
+
+def _flat_values(value: Any) -> list:
+    """The leaves of a nested output in order: tensors and Python values."""
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _flat_values(v)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _flat_values(v)]
+    return [value]
+
+
+def compare_runs(records: list[StepRecord], outputs: Any, error: Any, eager: EagerRun,
+                 rtol: float, atol: float) -> DiffReport:
+    """Everything ``tsdebug diff`` says about two runs: the alignment, the first divergence, the
+    outputs compared, and where the runs part when they do.
+
+    ``records``/``outputs``/``error``: the engine's run (``error``: a ``ModelError`` when the
+    archive raised); ``eager``: the reference run (with ``error`` set when it raised).
+    """
+    from engine.check.parting import Producers, find_parting
+
+    report = align(records, eager, rtol, atol)
+    report.archive_error, report.eager_error = error, eager.error
+    if error is not None:
+        report.error_record = next((r for r in reversed(records) if r.status == "error"), None)
+    if error is None and eager.error is None:
+        report.output_differences, report.outputs_metrics = output_differences(outputs, eager.outputs, rtol, atol)
+        report.outputs_close = not report.output_differences
+    else:
+        report.outputs_close = False
+    if report.first is None and report.outputs_close:
+        return report
+    producers = Producers(records)
+    for d in report.output_differences:
+        d.record = producers.of(d.ours)
+    if report.first is not None:
+        seeds = [report.first.record]
+    elif report.error_record is not None:
+        seeds = [report.error_record]
+    else:
+        seeds = [d.record for d in report.output_differences if d.record is not None]
+    report.parting = find_parting(report, records, comparable_records(records), eager, seeds,
+                                  report.error_record if report.first is None else None, producers)
+    return report
 
 
 def _first_tensor(values: list | None):
@@ -287,21 +485,7 @@ def align(records: list[StepRecord], eager: EagerRun, rtol: float, atol: float) 
         if not d.metrics.close:
             report.first = d
             break
-    if report.first is not None:
-        # eager ops the graph does not have, just before the divergence: often a branch tracing froze
-        first_op = report.first.eager
-        prev_aligned = [d.eager.index for d in report.aligned if d.eager.index < first_op.index]
-        start = max(prev_aligned) + 1 if prev_aligned else 0
-        aligned_eager = {d.eager.index for d in report.aligned}
-        report.unaligned_eager_before_first = [
-            op for op in eager.ops[start:first_op.index] if op.index not in aligned_eager
-        ]
-        prev_graph = [d.record.index for d in report.aligned if d.record.index < report.first.record.index]
-        g_start = max(prev_graph) if prev_graph else -1
-        aligned_graph = {d.record.index for d in report.aligned}
-        report.unaligned_graph_before_first = [
-            r for r in graph_ops if g_start < r.index < report.first.record.index and r.index not in aligned_graph
-        ]
+    report.pairs = pairs
     return report
 
 
@@ -314,14 +498,23 @@ def _located(rec: StepRecord) -> str | None:
 
 
 @lru_cache(maxsize=256)
+def _parsed(path: str) -> tuple[ast.Module | None, list[str]]:
+    """The user's file, parsed once (None where it cannot be read or parsed)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        return ast.parse(text), text.splitlines()
+    except Exception:
+        return None, []
+
+
+@lru_cache(maxsize=256)
 def _statement_starts(path: str) -> dict[int, int]:
     """Line -> the first line of the statement it belongs to (for a compound statement, of
     its header): a call over several lines is one place, whichever of its lines torch or
     Python names (TorchScript says where the expression starts, a frame where the call is)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-    except Exception:
+    tree, _ = _parsed(path)
+    if tree is None:
         return {}
     spans = []
     for node in ast.walk(tree):
@@ -338,6 +531,66 @@ def _statement_starts(path: str) -> dict[int, int]:
         for line in range(first, last + 1):
             starts[line] = first
     return starts
+
+
+@lru_cache(maxsize=256)
+def _blocks(path: str) -> list[tuple[int, int, str]]:
+    """The file's ``if``/``for``/``while``/``with``/``try`` statements: (first line, last line, header),
+    innermost last for each line."""
+    tree, lines = _parsed(path)
+    if tree is None:
+        return []
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.If, ast.For, ast.While, ast.With, ast.Try, ast.AsyncFor, ast.AsyncWith)):
+            out.append((node.lineno, getattr(node, "end_lineno", node.lineno) or node.lineno, _header(node, lines)))
+    return sorted(out, key=lambda b: b[0] - b[1])
+
+
+def _header(node: ast.stmt, lines: list[str]) -> str:
+    """``if x.mean() > 0:`` as the code says it, without a comment beside it."""
+    try:
+        if isinstance(node, ast.If):
+            return f"{'elif' if lines[node.lineno - 1].lstrip().startswith('elif') else 'if'} {ast.unparse(node.test)}:"
+        if isinstance(node, (ast.For, ast.AsyncFor)):
+            return f"for {ast.unparse(node.target)} in {ast.unparse(node.iter)}:"
+        if isinstance(node, ast.While):
+            return f"while {ast.unparse(node.test)}:"
+        if isinstance(node, (ast.With, ast.AsyncWith)):
+            return f"with {', '.join(ast.unparse(i) for i in node.items)}:"
+    except Exception:
+        pass
+    return lines[node.lineno - 1].strip() if node.lineno <= len(lines) else ""
+
+
+def enclosing_statement(place: str | None) -> dict | None:
+    """The innermost ``if``/``for``/``while`` … around ``file:line`` (its header's text and line):
+    the frozen branch or the unrolled loop an op of one run alone belongs to."""
+    if not place:
+        return None
+    path, _, line = place.rpartition(":")
+    if not line.isdigit():
+        return None
+    n = int(line)
+    for first, last, header in reversed(_blocks(path)):  # innermost first
+        if first <= n <= last:
+            return {"statement": header, "line": first}
+    return None
+
+
+def place_of_record(rec: StepRecord) -> str | None:
+    """``file:line`` of the user's statement a graph node came from (None: not the user's code)."""
+    return _located(rec)
+
+
+def place_of_eager(op: EagerOp) -> str | None:
+    return _where(op)
+
+
+def places_agree(rec: StepRecord, op: EagerOp) -> bool:
+    """No line of the user's code tells the two apart (either may not know its line)."""
+    a, b = _located(rec), _where(op)
+    return a is None or b is None or a == b
 
 
 def _place(path: str, line: int) -> str:
@@ -385,7 +638,7 @@ def _align_path(g_ops: list[StepRecord], e_ops: list[EagerOp], pairs: list, repo
             # graph nodes on the statement of the op that follows, with no eager op of their own:
             # steps of one Python call (``x[:, a:b, 0:1]`` is three slices in a trace)
             anchor = ops.g_loc[block.a]
-            report.grouped += sum(1 for k in range(gi, block.a) if ops.g_loc[k] == anchor)
+            report.grouped_records.update(g_ops[k].index for k in range(gi, block.a) if ops.g_loc[k] == anchor)
         _align_by_name(ops, gi, block.a, gj, block.b, pairs, report)
         pairs.extend(zip(g_ops[block.a:block.a + block.size], e_ops[block.b:block.b + block.size]))
         gi, gj = block.a + block.size, block.b + block.size
@@ -442,7 +695,7 @@ def _align_by_name(ops: _PathOps, g0: int, g1: int, e0: int, e1: int, pairs: lis
                 hit = next(k for k in [*reversed(ending), *reversed(hits)]
                            if _matchable(ops, k + 1, i2, j + 1, j2) >= needed)
                 pairs.append((g_ops[hit], e_ops[j]))
-                report.grouped += hit - start
+                report.grouped_records.update(g.index for g in g_ops[start:hit])
                 start = hit + 1
         elif tag == "replace" and all(g.node.kind.startswith("aten::_") for g in g_ops[i1:i2]):
             # the other way: one fused graph op (aten::_transformer_encoder_layer_fwd)
@@ -454,4 +707,5 @@ def _align_by_name(ops: _PathOps, g0: int, g1: int, e0: int, e1: int, pairs: lis
                     continue
                 hit = hits[-1] if n == i2 - i1 - 1 else hits[0]
                 pairs.append((g_ops[i], e_ops[hit]))
+                report.grouped_eager.update(e.index for e in e_ops[start:hit])
                 start = hit + 1

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from engine.sources import is_torch_frame
-from engine.errors import ModelError
 from engine.check.lint.report import Finding, LintReport
 from engine.check.lint.source import _parse
 
@@ -81,7 +80,8 @@ def counterexamples(session: Any, report: LintReport, eager_spec: str, eager_arg
     if session.inputs is None:
         session.start(specs=specs)
     original = session.inputs
-    found: tuple[str, Any] | None = None
+    found: tuple[str, Any, tuple] | None = None
+    python_raised: tuple[str, Any, tuple] | None = None  # kept in case no input disagrees otherwise
     try:
         for label, args in _perturbations(session):
             try:
@@ -89,28 +89,34 @@ def counterexamples(session: Any, report: LintReport, eager_spec: str, eager_arg
                 session.machine = None
                 session.restart(args)
                 result = session.diff(eager_spec, eager_args, eager_weights, rtol, atol)
-            except ModelError as exc:
-                # the archive fails where the Python may not: that is a disagreement too
-                if _eager_runs(session, eager_spec, eager_args, eager_weights, args):
-                    node = exc.node
-                    found = (label, f"the archive raising at {node.kind} {node.id} while the Python ran"
-                             if node is not None else "the archive raising while the Python ran")
-                    break
-                continue
             except Exception:
-                continue  # this input does not fit the model (or the trace): try another
-            if not result.report.outputs_close:
-                first = result.report.first
-                where = f"{first.record.node.kind} {first.record.node.id}" if first else "the outputs"
-                found = (label, where)
+                continue  # this input fits neither the archive nor the Python (or the trace): try another
+            r = result.report
+            if r.outputs_close:
+                continue
+            if r.archive_error is not None:
+                # the archive fails where the Python does not: that is a disagreement too
+                node = r.error_record.node if r.error_record is not None else getattr(r.archive_error, "node", None)
+                found = (label, f"the archive raising at {node.kind} {node.id} while the Python ran"
+                         if node is not None else "the archive raising while the Python ran", args)
                 break
+            if r.eager_error is not None:
+                if python_raised is None:
+                    python_raised = (label, f"the Python raising {r.eager_error.kind} at {r.eager_error.where} "
+                                            "while the archive ran", args)
+                continue
+            first = r.first
+            where = f"{first.record.node.kind} {first.record.node.id}" if first else "the outputs"
+            found = (label, where, args)
+            break
     finally:
         session.inputs = original
         session.restart(original)
+    found = found or python_raised
     if found is None:
         report.notes.append("with --eager: no tried input made the archive and the Python disagree")
         return
-    label, where = found
+    label, where, args = found
     shapes = ", ".join(_describe(x) for x in args)
     # saved, so that `tsdebug diff --inputs FILE` reproduces it
     import tempfile
@@ -125,21 +131,6 @@ def counterexamples(session: Any, report: LintReport, eager_spec: str, eager_arg
     for f in report.findings:
         f.counterexample = f"{label} ({shapes}), saved to {saved}; first divergence at {where}"
         f.first_divergence = where
-
-
-def _eager_runs(session: Any, spec: str, kwargs: dict | None, weights: str | None, args: tuple) -> bool:
-    from engine.check import eager as eager_mod
-    from engine.session import clone_value
-
-    try:
-        model = eager_mod.build_eager(spec, kwargs)
-        state = dict(session.archive.module.state_dict())
-        if weights is None:
-            eager_mod.load_weights(model, state, session.path)
-        eager_mod.run_eager(model, clone_value(args), session.grad)
-        return True
-    except Exception:
-        return False
 
 
 def _describe(x: Any) -> str:
