@@ -383,7 +383,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _node_place(rec) -> str:
-    from engine.check.diff import place_of_record
+    from engine.check.places import place_of_record
 
     s = rec.node.source
     return place_of_record(rec) or (str(s) if s and s.file else "?")
@@ -426,7 +426,7 @@ def _print_outputs(r, args, other: str) -> None:
 
 def _print_parting(p, other: str) -> None:
     """The last node both runs agree on, what each ran after it alone, where shapes part."""
-    from engine.check.diff import enclosing_statement, place_of_eager, place_of_record
+    from engine.check.places import enclosing_statement, place_of_eager, place_of_record
     from engine.check.parting import grouped_lines, shape_text
 
     last = p.last_agreed

@@ -8,23 +8,27 @@ unaligned instead of shifting everything after them.
 
 The first divergence is the root cause, not the cascade: the earliest
 aligned node, in execution order, whose output is not close while every
-aligned node before it was.
+aligned node before it was.  Where the runs part without one (or before it),
+``engine.check.parting`` says where; ``engine.check.outputs`` compares values,
+``engine.check.places`` names the user's statements.
 """
+
 
 from __future__ import annotations
 
-import ast
 import math
 import re
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
-from functools import lru_cache
 from typing import Any
 
 import torch
 
-from engine.sources import is_user_file
 from engine.check.eager import EagerOp, EagerRun
+from engine.check.outputs import (  # noqa: F401  (compare_outputs, flat_tensors: part of diff's API)
+    Metrics, OutputDifference, compare, compare_outputs, flat_tensors, output_differences,
+)
+from engine.check.places import _located, _where
 from engine.ir import parent_module_path
 from engine.run.recipes import UNINITIALIZED, described
 from engine.run.timeline import StepRecord
@@ -37,6 +41,7 @@ PLUMBING = frozenset({
     "aten::numel", "aten::Bool", "aten::eq", "aten::ne", "aten::__is__", "aten::__isnot__", "aten::__not__",
     "aten::wait",  # hands over what a fork computed: the eager run has no such op
 })
+
 
 _SYNONYMS = {
     "convolution": "conv", "conv1d": "conv", "conv2d": "conv", "conv3d": "conv", "conv_transpose2d": "conv",
@@ -67,54 +72,6 @@ def canon(name: str) -> str:
 
 
 @dataclass
-class Metrics:
-    shape_ok: bool
-    dtype_ok: bool
-    max_abs: float
-    max_rel: float
-    mean_abs: float
-    cosine: float | None
-    nan_mismatch: int
-    close: bool
-
-    def to_json(self) -> dict:
-        d = self.__dict__.copy()
-        for k in ("max_abs", "max_rel", "mean_abs", "cosine"):
-            if d[k] is not None and not math.isfinite(d[k]):
-                d[k] = str(d[k])
-        return d
-
-
-def compare(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> Metrics:
-    """``a``: the TorchScript value, ``b``: the reference."""
-    if tuple(a.shape) != tuple(b.shape):
-        return Metrics(False, a.dtype == b.dtype, math.inf, math.inf, math.inf, None, 0, False)
-    if a.numel() == 0:
-        return Metrics(True, a.dtype == b.dtype, 0.0, 0.0, 0.0, None, 0, True)
-    x, y = a.detach().double().cpu(), b.detach().double().cpu()
-    if a.is_complex() or b.is_complex():
-        x, y = x.abs(), y.abs()
-    nx, ny = torch.isnan(x), torch.isnan(y)
-    nan_mismatch = int((nx ^ ny).sum())
-    both = (nx & ny) | (x == y)  # equal values, equal infinities, NaN against NaN
-    diff = (x - y).abs()
-    diff = torch.where(both, torch.zeros_like(diff), diff)
-    diff = torch.where(torch.isnan(diff), torch.full_like(diff, math.inf), diff)
-    finite = torch.isfinite(diff)
-    max_abs = float(diff.max()) if bool(finite.all()) else math.inf
-    rel = diff / y.abs().clamp_min(1e-12)
-    rel = torch.where(diff == 0, torch.zeros_like(rel), rel)
-    rel = torch.nan_to_num(rel, nan=math.inf)
-    max_rel = float(rel.max())
-    mean_abs = float(diff[finite].mean()) if bool(finite.any()) else math.inf
-    fx, fy = torch.nan_to_num(x).flatten(), torch.nan_to_num(y).flatten()
-    denom = float(fx.norm() * fy.norm())
-    cosine = float(fx @ fy) / denom if denom > 0 else None
-    close = nan_mismatch == 0 and bool(torch.isclose(x, y, rtol=rtol, atol=atol, equal_nan=True).all())
-    return Metrics(True, a.dtype == b.dtype, max_abs, max_rel, mean_abs, cosine, nan_mismatch, close)
-
-
-@dataclass
 class NodeDiff:
     record: StepRecord
     eager: EagerOp
@@ -132,26 +89,6 @@ class NodeDiff:
             "eager_source": self.eager.where,
             **self.metrics.to_json(),
         }
-
-
-@dataclass
-class OutputDifference:
-    """One place where the two runs' outputs differ: ``where`` (``output``, ``output[1]``,
-    ``output['boxes']``), ``kind`` (shape, dtype, value, structure) and what, in words."""
-
-    where: str
-    kind: str
-    what: str
-    metrics: Metrics | None = None
-    ours: Any = None  # the engine's value there (to find the node that made it)
-    record: StepRecord | None = None  # that node's record, where found
-
-    def to_json(self) -> dict:
-        node = self.record.node if self.record is not None else None
-        return {"where": self.where, "kind": self.kind, "what": self.what,
-                "metrics": self.metrics.to_json() if self.metrics else None,
-                "node": node.id if node else None, "node_kind": node.kind if node else None,
-                "source": str(node.source) if node and node.source and node.source.file else None}
 
 
 @dataclass
@@ -219,138 +156,6 @@ class DiffReport:
         return {d.record.node.id: d for d in self.aligned}
 
 
-def flat_tensors(value: Any) -> list:
-    """Every tensor in a nested output, in order (tuples, lists, dict values)."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in flat_tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in flat_tensors(v)]
-    return []
-
-
-def compare_outputs(ours: Any, reference: Any, rtol: float, atol: float) -> tuple[bool, Metrics | None]:
-    """Whether two runs' outputs agree (every tensor close, with its shape and dtype, every other
-    value equal), and the tensor metrics of the worst pair."""
-    diffs, worst = output_differences(ours, reference, rtol, atol)
-    return not diffs, worst
-
-
-def output_differences(ours: Any, reference: Any, rtol: float, atol: float,
-                       where: str = "output") -> tuple[list[OutputDifference], Metrics | None]:
-    """Each place the outputs differ, and the metrics of the worst tensor pair compared.
-
-    Containers are walked together; where one side is a dict and the other a sequence (a
-    Python model's ``ModelOutput`` against an archive's tuple) their leaves are compared in order.
-    """
-    out: list[OutputDifference] = []
-    worst: list[Metrics | None] = [None]
-
-    def keep(m: Metrics) -> None:
-        if worst[0] is None or m.max_abs > worst[0].max_abs or (not m.shape_ok and worst[0].shape_ok):
-            worst[0] = m
-
-    def walk(a: Any, b: Any, at: str) -> None:
-        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-            m = compare(a, b, rtol, atol)
-            keep(m)
-            if not m.shape_ok:
-                out.append(OutputDifference(at, "shape", f"shape {list(a.shape)} vs {list(b.shape)}"
-                                            + ("" if m.dtype_ok else f", dtype {_dt(a)} vs {_dt(b)}"), m, a))
-            elif not m.dtype_ok:
-                agree = "values agree" if m.close else f"max abs {m.max_abs:.3g}"
-                out.append(OutputDifference(at, "dtype", f"dtype {_dt(a)} vs {_dt(b)} ({agree})", m, a))
-            elif not m.close:
-                out.append(OutputDifference(at, "value", f"max abs {_num(m.max_abs)}, max rel {_num(m.max_rel)}"
-                                            + (f", {m.nan_mismatch} NaN mismatches" if m.nan_mismatch else ""), m, a))
-            return
-        if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-            out.append(OutputDifference(at, "structure", f"{_kind(a)} vs {_kind(b)}", None, a))
-            return
-        if isinstance(a, dict) and isinstance(b, dict):
-            only_a, only_b = [k for k in a if k not in b], [k for k in b if k not in a]
-            if only_a or only_b:
-                out.append(OutputDifference(at, "structure", "keys " + "; ".join(
-                    p for p in (f"only in the archive: {', '.join(map(repr, only_a))}" if only_a else "",
-                                f"only in the reference: {', '.join(map(repr, only_b))}" if only_b else "") if p),
-                    None, a))
-            for k in a:
-                if k in b:
-                    walk(a[k], b[k], f"{at}[{k!r}]")
-            return
-        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-            if len(a) != len(b):
-                out.append(OutputDifference(at, "structure", f"{len(a)} items vs {len(b)}", None, a))
-                return
-            for i, (x, y) in enumerate(zip(a, b)):
-                walk(x, y, f"{at}[{i}]")
-            return
-        if isinstance(a, (list, tuple, dict)) and isinstance(b, (list, tuple, dict)):
-            xs, ys = _flat_values(a), _flat_values(b)
-            if len(xs) != len(ys):
-                out.append(OutputDifference(at, "structure", f"{_kind(a)} of {len(xs)} values vs {_kind(b)} of "
-                                            f"{len(ys)}", None, a))
-                return
-            for i, (x, y) in enumerate(zip(xs, ys)):
-                walk(x, y, f"{at}[{i}]")
-            return
-        if not _same_value(a, b, rtol, atol):
-            out.append(OutputDifference(at, "value" if type(a) is type(b) or _number(a) and _number(b)
-                                        else "structure", f"{_short(a)} vs {_short(b)}", None, a))
-
-    walk(ours, reference, where)
-    return out, worst[0]
-
-
-def _dt(t: torch.Tensor) -> str:
-    return str(t.dtype).replace("torch.", "")
-
-
-def _num(x: float) -> str:
-    return f"{x:.3g}" if math.isfinite(x) else str(x)
-
-
-def _kind(x: Any) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"a tensor {_dt(x)}{list(x.shape)}"
-    if x is None:
-        return "None"
-    return f"a {type(x).__name__}"
-
-
-def _short(x: Any) -> str:
-    text = repr(x)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _same_value(a: Any, b: Any, rtol: float, atol: float) -> bool:
-    """Python values as the user compares them: numbers within the tolerances (``2.0`` is ``2``)."""
-    if _number(a) and _number(b):
-        if math.isnan(a) and math.isnan(b):
-            return True
-        return math.isclose(a, b, rel_tol=rtol, abs_tol=atol) or a == b
-    if type(a) is not type(b) and not (isinstance(a, str) and isinstance(b, str)):
-        return False
-    try:
-        return bool(a == b)
-    except Exception:
-        return True  # values that cannot be compared (a module, a class object): nothing to say
-
-
-def _flat_values(value: Any) -> list:
-    """The leaves of a nested output in order: tensors and Python values."""
-    if isinstance(value, (list, tuple)):
-        return [x for v in value for x in _flat_values(v)]
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in _flat_values(v)]
-    return [value]
-
-
 def compare_runs(records: list[StepRecord], outputs: Any, error: Any, eager: EagerRun,
                  rtol: float, atol: float) -> DiffReport:
     """Everything ``tsdebug diff`` says about two runs: the alignment, the first divergence, the
@@ -359,7 +164,7 @@ def compare_runs(records: list[StepRecord], outputs: Any, error: Any, eager: Eag
     ``records``/``outputs``/``error``: the engine's run (``error``: a ``ModelError`` when the
     archive raised); ``eager``: the reference run (with ``error`` set when it raised).
     """
-    from engine.check.parting import Producers, find_parting
+    from engine.check.parting import Producers, find_parting  # parting reads this module's alignment
 
     report = align(records, eager, rtol, atol)
     report.archive_error, report.eager_error = error, eager.error
@@ -489,115 +294,6 @@ def align(records: list[StepRecord], eager: EagerRun, rtol: float, atol: float) 
     return report
 
 
-def _located(rec: StepRecord) -> str | None:
-    """``file:line`` of a graph node written in the user's Python (not inside torch), else None."""
-    src = rec.node.source
-    if src is None or not src.line or not is_user_file(src.file):
-        return None
-    return _place(src.file, src.line)
-
-
-@lru_cache(maxsize=256)
-def _parsed(path: str) -> tuple[ast.Module | None, list[str]]:
-    """The user's file, parsed once (None where it cannot be read or parsed)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        return ast.parse(text), text.splitlines()
-    except Exception:
-        return None, []
-
-
-@lru_cache(maxsize=256)
-def _statement_starts(path: str) -> dict[int, int]:
-    """Line -> the first line of the statement it belongs to (for a compound statement, of
-    its header): a call over several lines is one place, whichever of its lines torch or
-    Python names (TorchScript says where the expression starts, a frame where the call is)."""
-    tree, _ = _parsed(path)
-    if tree is None:
-        return {}
-    spans = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.stmt):
-            continue
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
-            end = body[0].lineno - 1  # the header of an if, for, with, def …
-        else:
-            end = getattr(node, "end_lineno", node.lineno) or node.lineno
-        spans.append((node.lineno, max(end, node.lineno)))
-    starts: dict[int, int] = {}
-    for first, last in sorted(spans, key=lambda sp: sp[0] - sp[1]):  # widest first, innermost wins
-        for line in range(first, last + 1):
-            starts[line] = first
-    return starts
-
-
-@lru_cache(maxsize=256)
-def _blocks(path: str) -> list[tuple[int, int, str]]:
-    """The file's ``if``/``for``/``while``/``with``/``try`` statements: (first line, last line, header),
-    innermost last for each line."""
-    tree, lines = _parsed(path)
-    if tree is None:
-        return []
-    out = []
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.If, ast.For, ast.While, ast.With, ast.Try, ast.AsyncFor, ast.AsyncWith)):
-            out.append((node.lineno, getattr(node, "end_lineno", node.lineno) or node.lineno, _header(node, lines)))
-    return sorted(out, key=lambda b: b[0] - b[1])
-
-
-def _header(node: ast.stmt, lines: list[str]) -> str:
-    """``if x.mean() > 0:`` as the code says it, without a comment beside it."""
-    try:
-        if isinstance(node, ast.If):
-            return f"{'elif' if lines[node.lineno - 1].lstrip().startswith('elif') else 'if'} {ast.unparse(node.test)}:"
-        if isinstance(node, (ast.For, ast.AsyncFor)):
-            return f"for {ast.unparse(node.target)} in {ast.unparse(node.iter)}:"
-        if isinstance(node, ast.While):
-            return f"while {ast.unparse(node.test)}:"
-        if isinstance(node, (ast.With, ast.AsyncWith)):
-            return f"with {', '.join(ast.unparse(i) for i in node.items)}:"
-    except Exception:
-        pass
-    return lines[node.lineno - 1].strip() if node.lineno <= len(lines) else ""
-
-
-def enclosing_statement(place: str | None) -> dict | None:
-    """The innermost ``if``/``for``/``while`` … around ``file:line`` (its header's text and line):
-    the frozen branch or the unrolled loop an op of one run alone belongs to."""
-    if not place:
-        return None
-    path, _, line = place.rpartition(":")
-    if not line.isdigit():
-        return None
-    n = int(line)
-    for first, last, header in reversed(_blocks(path)):  # innermost first
-        if first <= n <= last:
-            return {"statement": header, "line": first}
-    return None
-
-
-def place_of_record(rec: StepRecord) -> str | None:
-    """``file:line`` of the user's statement a graph node came from (None: not the user's code)."""
-    return _located(rec)
-
-
-def place_of_eager(op: EagerOp) -> str | None:
-    return _where(op)
-
-
-def places_agree(rec: StepRecord, op: EagerOp) -> bool:
-    """No line of the user's code tells the two apart (either may not know its line)."""
-    a, b = _located(rec), _where(op)
-    return a is None or b is None or a == b
-
-
-def _place(path: str, line: int) -> str:
-    """``file:line`` of the statement that line belongs to: how both sides name where an op came from."""
-    return f"{path}:{_statement_starts(path).get(line, line)}"
-
-
 class _PathOps:
     """The graph's and the eager run's ops on one module path, each read once: its
     name-and-shape key and, where known, the user's statement it came from."""
@@ -642,10 +338,6 @@ def _align_path(g_ops: list[StepRecord], e_ops: list[EagerOp], pairs: list, repo
         _align_by_name(ops, gi, block.a, gj, block.b, pairs, report)
         pairs.extend(zip(g_ops[block.a:block.a + block.size], e_ops[block.b:block.b + block.size]))
         gi, gj = block.a + block.size, block.b + block.size
-
-
-def _where(e: EagerOp) -> str | None:
-    return _place(e.file, e.line) if e.file and e.line else None
 
 
 def _matchable(ops: _PathOps, g0: int, g1: int, e0: int, e1: int) -> int:

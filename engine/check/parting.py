@@ -24,7 +24,9 @@ from typing import Any
 
 import torch
 
+from engine.check.diff import _first_tensor, canon
 from engine.check.eager import EagerOp, EagerRun
+from engine.check.places import enclosing_statement, place_of_eager, place_of_record, places_agree
 from engine.run.timeline import StepRecord
 from engine.run.values import Dropped, TensorSummary
 
@@ -48,8 +50,6 @@ class Parting:
     shapes_text: str = ""  # ``[4, 12] vs [2, 24]``, ``float16 vs float32``
 
     def to_json(self) -> dict:
-        from engine.check.diff import place_of_eager, place_of_record, enclosing_statement
-
         def graph(r: StepRecord) -> dict:
             src = r.node.source
             return {"node": r.node.id, "kind": r.node.kind, "step": r.index, "module_path": r.module_path,
@@ -99,8 +99,6 @@ def _dtype_shape(value: Any) -> tuple | None:
 
 
 def _value_of(rec: StepRecord) -> Any:
-    from engine.check.diff import _first_tensor
-
     return _first_tensor(rec.peek_outputs())
 
 
@@ -162,8 +160,6 @@ def find_parting(report: Any, records: list[StepRecord], graph_ops: list[StepRec
     """Where the runs part, before ``report.first`` (the first divergence) or, without one,
     before the end of both runs; ``seeds``: the records where the difference shows;
     ``end_record``: the archive's failing record, if it raised."""
-    from engine.check.diff import canon, places_agree
-
     aligned = sorted(report.pairs, key=lambda p: p[0].index)
     aligned_graph = {r.index for r, _ in aligned}
     aligned_eager = {o.index for _, o in aligned}
