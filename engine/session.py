@@ -23,35 +23,11 @@ import torch
 
 from engine import formats
 from engine import inputs as inputs_mod
+from engine.aliasing import clone_value, to_device
 from engine.errors import InputError, ModelError, TsdebugError, first_error_line
 from engine.run.machine import Breakpoints, Machine, ModuleState
 from engine.run.timeline import DEFAULT_BUDGET
 from engine.run.values import max_abs_diff, summarize, values_equal
-
-
-def clone_value(value: Any) -> Any:
-    """A deep copy of the tensors in a value, so two runs never share inputs."""
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, list):
-        return [clone_value(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(clone_value(v) for v in value)
-    if isinstance(value, dict):
-        return {k: clone_value(v) for k, v in value.items()}
-    return value
-
-
-def to_device(value: Any, device: str) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, list):
-        return [to_device(v, device) for v in value]
-    if isinstance(value, tuple):
-        return tuple(to_device(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    return value
 
 
 class RandomState:
@@ -96,14 +72,7 @@ class RunReport:
     symbolic_shapes: dict | None = None  # an exported program's dynamic dimensions and their ranges
 
     def to_json(self) -> dict:
-        err = None
-        if self.error is not None:
-            err = {"message": self.error.message}
-            node = getattr(self.error, "node", None)
-            if node is not None:
-                err["node"] = node.id
-                err["kind"] = node.kind
-                err["source"] = str(node.source) if node.source else None
+        err = _error_json(self.error)
         return {
             "command": "run",
             "model": self.model,
@@ -298,8 +267,6 @@ class Session:
             model = model.to(self.device)
         machine = self.restart()
         machine.run()
-        if machine.error is not None:
-            raise machine.error
         # A trace records the path its grad mode took: without grad, attention and
         # encoder layers take fused fast paths the traced graph does not have.
         graph = self.program.root_graph(self.method)
@@ -307,10 +274,12 @@ class Session:
         if graph.origin == "traced" and not _has_fast_paths(self.program.root_graph(self.method, inlined=True)):
             eager_grad = True
         self.random.restore()
-        run = eager_mod.run_eager(model, clone_value(self.inputs), eager_grad)
-        report = diff_mod.align(machine.timeline.records, run, rtol, atol)
-        report.outputs_close, report.outputs_metrics = diff_mod.compare_outputs(
-            machine.outputs, run.outputs, rtol, atol)
+        # The archive raising where the Python does not (or the reverse) is a difference to
+        # explain; both raising says the input is at fault.
+        run = eager_mod.run_eager(model, clone_value(self.inputs), eager_grad, keep_error=True)
+        if machine.error is not None and run.error is not None:
+            raise machine.error
+        report = diff_mod.compare_runs(machine.timeline.records, machine.outputs, machine.error, run, rtol, atol)
         return DiffResult(report, eager_spec, machine, eager_grad, rtol, atol)
 
     def diff_against(self, other_path: str, rtol: float = 1e-5, atol: float = 1e-5) -> DiffResult:
@@ -327,17 +296,15 @@ class Session:
         other.random = self.random
         theirs = other.restart()
         theirs.run()
-        if theirs.error is not None:
-            raise TsdebugError(f"--against {other_path}: {theirs.error.message}")
         machine = self.restart()
         machine.run()
-        if machine.error is not None:
+        if machine.error is not None and theirs.error is not None:
             raise machine.error
         run = eager_mod.run_from_records(theirs.timeline.records)
         run.outputs = theirs.outputs
-        report = diff_mod.align(machine.timeline.records, run, rtol, atol)
-        report.outputs_close, report.outputs_metrics = diff_mod.compare_outputs(
-            machine.outputs, run.outputs, rtol, atol)
+        if theirs.error is not None:
+            run.error = eager_mod.failure_of_archive(theirs.error)
+        report = diff_mod.compare_runs(machine.timeline.records, machine.outputs, machine.error, run, rtol, atol)
         result = DiffResult(report, other_path, machine, self.grad, rtol, atol)
         result.other_outputs = theirs.outputs
         return result
@@ -413,7 +380,11 @@ class DiffResult:
             "coverage": round(r.coverage, 4),
             "outputs_close": r.outputs_close,
             "outputs": r.outputs_metrics.to_json() if r.outputs_metrics else None,
+            "output_differences": [d.to_json() for d in r.output_differences],
+            "archive_error": _error_json(r.archive_error),
+            "eager_error": r.eager_error.to_json() if r.eager_error is not None else None,
             "first_divergence": r.first.to_json() if r.first else None,
+            "parting": r.parting.to_json() if r.parting is not None else None,
             "eager_only_before_first": [{"op": o.name, "source": o.where, "module_path": o.module_path}
                                         for o in r.unaligned_eager_before_first],
             "graph_only_before_first": [{"node": x.node.id, "kind": x.node.kind,
@@ -421,6 +392,17 @@ class DiffResult:
                                         for x in r.unaligned_graph_before_first],
             "worst": [d.to_json() for d in r.worst()],
         }
+
+
+def _error_json(err: Any) -> dict | None:
+    """A ``ModelError`` as ``run --json`` and ``diff --json`` give it: message, node, kind, source."""
+    if err is None:
+        return None
+    out = {"message": err.message}
+    node = getattr(err, "node", None)
+    if node is not None:
+        out.update(node=node.id, kind=node.kind, source=str(node.source) if node.source else None)
+    return out
 
 
 def _has_fast_paths(graph) -> bool:

@@ -253,3 +253,173 @@ class CosineAttention(nn.Module):
         q, k = self.qk(x).chunk(2, dim=-1)
         attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
         return attn.softmax(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs that take a path the trace did not record: diff must say where the two runs part.
+# Each model's marked lines are found by their text (``LINES``), so edits above do not break tests.
+
+
+class BranchAtTheEnd(nn.Module):
+    """A data-dependent ``if`` whose sides are the last ops before ``return``."""
+
+    IF = "if x.sum() > 0:"
+    TAKEN = "return y * 2.0"
+    OTHER = "return y - 1.0"
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+
+    def forward(self, x):
+        y = self.lin(x)
+        if x.sum() > 0:
+            return y * 2.0
+        return y - 1.0
+
+
+class StepsOverTime(nn.Module):
+    """``for t in range(x.size(0))``: unrolled to the example's steps."""
+
+    LOOP = "for t in range(x.size(0)):"
+    BODY = "h = torch.tanh(self.cell(x[t]) + h)"
+
+    def __init__(self):
+        super().__init__()
+        self.cell = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = x[0] * 0.0
+        for t in range(x.size(0)):
+            h = torch.tanh(self.cell(x[t]) + h)
+        return h
+
+
+class BakedBatch(nn.Module):
+    """``view(int(x.size(0)), -1)``: the batch becomes a constant."""
+
+    VIEW = "return y.view(int(y.size(0)), -1)"
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.lin(x)
+        return y.view(int(y.size(0)), -1)
+
+
+class BakedTopK(nn.Module):
+    """``topk(len(nonzero(...)))``: k is the example's count."""
+
+    TOPK = "return torch.topk(x.flatten(), k).values * 2.0"
+
+    def forward(self, x):
+        x = x + 1.0
+        k = len(torch.nonzero(x > 1.0))
+        return torch.topk(x.flatten(), k).values * 2.0
+
+
+class RankBranch(nn.Module):
+    """``if x.dim() == 3`` frozen on a 2-D example."""
+
+    IF = "if x.dim() == 3:"
+    BODY = "x = x.mean(1)"
+    HEAD = "return self.head(x) + 0.5"
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = x * 2.0
+        if x.dim() == 3:
+            x = x.mean(1)
+        return self.head(x) + 0.5
+
+
+class HalveWhileLarge(nn.Module):
+    """A data-dependent ``while``, unrolled."""
+
+    WHILE = "while x.norm() > 1:"
+    BODY = "x = x / 2"
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        x = self.lin(x)
+        while x.norm() > 1:
+            x = x / 2
+        return x + 1.0
+
+
+class ChecksItsInput(nn.Module):
+    """An assert on data: the trace drops it, the Python raises on a negative input."""
+
+    CHECK = 'assert bool((x >= 0).all()), "expects non-negative inputs"'
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        assert bool((x >= 0).all()), "expects non-negative inputs"
+        return self.lin(x).relu()
+
+
+class Reports(nn.Module):
+    """Returns a caption beside the tensor: TorchScript's str.format ignores format specs."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.lin(x)
+        alpha = float(y.abs().mean()) + 1.0
+        return y, "alpha={:.3f}".format(alpha)
+
+
+class Prints(nn.Module):
+    """A scripted ``str(float)``: TorchScript prints 17 digits, Python the shortest repr."""
+
+    def forward(self, x):
+        return x * 3.0, str(float(x.size(0)) / 3.0)
+
+
+class BranchFarFromTheCause(nn.Module):
+    """A frozen branch, then ops that agree, then the op where its result meets them: the
+    divergence is at the add, the cause is the branch two statements up."""
+
+    IF = "if x.mean() > 0:"
+    A = "y = self.a(x)"
+    B = "y = self.b(x)"
+    ADD = "return torch.tanh(y + z)"
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.c = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.mean() > 0:
+            y = self.a(x)
+        else:
+            y = self.b(x)
+        z = self.c(x)
+        return torch.tanh(y + z)
+
+
+class DtypeBranch(nn.Module):
+    """A frozen branch that changes the output's dtype."""
+
+    IF = "if x.max() > 10:"
+
+    def forward(self, x):
+        y = x * 2.0
+        if x.max() > 10:
+            return y.half()
+        return y

@@ -272,3 +272,222 @@ def test_drift_that_does_not_reach_the_outputs_is_called_rounding(archive, capsy
     out = capsys.readouterr().out
     assert code == 0, out
     assert "aten::linear" in out and "off by rounding only" in out, out
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs that take a path the trace did not record: the report says where the two runs part.
+
+
+def line_in(text: str) -> int:
+    """The line of diff_models.py whose stripped text is ``text``."""
+    with open(DIFF_MODELS) as f:
+        return next(n for n, t in enumerate(f, 1) if t.strip() == text)
+
+
+def at(text: str) -> str:
+    return f"diff_models.py:{line_in(text)}"
+
+
+def traced(archive, cls, example, mode="trace"):
+    torch.manual_seed(0)
+    return archive(cls(), mode, example=example)
+
+
+def diff_of(capsys, path, cls, *inputs):
+    return diff_json(capsys, path, "--eager", f"{DIFF_MODELS}:{cls.__name__}", *inputs)
+
+
+def test_a_branch_whose_sides_end_the_forward_is_explained(archive, capsys):
+    path = traced(archive, D.BranchAtTheEnd, (torch.ones(2, 6),))
+    code, rep, err = diff_of(capsys, path, D.BranchAtTheEnd, "--input", "float32[2,6]:-1..-0.5")
+    assert code == 1, err
+    assert rep["first_divergence"] is None
+    p = rep["parting"]
+    assert p["last_agreed"]["kind"] == "aten::linear" and p["last_agreed"]["module_path"] == "lin"
+    assert [(g["kind"], g["source"].rsplit("/", 1)[1]) for g in p["graph_only"]] == [("aten::mul", at(D.BranchAtTheEnd.TAKEN))]
+    assert p["graph_only"][0]["inside"] == {"statement": D.BranchAtTheEnd.IF, "line": line_in(D.BranchAtTheEnd.IF)}
+    eager = [(e["op"], e["source"].rsplit("/", 1)[1]) for e in p["eager_only"]]
+    assert ("sub", at(D.BranchAtTheEnd.OTHER)) in eager and ("gt", at(D.BranchAtTheEnd.IF)) in eager
+    main(["diff", path, "--eager", f"{DIFF_MODELS}:BranchAtTheEnd", "--input", "float32[2,6]:-1..-0.5"])
+    out = capsys.readouterr().out
+    assert "where they part" in out and "the last node both agree on" in out
+    assert f"in '{D.BranchAtTheEnd.IF}' at line {line_in(D.BranchAtTheEnd.IF)}" in out, out
+
+
+def test_a_loop_unrolled_to_fewer_steps_shows_the_steps_the_python_ran_on(archive, capsys):
+    path = traced(archive, D.StepsOverTime, (torch.randn(3, 4),))
+    code, rep, err = diff_of(capsys, path, D.StepsOverTime, "--input", "float32[5,4]")
+    assert code == 1, err
+    p = rep["parting"]
+    assert p["last_agreed"]["kind"] == "aten::tanh" and p["last_agreed"]["source"].endswith(at(D.StepsOverTime.BODY))
+    assert p["graph_only"] == []
+    extra = p["eager_only"]
+    assert [e["op"] for e in extra].count("linear") == 2  # steps 4 and 5
+    assert all(e["source"].endswith(at(D.StepsOverTime.BODY)) for e in extra)
+    assert all(e["inside"]["statement"] == D.StepsOverTime.LOOP for e in extra)
+    main(["diff", path, "--eager", f"{DIFF_MODELS}:StepsOverTime", "--input", "float32[5,4]"])
+    out = capsys.readouterr().out
+    assert "linear, add, tanh  ×2" in out, out
+
+
+def test_a_baked_batch_is_a_shape_difference_with_the_node_where_shapes_part(archive, capsys):
+    path = traced(archive, D.BakedBatch, (torch.randn(4, 3, 4),))
+    code, rep, err = diff_of(capsys, path, D.BakedBatch, "--input", "float32[2,6,4]")
+    assert code == 1, err
+    (only,) = rep["output_differences"]
+    assert only["kind"] == "shape" and only["what"] == "shape [4, 12] vs [2, 24]" and only["node_kind"] == "aten::view"
+    part = rep["parting"]["shapes_part"]
+    assert part["kind"] == "aten::view" and part["source"].endswith(at(D.BakedBatch.VIEW))
+    assert part["differ"] == "shape [4, 12] vs [2, 24]" and part["eager_op"] == "view"
+    main(["diff", path, "--eager", f"{DIFF_MODELS}:BakedBatch", "--input", "float32[2,6,4]"])
+    out = capsys.readouterr().out
+    assert "outputs    DIFFER: shape [4, 12] vs [2, 24]" in out and "max abs inf" not in out, out
+    assert f"shapes part at aten::view" in out
+
+
+def test_a_baked_topk_is_explained_and_raising_where_the_python_does_not_is_a_difference(archive, capsys):
+    example = (torch.tensor([[1.5, -2.0, 3.0], [4.0, -5.0, 6.0]]) - 1.0,)  # four elements above 1 after +1
+    path = traced(archive, D.BakedTopK, example)
+    code, rep, err = diff_of(capsys, path, D.BakedTopK, "--input", "float32[2,3]:0..1")
+    assert code == 1, err
+    part = rep["parting"]["shapes_part"]
+    assert part["kind"] == "aten::topk" and part["differ"] == "shape [4] vs [6]"
+    # three elements: the archive's k = 4 is out of range, the Python's k is 3
+    code, rep, err = diff_of(capsys, path, D.BakedTopK, "--input", "float32[1,3]:0..1")
+    assert code == 1, err
+    e = rep["archive_error"]
+    assert e["kind"] == "aten::topk" and e["source"].endswith(at(D.BakedTopK.TOPK)) and "out of range" in e["message"]
+    assert rep["eager_error"] is None and rep["outputs_close"] is False
+    assert rep["parting"]["last_agreed"]["kind"] == "aten::flatten"
+    main(["diff", path, "--eager", f"{DIFF_MODELS}:BakedTopK", "--input", "float32[1,3]:0..1"])
+    out = capsys.readouterr().out
+    assert "outputs    none from the archive: it raised at aten::topk" in out and "out of range" in out
+
+
+def test_a_rank_test_frozen_on_a_2d_example(archive, capsys):
+    path = traced(archive, D.RankBranch, (torch.randn(3, 4),))
+    code, rep, err = diff_of(capsys, path, D.RankBranch, "--input", "float32[3,5,4]")
+    assert code == 1, err
+    assert rep["output_differences"][0]["what"] == "shape [3, 5, 2] vs [3, 2]"
+    p = rep["parting"]
+    mean = next(e for e in p["eager_only"] if e["op"] == "mean")
+    assert mean["source"].endswith(at(D.RankBranch.BODY)) and mean["inside"]["statement"] == D.RankBranch.IF
+    assert p["shapes_part"]["kind"] == "aten::linear" and p["shapes_part"]["source"].endswith(at(D.RankBranch.HEAD))
+
+
+def test_a_while_unrolled_shows_the_python_s_extra_iterations_before_the_first_divergence(archive, capsys):
+    path = traced(archive, D.HalveWhileLarge, (torch.ones(2, 4),))
+    code, rep, err = diff_of(capsys, path, D.HalveWhileLarge, "--input", "float32[2,4]:5..9")
+    assert code == 1, err
+    assert rep["first_divergence"]["kind"] == "aten::add"  # the cause is before it, not the cascade after
+    divs = [e for e in rep["parting"]["eager_only"] if e["op"] == "div"]
+    assert divs and all(e["inside"]["statement"] == D.HalveWhileLarge.WHILE for e in divs)
+    assert rep["eager_only_before_first"] == [
+        {"op": e["op"], "source": e["source"], "module_path": e["module_path"]} for e in rep["parting"]["eager_only"]]
+
+
+def test_the_python_raising_where_the_archive_does_not_is_a_difference(archive, capsys):
+    path = traced(archive, D.ChecksItsInput, (torch.ones(2, 4),))
+    code, rep, err = diff_of(capsys, path, D.ChecksItsInput, "--input", "float32[2,4]:-1..-0.5")
+    assert code == 1, err
+    e = rep["eager_error"]
+    assert e["kind"] == "AssertionError" and e["message"] == "expects non-negative inputs"
+    assert e["source"].endswith(at(D.ChecksItsInput.CHECK))
+    assert [g["kind"] for g in rep["parting"]["graph_only"]] == ["aten::linear", "aten::relu"]
+    main(["diff", path, "--eager", f"{DIFF_MODELS}:ChecksItsInput", "--input", "float32[2,4]:-1..-0.5"])
+    out = capsys.readouterr().out
+    assert "outputs    none from the Python: it raised AssertionError at" in out
+
+
+@pytest.mark.parametrize("cls,ours,theirs", [
+    (D.Reports, "'alpha={:.3f}'", "'alpha="),  # TorchScript's str.format ignores format specs
+    (D.Prints, "'0.33333333333333331'", "'0.3333333333333333'"),  # and str(float) prints 17 digits
+])
+def test_values_that_are_not_tensors_are_compared(archive, capsys, cls, ours, theirs):
+    path = archive(cls(), "script")
+    code, rep, err = diff_of(capsys, path, cls, "--input", "float32[1,4]")
+    assert code == 1, err
+    (d,) = rep["output_differences"]
+    assert d["where"] == "output[1]" and d["what"].startswith(f"{ours} vs {theirs}"), d
+    assert d["node_kind"] in ("aten::format", "aten::str")
+
+
+def test_a_branch_two_statements_above_the_divergence_is_named(archive, capsys):
+    """The divergence is at the add where the branch's result meets agreeing ops: walking back
+    through its inputs finds the frozen branch, not the op just before."""
+    path = traced(archive, D.BranchFarFromTheCause, (torch.ones(2, 4),))
+    code, rep, err = diff_of(capsys, path, D.BranchFarFromTheCause, "--input", "float32[2,4]:-2..-1")
+    assert code == 1, err
+    assert rep["first_divergence"]["kind"] == "aten::add"
+    p = rep["parting"]
+    assert [(g["kind"], g["module_path"]) for g in p["graph_only"]] == [("aten::linear", "a")]
+    assert ("linear", "b") in [(e["op"], e["module_path"]) for e in p["eager_only"]]
+    assert p["graph_only"][0]["inside"]["statement"] == D.BranchFarFromTheCause.IF
+
+
+def test_a_dtype_difference_is_said_as_such(archive, capsys):
+    path = traced(archive, D.DtypeBranch, (torch.ones(2, 4),))
+    code, rep, err = diff_of(capsys, path, D.DtypeBranch, "--input", "float32[2,4]:20..30")
+    assert code == 1, err
+    assert rep["output_differences"][0]["what"].startswith("dtype float32 vs float16")
+    assert ("half", line_in("return y.half()")) in [(e["op"], int(e["source"].rsplit(":", 1)[1]))
+                                                     for e in rep["parting"]["eager_only"]]
+
+
+def test_against_another_archive_the_runs_part_too(archive, capsys):
+    """A traced export against a scripted one of the same model: the baked batch shows as a shape
+    difference at the view; the traced row loop's unpack raising where the scripted loop runs is one too."""
+    torch.manual_seed(0)
+    model = D.BakedBatch()
+    t = archive(model, "trace", example=(torch.randn(4, 3, 4),), name="t.pt")
+    s = archive(model, "script", name="s.pt")
+    code, rep, err = diff_json(capsys, t, "--against", s, "--input", "float32[2,6,4]")
+    assert code == 1, err
+    assert rep["output_differences"][0]["what"] == "shape [4, 12] vs [2, 24]"
+    assert rep["parting"]["shapes_part"]["kind"] == "aten::view"
+    import trap_models as T
+
+    rows_t = archive(T.RowFilter(), "trace", example=(T.BOXES,), name="rows_t.pt")
+    rows_s = archive(T.RowFilter(), "script", name="rows_s.pt")
+    code, rep, err = diff_json(capsys, rows_t, "--against", rows_s, "--input", "float32[5,5]:0.6..1")
+    assert code == 1, err
+    assert rep["archive_error"]["kind"] == "prim::ListUnpack" and rep["eager_error"] is None
+    code, rep, err = diff_json(capsys, rows_s, "--against", rows_t, "--input", "float32[5,5]:0.6..1")
+    assert code == 1, err
+    assert rep["archive_error"] is None and "ListUnpack" in rep["eager_error"]["message"]
+
+
+def test_both_runs_raising_is_the_input_s_fault(archive, capsys):
+    path = traced(archive, D.BakedBatch, (torch.randn(4, 3, 4),))
+    code, rep, err = diff_of(capsys, path, D.BakedBatch, "--input", "float32[2,6,5]")
+    assert code == 2 and "tsdebug: error:" in err
+
+
+def test_the_ui_marks_where_the_runs_part(archive):
+    """``e`` then ``D`` on a baked batch: no aligned node diverges; the view where shapes part is marked."""
+    import asyncio
+
+    from tsdebug.app import TsdebugApp
+    from tsdebug.cli import build_open_parser
+    from tsdebug.widgets import ProgramView
+
+    path = traced(archive, D.BakedBatch, (torch.randn(4, 3, 4),))
+
+    async def run():
+        app = TsdebugApp(build_open_parser().parse_args(
+            [path, "--input", "float32[2,6,4]", "--eager", f"{DIFF_MODELS}:BakedBatch"]))
+        async with app.run_test(size=(120, 40)) as pilot:
+            for key in ("", "e", "D"):
+                if key:
+                    await pilot.press(key)
+                for _ in range(300):
+                    await pilot.pause()
+                    if app.state not in ("running", "loading"):
+                        break
+                    await asyncio.sleep(0.01)
+            assert app.diff_result.report.first is None
+            program = app.query_one(ProgramView)
+            node = program.selected_node
+            assert node.kind == "aten::view" and program.state_of(node).diverged
+
+    asyncio.run(run())

@@ -136,3 +136,18 @@ def test_repeated_runs_on_the_checked_fast_path(archive, name, mode):
         recs = {r.node.kind: r for r in m.timeline}
         assert torch.equal(recs["aten::mul"].outputs[0], args[0] * 2)  # kept as it was before add_
         assert torch.equal(recs["aten::add_"].inputs[0], args[0] * 2)
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["call-tree", "inlined"])
+def test_a_traced_row_loop_on_another_row_count_raises_as_torch_does(archive, inline):
+    """``for b in boxes:`` traced on 3 rows unpacks exactly 3: 5 rows raise natively, so in the engine too."""
+    import trap_models as T
+
+    path = archive(T.RowFilter(), "trace", example=(T.BOXES,))
+    boxes = torch.rand(5, 5) + 0.6
+    with pytest.raises(RuntimeError, match="Expected 3 elements in a list but found 5"):
+        native(path, (boxes,))
+    s = Session(path, inline=inline)
+    m = s.start(values=(boxes,))
+    assert m.run() == "error"
+    assert m.error.node.kind == "prim::ListUnpack" and "Expected 3 elements in a list but found 5" in m.error.message

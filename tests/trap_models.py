@@ -552,3 +552,78 @@ class HashBuckets(nn.Module):
         for r in rows:
             parts.append(r.unsqueeze(0) + 1)
         return torch.cat(parts, 0)
+
+
+class RowFilter(nn.Module):
+    """Detection post-processing: keep the rows whose score passes. The loop's body only
+    indexes and compares, so it leaves no ops; the list's length is the example's."""
+
+    LINE = "for b in boxes:"
+    LEN = "return torch.stack(keep).sum(0) / len(keep)"
+
+    def forward(self, boxes):
+        keep = []
+        for b in boxes:
+            if b[4] > 0.5:
+                keep.append(b)
+        return torch.stack(keep).sum(0) / len(keep)
+
+
+class RowPairs(nn.Module):
+    """Rows of two tensors side by side, their indices kept by a test on data."""
+
+    LINE = "for i, (box, score) in enumerate(zip(boxes, scores)):"
+    LEN = "return boxes.sum(0) * len(kept)"
+
+    def forward(self, boxes, scores):
+        kept = []
+        for i, (box, score) in enumerate(zip(boxes, scores)):
+            if score > 0.5 and box[2] > box[0]:
+                kept.append(i)
+        return boxes.sum(0) * len(kept)
+
+
+class RowComprehension(nn.Module):
+    """The same filter written as a comprehension."""
+
+    LINE = "kept = [b for b in boxes if b[4] > 0.5]"
+    LEN = "return torch.stack(kept).mean(0) * len(kept)"
+
+    def forward(self, boxes):
+        kept = [b for b in boxes if b[4] > 0.5]
+        return torch.stack(kept).mean(0) * len(kept)
+
+
+class Scale(nn.Module):
+    def __init__(self, k: float):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x):
+        return x * self.k
+
+
+class HeadsAbove(nn.Module):
+    """A loop over a module list (fixed) whose list grows only under a test on data: its len() is baked."""
+
+    LEN = "return torch.stack(keep).sum(0) * len(keep)"
+
+    def __init__(self):
+        super().__init__()
+        self.heads = nn.ModuleList([Scale(1.0), Scale(-1.0), Scale(2.0)])
+
+    def forward(self, x):
+        keep = []
+        for head in self.heads:
+            y = head(x)
+            if y.mean() > 0:
+                keep.append(y)
+        return torch.stack(keep).sum(0) * len(keep)
+
+
+BOXES = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.9], [0.0, 0.0, 2.0, 2.0, 0.8], [1.0, 1.0, 3.0, 3.0, 0.7]])
+ROW_TRAPS = {
+    "RowFilter": (RowFilter, (BOXES,)),
+    "RowPairs": (RowPairs, (BOXES[:, :4], BOXES[:, 4])),
+    "RowComprehension": (RowComprehension, (BOXES,)),
+}

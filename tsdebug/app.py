@@ -88,6 +88,7 @@ class TsdebugApp(App):
         self._shown_key: tuple | None = None
         self._messages_seen = 0  # lines of the model's prints and warnings already shown
         self.diff_result = None  # engine.session.DiffResult, once ``e`` ran the comparison
+        self._parting_records: set[int] = set()  # steps where the runs part, marked beside divergent ones
         self.compare_on = False
         self._diffs_by_record: dict = {}
 
@@ -222,7 +223,7 @@ class TsdebugApp(App):
         diverged = False
         if self.compare_on and self.diff_result is not None and rec is not None:
             d = self._diffs_by_record.get(rec.index)
-            diverged = d is not None and not d.metrics.close
+            diverged = (d is not None and not d.metrics.close) or rec.index in self._parting_records
         return RowState(executed=count, output=output, breakpoint=bp, current=current, error=error,
                         path=rec.module_path if rec is not None else "", diverged=diverged)
 
@@ -628,10 +629,14 @@ class TsdebugApp(App):
             return
         self.diff_result = result
         self._diffs_by_record = {d.record.index: d for d in result.report.aligned}
+        # without a divergent aligned node, the node where the runs part is the one to mark
+        self._parting_records = set(result.report.marked_records()) - {d.record.index for d in result.report.aligned}
         self.compare_on = True
         r = result.report
-        if r.first is None:
+        if r.first is None and r.outputs_close:
             msg = f"no divergence; {r.coverage:.0%} of comparable nodes aligned"
+        elif r.first is None:
+            msg = _parting_message(r)
         else:
             n = r.first.record.node
             msg = f"first divergence: {n.kind} {n.id} ({len(r.divergent)} diverging); D jumps there, ] and [ walk them"
@@ -641,7 +646,7 @@ class TsdebugApp(App):
     def _divergent_steps(self) -> list[int]:
         if self.diff_result is None:
             return []
-        return [d.record.index for d in self.diff_result.report.divergent]
+        return self.diff_result.report.marked_records()
 
     def _view_step(self, index: int) -> None:
         m = self.machine
@@ -833,3 +838,19 @@ def _terminal_fd() -> int | None:
     except (AttributeError, ValueError, OSError):
         return None
     return fd if os.isatty(fd) else None
+
+
+def _parting_message(report) -> str:
+    """The ``e`` notice when no aligned node diverges but the outputs differ (or a run raised)."""
+    if report.archive_error is not None:
+        return f"the archive raised where the Python did not: {report.archive_error.message}; D jumps there"
+    if report.eager_error is not None:
+        e = report.eager_error
+        return f"the Python raised {e.kind} at {e.where} where the archive did not: {e.message}"
+    what = report.output_differences[0].what if report.output_differences else "the outputs differ"
+    p = report.parting
+    if p is None:
+        return f"outputs differ ({what}); no aligned node diverges"
+    after = f"after {p.last_agreed.record.node.kind} {p.last_agreed.record.node.id}" if p.last_agreed else "at the start"
+    alone = f"; the Python ran {len(p.eager_only)} op(s) the archive did not" if p.eager_only else ""
+    return f"outputs differ ({what}); the runs part {after}{alone}; D jumps there"

@@ -361,15 +361,18 @@ def cmd_diff(args: argparse.Namespace) -> int:
     print(f"inputs     {', '.join(summarize(x).short() for x in session.inputs)}  ({session.input_source})")
     grouped = f" + {r.grouped} inside fused or composite ops" if r.grouped else ""
     print(f"aligned    {len(r.aligned)}{grouped} of {r.comparable} comparable nodes ({r.coverage:.1%})")
-    if r.outputs_close:
-        print(f"outputs    agree within rtol {args.rtol:g}, atol {args.atol:g}"
-              + (f"  (max abs diff {_fmt(r.outputs_metrics.max_abs)})" if r.outputs_metrics else ""))
-    else:
-        m = r.outputs_metrics
-        print("outputs    DIFFER" + (f"  (max abs {_fmt(m.max_abs)}, max rel {_fmt(m.max_rel)})" if m else
-                                     "  (different number of tensors)"))
+    other = "the other archive" if args.against else "the Python"
+    _print_outputs(r, args, other)
     if r.first is None:
-        print("first divergence: none" + ("" if r.outputs_close else " among the aligned nodes"))
+        if r.parting is not None:
+            print("where they part")
+            _print_parting(r.parting, other)
+        elif not r.outputs_close:
+            made = any(d.record is not None for d in r.output_differences)
+            print("first divergence: none; both runs made the same ops and every tensor compared agrees"
+                  + (": the outputs differ where the node named above made them" if made else ""))
+        else:
+            print("first divergence: none")
     else:
         d = r.first
         node = d.record.node
@@ -385,15 +388,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
             # kernels that round differently (grad mode, another conv algorithm) drift apart a little
             print("  note     the outputs agree and this node is off by rounding only (cosine ~1): "
                   "raise --atol or --rtol to look past it")
-        if r.unaligned_eager_before_first:
-            print("  before it, the Python ran what the graph does not have:")
-            for op in r.unaligned_eager_before_first[:8]:
-                print(f"           {op.name:20} at {op.where}")
-        if r.unaligned_graph_before_first:
-            print("  and the graph ran what the Python did not:")
-            for rec in r.unaligned_graph_before_first[:8]:
-                s = rec.node.source
-                print(f"           {rec.node.kind:20} at {s if s and s.file else '?'}")
+        if r.parting is not None:
+            print("  before it, the runs parted:")
+            _print_parting(r.parting, other)
         worst = r.worst()
         if len(worst) > 1:
             print("worst nodes")
@@ -401,6 +398,90 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 print(f"  {w.record.node.kind:24} {w.record.node.id:32} max rel {_fmt(w.metrics.max_rel):>8}  "
                       f"{w.record.module_path}")
     return 0 if r.outputs_close else 1
+
+
+def _node_place(rec) -> str:
+    from engine.check.places import place_of_record
+
+    s = rec.node.source
+    return place_of_record(rec) or (str(s) if s and s.file else "?")
+
+
+def _print_outputs(r, args, other: str) -> None:
+    """The ``outputs`` line(s): agree, what differs and where, or which run raised."""
+    if r.archive_error is not None:
+        rec = r.error_record
+        node = rec.node if rec is not None else getattr(r.archive_error, "node", None)
+        at = f" at {node.kind} {node.id} ({_node_place(rec) if rec is not None else node.source})" if node else ""
+        print(f"outputs    none from the archive: it raised{at}; {other} ran to the end")
+        print(f"           {r.archive_error.message}")
+        return
+    if r.eager_error is not None:
+        e = r.eager_error
+        print(f"outputs    none from {other}: it raised {e.kind} at {e.where}; the archive ran to the end")
+        print(f"           {e.message}")
+        return
+    if r.outputs_close:
+        print(f"outputs    agree within rtol {args.rtol:g}, atol {args.atol:g}"
+              + (f"  (max abs diff {_fmt(r.outputs_metrics.max_abs)})" if r.outputs_metrics else ""))
+        return
+    diffs = r.output_differences
+
+    def made_by(d) -> str:
+        if d.record is None:
+            return ""
+        return f"  (made by {d.record.node.kind} {d.record.node.id} at {_node_place(d.record)})"
+
+    if len(diffs) == 1 and diffs[0].where == "output":
+        print(f"outputs    DIFFER: {diffs[0].what}{made_by(diffs[0])}")
+        return
+    print(f"outputs    DIFFER at {len(diffs)} place{'s' if len(diffs) != 1 else ''} (archive vs {other.split()[-1]})")
+    for d in diffs[:8]:
+        print(f"           {d.where:12} {d.what}{made_by(d)}")
+    if len(diffs) > 8:
+        print(f"           … and {len(diffs) - 8} more")
+
+
+def _print_parting(p, other: str) -> None:
+    """The last node both runs agree on, what each ran after it alone, where shapes part."""
+    from engine.check.places import enclosing_statement, place_of_eager, place_of_record
+    from engine.check.parting import grouped_lines, shape_text
+
+    last = p.last_agreed
+    if last is not None:
+        n = last.record.node
+        print(f"  agreed   {n.kind}  {n.id}  (step {last.record.index}, module '{last.record.module_path}') "
+              f"at {_node_place(last.record)}: the last node both agree on")
+    else:
+        print("  agreed   no node before the runs part")
+
+    def show(items) -> None:
+        for lines, times in grouped_lines(items)[:8]:
+            for ops, where, inside in lines:
+                within = f"  (in '{inside['statement']}' at line {inside['line']})" if inside else ""
+                print(f"           {ops:28} at {where}{within}")
+            if times > 1:
+                print(f"           … {'these lines' if len(lines) > 1 else 'that line'} {times} times in all")
+
+    if p.graph_only:
+        print(f"  then the archive ran what {other} did not:")
+        show([(r.node.kind, shape_text(_first(r)), _node_place(r), enclosing_statement(place_of_record(r)))
+              for r in p.graph_only])
+    if p.eager_only:
+        print(f"  and {other} ran what the archive did not:")
+        show([(o.name, shape_text(o.outputs[0] if o.outputs else None), place_of_eager(o) or o.where,
+               enclosing_statement(place_of_eager(o))) for o in p.eager_only])
+    if not p.graph_only and not p.eager_only:
+        print("  and neither ran an op the other did not")
+    if p.shapes_part is not None:
+        r, _ = p.shapes_part
+        print(f"  shapes part at {r.node.kind} {r.node.id} (step {r.index}) at {_node_place(r)}: {p.shapes_text}")
+
+
+def _first(rec):
+    from engine.check.diff import _first_tensor
+
+    return _first_tensor(rec.peek_outputs())
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
@@ -412,7 +493,11 @@ def cmd_lint(args: argparse.Namespace) -> int:
         session = _session(args)
         status.show(f"reading the graphs of {args.model}…")
         report = lint_session(session)
-        if args.eager:
+        if args.eager and session.format == "exported":
+            report.notes.append("--eager retraces the Python with torch.jit.trace, which says nothing of a "
+                                f"torch.export program; tsdebug diff {args.model} --eager {args.eager} compares "
+                                "the two node by node")
+        elif args.eager:
             from engine.check.lint import conversion_evidence, counterexamples, trace_warnings
 
             kwargs = parse_eager_args(args.eager_arg)

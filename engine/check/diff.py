@@ -8,23 +8,27 @@ unaligned instead of shifting everything after them.
 
 The first divergence is the root cause, not the cascade: the earliest
 aligned node, in execution order, whose output is not close while every
-aligned node before it was.
+aligned node before it was.  Where the runs part without one (or before it),
+``engine.check.parting`` says where; ``engine.check.outputs`` compares values,
+``engine.check.places`` names the user's statements.
 """
+
 
 from __future__ import annotations
 
-import ast
 import math
 import re
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
-from functools import lru_cache
 from typing import Any
 
 import torch
 
-from engine.sources import is_user_file
 from engine.check.eager import EagerOp, EagerRun
+from engine.check.outputs import (  # noqa: F401  (compare_outputs, flat_tensors: part of diff's API)
+    Metrics, OutputDifference, compare, compare_outputs, flat_tensors, output_differences,
+)
+from engine.check.places import _located, _where
 from engine.ir import parent_module_path
 from engine.run.recipes import UNINITIALIZED, described
 from engine.run.timeline import StepRecord
@@ -40,6 +44,7 @@ PLUMBING = frozenset({
     "aten::sym_size", "aten::sym_numel", "aten::sym_stride", "aten::_assert_scalar", "aten::_assert_tensor_metadata",
     "aten::sym_constrain_range_for_size", "aten::sym_constrain_range", "aten::_assert_async",
 })
+
 
 _SYNONYMS = {
     "convolution": "conv", "conv1d": "conv", "conv2d": "conv", "conv3d": "conv", "conv_transpose2d": "conv",
@@ -74,54 +79,6 @@ def canon(name: str) -> str:
 
 
 @dataclass
-class Metrics:
-    shape_ok: bool
-    dtype_ok: bool
-    max_abs: float
-    max_rel: float
-    mean_abs: float
-    cosine: float | None
-    nan_mismatch: int
-    close: bool
-
-    def to_json(self) -> dict:
-        d = self.__dict__.copy()
-        for k in ("max_abs", "max_rel", "mean_abs", "cosine"):
-            if d[k] is not None and not math.isfinite(d[k]):
-                d[k] = str(d[k])
-        return d
-
-
-def compare(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> Metrics:
-    """``a``: the TorchScript value, ``b``: the reference."""
-    if tuple(a.shape) != tuple(b.shape):
-        return Metrics(False, a.dtype == b.dtype, math.inf, math.inf, math.inf, None, 0, False)
-    if a.numel() == 0:
-        return Metrics(True, a.dtype == b.dtype, 0.0, 0.0, 0.0, None, 0, True)
-    x, y = a.detach().double().cpu(), b.detach().double().cpu()
-    if a.is_complex() or b.is_complex():
-        x, y = x.abs(), y.abs()
-    nx, ny = torch.isnan(x), torch.isnan(y)
-    nan_mismatch = int((nx ^ ny).sum())
-    both = (nx & ny) | (x == y)  # equal values, equal infinities, NaN against NaN
-    diff = (x - y).abs()
-    diff = torch.where(both, torch.zeros_like(diff), diff)
-    diff = torch.where(torch.isnan(diff), torch.full_like(diff, math.inf), diff)
-    finite = torch.isfinite(diff)
-    max_abs = float(diff.max()) if bool(finite.all()) else math.inf
-    rel = diff / y.abs().clamp_min(1e-12)
-    rel = torch.where(diff == 0, torch.zeros_like(rel), rel)
-    rel = torch.nan_to_num(rel, nan=math.inf)
-    max_rel = float(rel.max())
-    mean_abs = float(diff[finite].mean()) if bool(finite.any()) else math.inf
-    fx, fy = torch.nan_to_num(x).flatten(), torch.nan_to_num(y).flatten()
-    denom = float(fx.norm() * fy.norm())
-    cosine = float(fx @ fy) / denom if denom > 0 else None
-    close = nan_mismatch == 0 and bool(torch.isclose(x, y, rtol=rtol, atol=atol, equal_nan=True).all())
-    return Metrics(True, a.dtype == b.dtype, max_abs, max_rel, mean_abs, cosine, nan_mismatch, close)
-
-
-@dataclass
 class NodeDiff:
     record: StepRecord
     eager: EagerOp
@@ -145,12 +102,48 @@ class NodeDiff:
 class DiffReport:
     comparable: int = 0
     aligned: list[NodeDiff] = field(default_factory=list)
-    grouped: int = 0  # graph nodes inside a composite the eager run made as one call
+    pairs: list[tuple[StepRecord, EagerOp]] = field(default_factory=list)  # every aligned pair, compared or not
+    grouped_records: set[int] = field(default_factory=set)  # graph nodes inside a composite the eager run made as one call
+    grouped_eager: set[int] = field(default_factory=set)  # eager calls inside one fused graph op
     first: NodeDiff | None = None
-    unaligned_eager_before_first: list[EagerOp] = field(default_factory=list)
-    unaligned_graph_before_first: list[StepRecord] = field(default_factory=list)
     outputs_close: bool | None = None
     outputs_metrics: Metrics | None = None
+    output_differences: list[OutputDifference] = field(default_factory=list)
+    parting: Any = None  # engine.check.parting.Parting: where the runs part, when they do
+    archive_error: Any = None  # engine.errors.ModelError: the archive raised on this input
+    error_record: StepRecord | None = None  # its failing node's record
+    eager_error: Any = None  # engine.check.eager.RunFailure: the reference raised on this input
+
+    @property
+    def grouped(self) -> int:
+        return len(self.grouped_records)
+
+    @property
+    def unaligned_eager_before_first(self) -> list[EagerOp]:
+        return self.parting.eager_only if self.first is not None and self.parting is not None else []
+
+    @property
+    def unaligned_graph_before_first(self) -> list[StepRecord]:
+        return self.parting.graph_only if self.first is not None and self.parting is not None else []
+
+    def marked_records(self) -> list[int]:
+        """The steps a view marks as where the runs disagree: the divergent aligned nodes;
+        without one, where the runs part (the node where shapes part, or the first the
+        archive ran alone) and the archive's failing node."""
+        marked = [d.record.index for d in self.divergent]
+        if not marked and self.parting is not None:
+            p = self.parting
+            if p.shapes_part is not None:
+                marked.append(p.shapes_part[0].index)
+            elif p.graph_only:
+                marked.append(p.graph_only[0].index)
+            elif p.last_agreed is not None and self.error_record is None:
+                marked.append(p.last_agreed.record.index)  # the other run went on alone after it
+        if self.error_record is not None:
+            marked.append(self.error_record.index)
+        if not marked and not self.outputs_close:
+            marked += [d.record.index for d in self.output_differences if d.record is not None][:1]
+        return sorted(set(marked))
 
     @property
     def coverage(self) -> float:
@@ -170,29 +163,39 @@ class DiffReport:
         return {d.record.node.id: d for d in self.aligned}
 
 
-def flat_tensors(value: Any) -> list:
-    """Every tensor in a nested output, in order (tuples, lists, dict values)."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in flat_tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in flat_tensors(v)]
-    return []
+def compare_runs(records: list[StepRecord], outputs: Any, error: Any, eager: EagerRun,
+                 rtol: float, atol: float) -> DiffReport:
+    """Everything ``tsdebug diff`` says about two runs: the alignment, the first divergence, the
+    outputs compared, and where the runs part when they do.
 
+    ``records``/``outputs``/``error``: the engine's run (``error``: a ``ModelError`` when the
+    archive raised); ``eager``: the reference run (with ``error`` set when it raised).
+    """
+    from engine.check.parting import Producers, find_parting  # parting reads this module's alignment
 
-def compare_outputs(ours: Any, reference: Any, rtol: float, atol: float) -> tuple[bool, Metrics | None]:
-    a, b = flat_tensors(ours), flat_tensors(reference)
-    if len(a) != len(b):
-        return False, None
-    worst = None
-    ok = True
-    for x, y in zip(a, b):
-        m = compare(x, y, rtol, atol)
-        ok = ok and m.close
-        if worst is None or (m.max_abs > worst.max_abs):
-            worst = m
-    return ok, worst
+    report = align(records, eager, rtol, atol)
+    report.archive_error, report.eager_error = error, eager.error
+    if error is not None:
+        report.error_record = next((r for r in reversed(records) if r.status == "error"), None)
+    if error is None and eager.error is None:
+        report.output_differences, report.outputs_metrics = output_differences(outputs, eager.outputs, rtol, atol)
+        report.outputs_close = not report.output_differences
+    else:
+        report.outputs_close = False
+    if report.first is None and report.outputs_close:
+        return report
+    producers = Producers(records)
+    for d in report.output_differences:
+        d.record = producers.of(d.ours)
+    if report.first is not None:
+        seeds = [report.first.record]
+    elif report.error_record is not None:
+        seeds = [report.error_record]
+    else:
+        seeds = [d.record for d in report.output_differences if d.record is not None]
+    report.parting = find_parting(report, records, comparable_records(records), eager, seeds,
+                                  report.error_record if report.first is None else None, producers)
+    return report
 
 
 def _first_tensor(values: list | None):
@@ -299,67 +302,13 @@ def align(records: list[StepRecord], eager: EagerRun, rtol: float, atol: float) 
         if not d.metrics.close:
             report.first = d
             break
-    if report.first is not None:
-        # eager ops the graph does not have, just before the divergence: often a branch tracing froze
-        first_op = report.first.eager
-        prev_aligned = [d.eager.index for d in report.aligned if d.eager.index < first_op.index]
-        start = max(prev_aligned) + 1 if prev_aligned else 0
-        aligned_eager = {d.eager.index for d in report.aligned}
-        report.unaligned_eager_before_first = [
-            op for op in eager.ops[start:first_op.index] if op.index not in aligned_eager
-        ]
-        prev_graph = [d.record.index for d in report.aligned if d.record.index < report.first.record.index]
-        g_start = max(prev_graph) if prev_graph else -1
-        aligned_graph = {d.record.index for d in report.aligned}
-        report.unaligned_graph_before_first = [
-            r for r in graph_ops if g_start < r.index < report.first.record.index and r.index not in aligned_graph
-        ]
+    report.pairs = pairs
     return report
 
 
 def _flattened(eager: EagerRun) -> EagerRun:
     """``eager`` with every graph op joining the root path too: as if only the root's forward had run."""
     return EagerRun(ops=eager.ops, outputs=eager.outputs, module_outputs={"": []}, by_forward=True)
-
-
-def _located(rec: StepRecord) -> str | None:
-    """``file:line`` of a graph node written in the user's Python (not inside torch), else None."""
-    src = rec.node.source
-    if src is None or not src.line or not is_user_file(src.file):
-        return None
-    return _place(src.file, src.line)
-
-
-@lru_cache(maxsize=256)
-def _statement_starts(path: str) -> dict[int, int]:
-    """Line -> the first line of the statement it belongs to (for a compound statement, of
-    its header): a call over several lines is one place, whichever of its lines torch or
-    Python names (TorchScript says where the expression starts, a frame where the call is)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-    except Exception:
-        return {}
-    spans = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.stmt):
-            continue
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
-            end = body[0].lineno - 1  # the header of an if, for, with, def …
-        else:
-            end = getattr(node, "end_lineno", node.lineno) or node.lineno
-        spans.append((node.lineno, max(end, node.lineno)))
-    starts: dict[int, int] = {}
-    for first, last in sorted(spans, key=lambda sp: sp[0] - sp[1]):  # widest first, innermost wins
-        for line in range(first, last + 1):
-            starts[line] = first
-    return starts
-
-
-def _place(path: str, line: int) -> str:
-    """``file:line`` of the statement that line belongs to: how both sides name where an op came from."""
-    return f"{path}:{_statement_starts(path).get(line, line)}"
 
 
 class _PathOps:
@@ -402,14 +351,10 @@ def _align_path(g_ops: list[StepRecord], e_ops: list[EagerOp], pairs: list, repo
             # graph nodes on the statement of the op that follows, with no eager op of their own:
             # steps of one Python call (``x[:, a:b, 0:1]`` is three slices in a trace)
             anchor = ops.g_loc[block.a]
-            report.grouped += sum(1 for k in range(gi, block.a) if ops.g_loc[k] == anchor)
+            report.grouped_records.update(g_ops[k].index for k in range(gi, block.a) if ops.g_loc[k] == anchor)
         _align_by_name(ops, gi, block.a, gj, block.b, pairs, report)
         pairs.extend(zip(g_ops[block.a:block.a + block.size], e_ops[block.b:block.b + block.size]))
         gi, gj = block.a + block.size, block.b + block.size
-
-
-def _where(e: EagerOp) -> str | None:
-    return _place(e.file, e.line) if e.file and e.line else None
 
 
 def _matchable(ops: _PathOps, g0: int, g1: int, e0: int, e1: int) -> int:
@@ -459,7 +404,7 @@ def _align_by_name(ops: _PathOps, g0: int, g1: int, e0: int, e1: int, pairs: lis
                 hit = next(k for k in [*reversed(ending), *reversed(hits)]
                            if _matchable(ops, k + 1, i2, j + 1, j2) >= needed)
                 pairs.append((g_ops[hit], e_ops[j]))
-                report.grouped += hit - start
+                report.grouped_records.update(g.index for g in g_ops[start:hit])
                 start = hit + 1
         elif tag == "replace" and all(g.node.kind.startswith("aten::_") for g in g_ops[i1:i2]):
             # the other way: one fused graph op (aten::_transformer_encoder_layer_fwd)
@@ -471,4 +416,5 @@ def _align_by_name(ops: _PathOps, g0: int, g1: int, e0: int, e1: int, pairs: lis
                     continue
                 hit = hits[-1] if n == i2 - i1 - 1 else hits[0]
                 pairs.append((g_ops[i], e_ops[hit]))
+                report.grouped_eager.update(e.index for e in e_ops[start:hit])
                 start = hit + 1

@@ -46,9 +46,28 @@ class EagerOp:
 
 
 @dataclass
+class RunFailure:
+    """The reference run raised: what, where in the user's code (the innermost line of theirs)."""
+
+    kind: str  # the exception's class name
+    message: str
+    file: str | None = None
+    line: int | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}" if self.file else "?"
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "message": self.message, "source": self.where if self.file else None}
+
+
+@dataclass
 class EagerRun:
     ops: list[EagerOp] = field(default_factory=list)
     outputs: Any = None
+    #: Set when the run raised part-way (``run_eager(..., keep_error=True)``): ``ops`` are those before it.
+    error: RunFailure | None = None
     # module path -> what each of its forward calls returned: the modules whose forward ran
     module_outputs: dict[str, list] = field(default_factory=dict)
     #: Whether the run saw modules through their forward calls (hooks): a Python model's run
@@ -233,6 +252,13 @@ def run_from_records(records: list) -> EagerRun:
     return run
 
 
+def failure_of_archive(error: Any) -> RunFailure:
+    """Another archive's ``ModelError`` (``--against``), as a reference run's failure."""
+    node = getattr(error, "node", None)
+    src = node.source if node is not None else None
+    return RunFailure("ModelError", error.message, src.file if src else None, src.line if src else None)
+
+
 def _user_line(records: list, rec: Any) -> tuple[str | None, int | None]:
     """Where the user's Python made ``rec``, as an eager run would say: its own line, or for
     an op inside torch's Python (a scripted ``nn.Linear``) the line that called into it;
@@ -282,8 +308,25 @@ def record_conversions(model: torch.nn.Module, args: tuple, grad: bool) -> list[
     return rec.seen
 
 
-def run_eager(model: torch.nn.Module, args: tuple, grad: bool) -> EagerRun:
-    """Run the model once, recording every top-level torch call."""
+def _failure(exc: BaseException) -> RunFailure:
+    """The exception and the innermost line of the user's code it came through (an ``assert``,
+    or the call into torch that raised)."""
+    file = line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        path = tb.tb_frame.f_code.co_filename
+        if is_user_file(path) and not path.startswith(_HERE):
+            file, line = path, tb.tb_lineno
+        tb = tb.tb_next
+    return RunFailure(type(exc).__name__, first_error_line(exc), file, line)
+
+
+def run_eager(model: torch.nn.Module, args: tuple, grad: bool, keep_error: bool = False) -> EagerRun:
+    """Run the model once, recording every top-level torch call.
+
+    If the model raises: an ``EagerError``, or with ``keep_error`` the run so far with its
+    ``error`` set (``tsdebug diff``: the Python raising where the archive does not is a
+    difference to explain, not a failure of tsdebug)."""
     run = EagerRun()
     stack = [""]
     names = {m: n for n, m in model.named_modules()}
@@ -321,7 +364,10 @@ def run_eager(model: torch.nn.Module, args: tuple, grad: bool) -> EagerRun:
         with torch.set_grad_enabled(grad), recorder:
             run.outputs = model(*args)
     except Exception as exc:
-        raise EagerError(f"the eager model raised {type(exc).__name__}: {first_error_line(exc)}") from None
+        if not keep_error:
+            raise EagerError(f"the eager model raised {type(exc).__name__}: {first_error_line(exc)}") from None
+        run.error = _failure(exc)
+        del stack[1:]  # the modules the exception left
     finally:
         for h in handles:
             h.remove()

@@ -35,7 +35,8 @@ def overlay_from_session(session: Any, graph: Any, diff: Any = None, findings: A
             ov.current = m.current_node.id
     ov.breakpoints = set(session.breakpoints.nodes)
     if diff is not None:
-        ov.diverged = {d.record.node.id for d in diff.report.divergent}
+        records = diff.machine.timeline.records
+        ov.diverged = {records[i].node.id for i in diff.report.marked_records()}
     if findings is not None:
         ov.findings = {n for f in findings.findings for n in f.nodes}
     return ov

@@ -514,7 +514,15 @@ def runner_for(node: Node, messages: Messages | None, leaf: LeafOp) -> Runner:
     if messages is not None and kind == "prim::Print":
         return lambda args: (messages.print(*args), [])[1]
 
-    if kind in ("prim::ListUnpack", "prim::TupleUnpack"):
+    if kind == "prim::ListUnpack":
+        # a traced ``for b in boxes:`` unpacks the example's rows: another count raises, as in torch
+        def unpack(args: list) -> list:
+            if len(args[0]) != n_out:
+                raise RuntimeError(f"Expected {n_out} elements in a list but found {len(args[0])}")
+            return list(args[0])
+
+        return unpack
+    if kind == "prim::TupleUnpack":
         return lambda args: list(args[0])
     if kind in ENUM_OPS and (kind.startswith("prim::") or "AnyEnumType" in (node.schema or "")):
         return _enum_runner(node)
