@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-o", "--output", required=True, metavar="OUT", help="the file to write")
     render.add_argument("--format", choices=("svg", "png", "pdf", "dot"), help="default: from OUT's extension")
     render.add_argument("--collapse", type=int, metavar="DEPTH",
-                        help="fold modules deeper than DEPTH into single boxes with their op counts")
+                        help="fold modules deeper than DEPTH into single boxes with their op counts "
+                             "(0: one box per top-level module)")
     render.add_argument("--run", action="store_true", help="run first: shapes on edges, executed nodes, loop counts")
     render.add_argument("--lint", action="store_true", help="mark what tracing froze")
     render.add_argument("--call-tree", action="store_true",
@@ -479,8 +480,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 
         findings = lint_session(session)
     overlay = overlay_from_session(session, graph, diff, findings)
+    from tsdebug.render.scene import labeler_for
+
     try:
-        engine, boxes = export(graph, args.output, args.format, overlay, args.collapse)
+        engine, boxes = export(graph, args.output, args.format, overlay, args.collapse,
+                               labeler=labeler_for(session, graph))
     except (LayoutError, ValueError) as exc:
         return _fail(str(exc))
     except OSError as exc:
