@@ -17,7 +17,7 @@ from typing import Sequence
 
 from tsdebug.progress import Status, steps_of
 
-COMMANDS = ("run", "diff", "lint", "render", "demo")
+COMMANDS = ("run", "diff", "lint", "render", "serve", "demo")
 
 
 def _json_stdout(args: argparse.Namespace):
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A terminal debugger for TorchScript programs.",
         epilog="tsdebug MODEL [options] opens the debugger on MODEL. "
                "Commands: run (engine vs native, for CI), diff (engine vs the eager Python model), "
-               "lint (what tracing froze), render (export the graph), "
+               "lint (what tracing froze), render (export the graph), serve (the debugger in a browser), "
                "demo (the debugger on a bundled model). "
                "See 'tsdebug run --help'.",
     )
@@ -195,6 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--lint", action="store_true", help="mark what tracing froze")
     render.add_argument("--call-tree", action="store_true",
                         help="draw the method's own graph (calls as single nodes) instead of the inlined one")
+    serve = sub.add_parser("serve", help="serve the debugger in a browser (localhost only unless --host)",
+                           description="Serve the debugger on MODEL at http://localhost:PORT through textual-serve: "
+                                       "each browser tab gets its own session. The page runs the model on this "
+                                       "machine, so only this machine can connect unless --host names another "
+                                       "interface. Other options are those of 'tsdebug MODEL'.")
+    serve.add_argument("model", help="a TorchScript archive or a torch.export .pt2")
+    serve.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
+    serve.add_argument("--host", default="localhost",
+                       help="the interface to listen on (default localhost; 0.0.0.0 lets any machine that can "
+                            "reach this one run the model)")
     demo = sub.add_parser("demo", help="open the debugger on a bundled example model",
                           description="Open the debugger on a bundled example model (built on first use).")
     demo.add_argument("--print-path", action="store_true", help="only build the demo archive and print its path")
@@ -495,6 +505,22 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(argv: list[str]) -> int:
+    """``tsdebug serve MODEL [--port N] [--host H] [options of tsdebug MODEL]``."""
+    parser = build_parser()
+    serve_parser = next(a for a in parser._subparsers._group_actions[0].choices.values()
+                        if a.prog.endswith(" serve"))
+    args, rest = serve_parser.parse_known_args(argv)
+    build_open_parser().parse_args([args.model, *rest])  # the debugger's own options, checked here
+    if not os.path.isfile(args.model):
+        return _fail(f"{args.model}: no such file")
+    if not 0 < args.port < 65536:
+        return _fail(f"--port {args.port}: choose a port from 1 to 65535")
+    from tsdebug.serve import serve
+
+    return serve(args.model, rest, host=args.host, port=args.port)
+
+
 def cmd_open(args: argparse.Namespace) -> int:
     from tsdebug.app import open_debugger
 
@@ -519,10 +545,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
+        if argv and argv[0] == "serve" and not ({"-h", "--help"} & set(argv[1:])):
+            return cmd_serve(argv[1:])
         if argv and argv[0] in (*COMMANDS, "-V", "--version"):  # --version prints and exits in the parser
             args = build_parser().parse_args(argv)
             handler = {"run": cmd_run, "diff": cmd_diff, "lint": cmd_lint, "render": cmd_render,
-                       "demo": cmd_demo}[args.command]
+                       "demo": cmd_demo, "serve": None}[args.command]
         elif not argv or argv[0] in ("-h", "--help"):
             build_parser().print_help()
             return 0 if argv else 2
