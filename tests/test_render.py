@@ -344,7 +344,8 @@ async def _open_graph(pilot, app, keys=()):
 
 def visible_boxes(view):
     sx, sy = int(view.scroll_x), int(view.scroll_y)
-    w, h = view.size.width, view.size.height
+    region = view.scrollable_content_region
+    w, h = region.width, region.height
     return [b for b, (x0, y0, x1, y1) in view.drawing.boxes.items()
             if sx <= x0 and x1 < sx + w and sy <= y0 and y1 < sy + h]
 

@@ -773,9 +773,11 @@ class TsdebugApp(App):
         cache = self.__dict__.setdefault("_drawings", {})
         key = (graph.name, receiver, graph_state["collapse"], graph_state["compact"])
         if key in cache:
-            drawing, note, box_nodes, order = cache[key]
+            drawing, note, box_nodes, order, aliases = cache[key]
             view.shape_of = self._shape_reader(graph)
-            view.show_drawing(drawing, note, box_nodes, order)
+            view.show_drawing(drawing, note, box_nodes, order, aliases)
+            current_node = self.machine.current_node if self.machine is not None and self.machine.view is None else None
+            view.current_node = current_node.id if current_node is not None else None
             view.invalidate_states()
             view.border_title = f"graph · {graph.short_name} · {note}"
             selected = program.selected_node
@@ -806,11 +808,11 @@ class TsdebugApp(App):
             if compact is None and drawing.height > pane_rows * 1.5:
                 drawing = draw(grid_layout(scene, compact=True))  # zoomed out: one row a box
                 zoom = True
-            note = f"{scene.box_count()} boxes" + (" · compact (z)" if zoom else " · z: compact")
+            note = f"{scene.box_count()} boxes" + (" · zoomed out (z)" if zoom else " · z zooms out")
             if depth is not None:
                 note += f" · modules below depth {depth} folded (+/-)"
             box_nodes = {b.id: b.nodes for b in scene.boxes.values() if b.nodes}
-            self.call_from_thread(self._graph_ready, key, (drawing, note, box_nodes, scene.box_order()))
+            self.call_from_thread(self._graph_ready, key, (drawing, note, box_nodes, scene.box_order(), scene.alias))
 
         self.run_worker(work, thread=True, exclusive=True, group="graph")
 

@@ -37,6 +37,7 @@ class GBox:
     h: int
     lines: list[str]
     kind: str
+    category: str = ""
 
 
 @dataclass
@@ -418,14 +419,15 @@ class GridBuilder:
             xi, yi = x0[i], rank_top[rank[i]]
             if i in parts:
                 p = parts[i]
-                out.boxes.extend(GBox(b.id, b.x + xi, b.y + yi, b.w, b.h, b.lines, b.kind) for b in p.boxes)
+                out.boxes.extend(GBox(b.id, b.x + xi, b.y + yi, b.w, b.h, b.lines, b.kind, b.category)
+                                 for b in p.boxes)
                 out.frames.extend(GFrame(f.id, f.label, f.kind, f.x + xi, f.y + yi, f.w, f.h) for f in p.frames)
                 out.segments.extend((a + xi, b + yi, cc + xi, d + yi, ctl) for a, b, cc, d, ctl in p.segments)
                 out.arrows.extend((a + xi, b + yi) for a, b in p.arrows)
                 out.labels.extend(GLabel(lb.x + xi, lb.y + yi, lb.tail, lb.value) for lb in p.labels)
             else:
                 w, h = size[i]
-                out.boxes.append(GBox(i, xi, yi, w, h, lines[i], boxes[i].kind))
+                out.boxes.append(GBox(i, xi, yi, w, h, lines[i], boxes[i].kind, boxes[i].category))
         if not is_root:
             out.frames.insert(0, GFrame(c.id, c.label, c.kind, 0, 0, width, height))
 

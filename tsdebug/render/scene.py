@@ -25,6 +25,16 @@ from tsdebug.render.labels import HIDDEN, Labeler, class_name, input_label
 
 BLOCK_NAMES = {"prim::If": ("then", "else"), "prim::Loop": ("body",)}
 
+CATEGORIES = {
+    **dict.fromkeys(("conv", "convT", "linear", "matmul", "mm", "bmm", "addmm", "einsum", "embedding", "lstm", "gru",
+                     "rnn_tanh", "gru_cell", "lstm_cell", "scaled_dot_product_attention"), "layer"),
+    **dict.fromkeys(("batchnorm", "layernorm", "groupnorm", "instancenorm", "rms_norm"), "norm"),
+    **dict.fromkeys(("relu", "gelu", "silu", "sigmoid", "tanh", "softmax", "log_softmax", "hardtanh", "leaky_relu",
+                     "elu", "hardswish", "hardsigmoid", "mish", "softplus"), "act"),
+    **dict.fromkeys(("maxpool", "avgpool", "adaptive", "cat", "stack", "flatten", "reshape", "view", "permute",
+                     "transpose", "upsample_nearest2d", "upsample_bilinear2d", "interpolate"), "shape"),
+}
+
 
 @dataclass
 class SBox:
@@ -33,6 +43,14 @@ class SBox:
     kind: str  # "op", "call", "module", "control", "input", "output"
     nodes: list[str] = field(default_factory=list)  # node ids it stands for, first = the one to select
     tooltip: str = ""
+
+    @property
+    def category(self) -> str:
+        """What family an op is of, for its colour (as Netron colours layers): conv, norm, act, pool, other."""
+        if self.kind != "op":
+            return self.kind
+        word = self.lines[0].split(" · ")[-1].split(" ", 1)[0]
+        return CATEGORIES.get(word.rstrip("_"), "other")
 
 
 @dataclass
@@ -60,6 +78,9 @@ class Scene:
     clusters: dict[str, SCluster]
     edges: list[SEdge]
     box_of_node: dict[str, str]
+    #: nodes not drawn (constants, attribute reads, list plumbing) -> the box of the node they run on the
+    #: way to: where the current node is shown while the machine stands on one of them
+    alias: dict[str, str] = field(default_factory=dict)
 
     def box_order(self) -> list[str]:
         """Box ids in program order (inputs first, output last)."""
@@ -160,7 +181,27 @@ class SceneBuilder:
         self._count_ops()
         self._dissolve(root)
         edges = self._edges()
-        return Scene(g, root, self.boxes, self.clusters, edges, self.box_of_node)
+        alias: dict[str, str] = {}
+        self._aliases(g.body, alias, None)
+        return Scene(g, root, self.boxes, self.clusters, edges, self.box_of_node, alias)
+
+    def _aliases(self, block: Block, alias: dict[str, str], owner_box: str | None) -> None:
+        pending: list[str] = []
+        last = owner_box
+        for n in block.nodes:
+            box = self.box_of_node.get(n.id)
+            if box is None:
+                pending.append(n.id)
+                continue
+            for p in pending:
+                alias[p] = box
+            pending = []
+            last = box
+            for b in n.blocks:
+                self._aliases(b, alias, box)
+        for p in pending:  # plumbing at a block's end: the box before it
+            if last is not None:
+                alias[p] = last
 
     def _fill(self, container: SCluster, block: Block, base: str, key: str) -> None:
         """Put a block's visible nodes into ``container`` (whose module path is ``base``)."""

@@ -36,7 +36,12 @@ KIND_STYLE = {
 COMPACT_STYLE = {
     "input": "black on #caf0f8", "output": "black on #caf0f8", "module": "black on #dee2ff",
     "call": "white on #3a4556", "control": "white on #4a4032", "op": "white on #30363d",
+    # op families, tinted as Netron colours layers: weights blue, norms green, activations red
+    "layer": "white on #24406a", "norm": "white on #2b4a33", "act": "white on #5c2a2a", "shape": "white on #3d3a46",
+    "other": "white on #30363d",
 }
+#: the same families on the border of a box, in the detailed view
+BORDER_STYLE = {"layer": "#6f9bd8", "norm": "#79b486", "act": "#d07f7f", "shape": "#a59fb5"}
 
 
 @dataclass
@@ -156,21 +161,22 @@ def draw(layout: GridLayout) -> Drawing:
         x0, y0, x1, y1 = b.x, b.y, b.x + b.w - 1, b.y + b.h - 1
         boxes[b.id] = (x0, y0, x1, y1)
         if layout.compact:
-            st = COMPACT_STYLE.get(b.kind, "")
+            st = COMPACT_STYLE.get(b.category or b.kind, COMPACT_STYLE.get(b.kind, ""))
             text = f" {b.lines[0]} "
             for i, ch in enumerate(text[: b.w]):
                 put(x0 + i, y0, ch, st)
             box_rows.setdefault(y0, []).append((x0, x1 + 1, b.id))
             continue
         fill = KIND_STYLE.get(b.kind, "")
+        edge = BORDER_STYLE.get(b.category, BORDER)
         for x in range(x0 + 1, x1):
-            put(x, y0, "─", BORDER), put(x, y1, "─", BORDER)
+            put(x, y0, "─", edge), put(x, y1, "─", edge)
         for y in range(y0 + 1, y1):
-            put(x0, y, "│", BORDER), put(x1, y, "│", BORDER)
+            put(x0, y, "│", edge), put(x1, y, "│", edge)
             for x in range(x0 + 1, x1):
                 put(x, y, " ", fill)
             box_rows.setdefault(y, []).append((x0 + 1, x1, b.id))
-        put(x0, y0, "╭", BORDER), put(x1, y0, "╮", BORDER), put(x0, y1, "╰", BORDER), put(x1, y1, "╯", BORDER)
+        put(x0, y0, "╭", edge), put(x1, y0, "╮", edge), put(x0, y1, "╰", edge), put(x1, y1, "╯", edge)
         inner = b.w - 2
         for i, text in enumerate(b.lines):
             pad = (inner - len(text)) // 2

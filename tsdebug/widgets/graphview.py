@@ -75,15 +75,19 @@ class GraphView(ScrollView, can_focus=True):
         self.box_nodes: dict[str, list[str]] = {}  # box id -> node ids it stands for
         self.order: list[str] = []  # box ids in program order
         self.selected: str | None = None  # box id
+        self.current_node: str | None = None  # the machine's current node (supplied by the app)
+        self._box_index: dict[str, str] = {}  # node id -> box id, plumbing included
         self._states: dict[str, str] = {}
 
     # ------------------------------------------------------------ data
 
     def show_drawing(self, drawing: Drawing | None, message: str = "", box_nodes: dict | None = None,
-                     order: list[str] | None = None) -> None:
+                     order: list[str] | None = None, aliases: dict | None = None) -> None:
         if drawing is not self.drawing:
             self.drawing = drawing
             self.box_nodes = box_nodes or {}
+            self._box_index = dict(aliases or {})
+            self._box_index.update((n, b) for b, nodes in self.box_nodes.items() for n in nodes)
             self.order = [b for b in (order or []) if drawing is not None and b in drawing.boxes]
             if self.selected not in self.box_nodes:
                 self.selected = None
@@ -96,12 +100,7 @@ class GraphView(ScrollView, can_focus=True):
         self.refresh()
 
     def box_of(self, node_id: str | None) -> str | None:
-        if node_id is None:
-            return None
-        for box, nodes in self.box_nodes.items():
-            if node_id in nodes:
-                return box
-        return None
+        return self._box_index.get(node_id) if node_id is not None else None
 
     def select_node(self, node_id: str | None, follow: bool = True) -> None:
         """Mark the box holding ``node_id`` (from the program pane's selection) and bring it on screen."""
@@ -122,7 +121,8 @@ class GraphView(ScrollView, can_focus=True):
         if self.drawing is None or box not in self.drawing.boxes:
             return
         x0, y0, x1, y1 = self.drawing.boxes[box]
-        w, h = max(self.size.width, 1), max(self.size.height, 1)
+        region = self.scrollable_content_region  # without the scrollbars
+        w, h = max(region.width, 1), max(region.height, 1)
         sx, sy = int(self.scroll_x), int(self.scroll_y)
         if not (sx <= x0 and x1 < sx + w):
             sx = max(min((x0 + x1) // 2 - w // 2, x0), 0)
@@ -170,6 +170,8 @@ class GraphView(ScrollView, can_focus=True):
         got = self._states.get(box)
         if got is None:
             states = {self.state_of(n) for n in self.box_nodes.get(box, ())}
+            if self.current_node is not None and self.box_of(self.current_node) == box:
+                states.add("current")  # on plumbing that runs on the way to this box
             got = next((s for s in STATE_ORDER if s in states), "")
             self._states[box] = got
         return got
