@@ -81,3 +81,47 @@ def build_all(directory: str) -> dict:
         out["mlp"] = os.path.join(directory, "mlp.pt")
         torch.jit.save(torch.jit.trace(MLP().eval(), torch.randn(1, 1, 28, 28)), out["mlp"])
     return out
+
+
+class Wide(nn.Module):
+    """Hundreds of parallel branches joined at the end: a very wide graph."""
+
+    def __init__(self, n: int = 300):
+        super().__init__()
+        self.n = n
+
+    def forward(self, x):
+        parts = [x * float(i) for i in range(self.n)]
+        return torch.stack(parts).sum(0)
+
+
+class Identity(nn.Module):
+    def forward(self, x):
+        return x, x
+
+
+class OddNames(nn.Module):
+    """Submodule names a layout must not trip on: ModuleDict keys with dashes and quotes, deep nesting."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads = nn.ModuleDict({"a-b": nn.Linear(4, 4), 'with space': nn.Linear(4, 4)})
+        inner = nn.Linear(4, 4)
+        for _ in range(6):
+            inner = nn.Sequential(inner, nn.ReLU())
+        self.deep = inner
+
+    def forward(self, x):
+        return self.deep(self.heads["a-b"](x) + self.heads['with space'](x))
+
+
+class EmptyBranches(nn.Module):
+    def forward(self, x, flag: bool):
+        y = x
+        if flag:
+            pass
+        else:
+            pass
+        while bool(y.sum() > 100):
+            break
+        return y

@@ -180,8 +180,9 @@ def check_grid(scene, lay):
             for y in range(min(y0, y1), max(y0, y1) + 1):
                 cells.add((x, y))
     for bid, (x0, y0, x1, y1) in rects.items():
+        # a compact box is one row: its outgoing edge starts under its text, at its centre
         inner = {(x, y) for x in range(x0, x1 + 1) for y in range(y0 + 1, y1)} if not lay.compact else \
-            {(x, y0) for x in range(x0, x1 + 1)}
+            {(x, y0) for x in range(x0, x1 + 1) if x != x0 + (x1 - x0 + 1) // 2}
         assert not inner & cells, bid
     for f in lay.frames:
         title = {(f.x + 2 + i, f.y) for i in range(len(f.label) + 2)}
@@ -432,3 +433,54 @@ def test_graph_view_at_80x24_opens_on_the_current_node_with_shapes(unet):
             assert any("1×32×16×16" in r for r in rows)  # what ran so far carries its shapes
 
     asyncio.run(run())
+
+
+# ------------------------------------------------------------ cases the layout was not designed around
+
+
+def test_a_transformer_layer_traced(archive):
+    """A third-party style block: attention, layer norms, feed-forward, residuals."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()
+    path = archive(layer, "trace", example=(torch.randn(1, 5, 16),))
+    for inline in (True, False):
+        _, sc = scene_of(path, inline=inline)
+        text = " | ".join(labels(sc))
+        if inline:
+            assert "layernorm 16" in text and "linear 16→32" in text and "linear 32→16" in text
+        for compact in (False, True):
+            check_grid(sc, grid_layout(sc, compact=compact))
+
+
+def test_hostile_graphs_lay_out(archive, tmp_path):
+    """Very wide, empty, odd module names, branches with nothing in them, labels longer than a pane."""
+    wide = archive(G.Wide(300), "trace", example=(torch.randn(2, 3),))
+    _, sc = scene_of(wide)
+    assert sc.box_count() > 300
+    lay = grid_layout(sc, compact=True)
+    check_grid(sc, lay)
+    assert lay.width > 300 * 3 and lay.height < 40  # side by side, not stacked
+    ident = archive(G.Identity(), "script")
+    _, sc = scene_of(ident)
+    check_grid(sc, grid_layout(sc))
+    assert [e.tail for e in sc.edges] == ["in:x.1"]  # straight from the input to the output
+    odd = archive(G.OddNames(), "trace", example=(torch.randn(2, 4),))
+    for collapse in (None, 0, 2, 5):
+        _, sc = scene_of(odd, collapse=collapse)
+        check_grid(sc, grid_layout(sc))
+        src = build_dot(Session(odd, inline=True).graph, collapse=collapse)
+        for engine, exe in engines():
+            parse_json(run_engine(exe, src, "json"), engine)  # odd names stay inside DOT strings
+    _, sc = scene_of(odd, collapse=None)
+    assert any("with space" in t for t in labels(sc)) and any("a-b" in t for t in labels(sc))
+    empty = archive(G.EmptyBranches(), "script")
+    for inline in (True, False):
+        _, sc = scene_of(empty, inline=inline)
+        check_grid(sc, grid_layout(sc))
+    # a label longer than any pane is cut in the terminal, kept whole in DOT
+    _, sc = scene_of(archive(G.MLP(), "script"))
+    box = next(b for b in sc.boxes.values() if b.kind == "op")
+    box.lines[0] = "x" * 300
+    lay = grid_layout(sc)
+    assert max(b.w for b in lay.boxes.values()) <= 44
+    check_grid(sc, lay)

@@ -347,20 +347,32 @@ class GridBuilder:
                     hseg[(ch, net.key)] = (lo, hi)
         tracks: dict[tuple[int, tuple], int] = {}
         ntracks: dict[int, int] = {}
+        # nets that all go into one port (the inputs of a cat, a stack, an add) share a track: a bus
+        # that merges into the arrow; every other net has a track of its own
+        groups: dict[tuple, list] = {}
+        for (ch, key), (lo, hi) in hseg.items():
+            cols = branches[(ch, key)]
+            lane = lanes.get(key)
+            sink = len(cols) == 1 and not (lane and ch < lane[2] and cols[0] == lane[0])
+            gkey = (ch, "sink", cols[0]) if sink else (ch, "net", key)
+            g = groups.setdefault(gkey, [lo, hi, []])
+            g[0], g[1] = min(g[0], lo), max(g[1], hi)
+            g[2].append(key)
         by_channel: dict[int, list] = {}
-        for (ch, key), span in hseg.items():
-            by_channel.setdefault(ch, []).append((span, key))
+        for gkey, (lo, hi, keys) in groups.items():
+            by_channel.setdefault(gkey[0], []).append(((lo, hi), keys))
         for ch, segs in by_channel.items():
             ends: list[int] = []
-            for (lo, hi), key in sorted(segs, key=lambda t: (t[0][0], t[0][1])):
+            for (lo, hi), keys in sorted(segs, key=lambda t: (t[0][0], t[0][1])):
                 for t, end in enumerate(ends):
                     if lo > end + 1:
                         ends[t] = hi
-                        tracks[(ch, key)] = t
                         break
                 else:
-                    tracks[(ch, key)] = len(ends)
+                    t = len(ends)
                     ends.append(hi)
+                for key in keys:
+                    tracks[(ch, key)] = t
             ntracks[ch] = len(ends)
 
         def channel_rows(ch: int) -> int:
@@ -443,11 +455,13 @@ class GridBuilder:
             if net.src == TOP:
                 start_y = 0
             else:  # from below a box; from a cluster's bottom border, where its own exit ends
-                start_y = rank_top[rank[net.src]] + size[net.src][1] - (1 if net.src in parts else 0)
+                # (a compact box has no border: its edges start on its own row, drawn over, so that the
+                # cell below it joins upwards)
+                start_y = rank_top[rank[net.src]] + size[net.src][1] - (1 if net.src in parts or compact else 0)
             first = (rs, net.key)
             vcol = src_col(net)
             if net.label_value is not None and net.src != TOP:
-                out.labels.append(GLabel(vcol + 2, start_y, net.key[0], net.label_value))
+                out.labels.append(GLabel(vcol + 2, start_y + (1 if compact else 0), net.key[0], net.label_value))
             if first not in trunk:  # only a border target (an If's edge to its own block)
                 continue
             chans = [ch for ch in range(rs, (lane[2] if lane else rs) + 1) if (ch, net.key) in trunk]

@@ -382,6 +382,8 @@ def _op_text(name: str, args: dict, node: Node, lab: Labeler) -> str | None:
         return f"dropout p={short_number(p)}" if isinstance(p, (int, float)) else "dropout"
     if name in _SCALAR_OPS:
         other = args.get("other", args.get("exponent", args.get("scalar")))
+        if hasattr(other, "dim") and not isinstance(other, Value) and other.dim() == 0 and other.numel() == 1:
+            other = other.item()  # a traced Python number is a 0-dim tensor constant
         if other is not None and not isinstance(other, Value) and isinstance(other, (int, float)):
             return f"{name} {short_number(other)}"
         return name
