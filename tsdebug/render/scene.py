@@ -124,7 +124,14 @@ class SceneBuilder:
         self.box_of_node: dict[str, str] = {}
         self.block_owner: dict[str, Node] = {}  # block id -> its If/Loop
         self.param_of: dict[int, tuple[Node, int]] = {}  # block param value index -> (owner, position)
-        self.classes = self._module_classes()
+        self.counting = False  # count_boxes: no labels
+        self._classes: dict[str, str] | None = None
+
+    @property
+    def classes(self) -> dict[str, str]:
+        if self._classes is None:
+            self._classes = self._module_classes()
+        return self._classes
 
     # ------------------------------------------------------------ helpers
 
@@ -163,6 +170,13 @@ class SceneBuilder:
         return f"{name} · {cls}" if cls else name
 
     # ------------------------------------------------------------ boxes and clusters
+
+    def count_boxes(self) -> int:
+        """How many boxes the scene would have (no edges worked out): to choose a collapse depth."""
+        root = SCluster("root", "", "root")
+        self.counting = True
+        self._fill(root, self.graph.body, "", "")
+        return len(self.boxes) + 1 + sum(1 for v in self.graph.inputs if not _is_self(v))
 
     def build(self) -> Scene:
         g = self.graph
@@ -224,8 +238,9 @@ class SceneBuilder:
                 item_path = item_path if _under(item_path, base) else base
                 parent = self._open(container, stack, item_path, base)
                 within = stack[-1][0] if stack else base
-                box = SBox(f"module:{fold}@{n.id}", [self._module_label(fold, within)], "module")
-                detail = self.lab.module_detail(fold, self.classes.get(fold, ""))
+                box = SBox(f"module:{fold}@{n.id}", [] if self.counting else [self._module_label(fold, within)],
+                           "module")
+                detail = "" if self.counting else self.lab.module_detail(fold, self.classes.get(fold, ""))
                 if detail:
                     box.lines.append(detail)
                 self.boxes[box.id] = box
@@ -237,7 +252,7 @@ class SceneBuilder:
             parent = self._open(container, stack, path, base)
             kind = "call" if n.kind in ("prim::CallMethod", "prim::CallModule", "prim::CallFunction") else (
                 "control" if n.blocks else "op")
-            box = SBox(n.id, self.lab.lines(n), kind, [n.id], tooltip=n.id)
+            box = SBox(n.id, [] if self.counting else self.lab.lines(n), kind, [n.id], tooltip=n.id)
             self.boxes[box.id] = box
             self.box_of_node[n.id] = box.id
             parent.items.append(box)
@@ -270,7 +285,7 @@ class SceneBuilder:
                     self.block_owner[bb.id] = inner
                     for i, p in enumerate(bb.params):
                         self.param_of[p.index] = (inner, i)
-        box.tooltip = f"{len(box.nodes)} nodes"
+        box.tooltip = ""
 
     def _count_ops(self) -> None:
         """A collapsed module without key sizes says how many ops it folds."""
@@ -279,6 +294,7 @@ class SceneBuilder:
                 continue
             ops = sum(1 for nid in box.nodes if (m := self.graph.find(nid)) is not None and m.kind not in HIDDEN)
             box.lines.append("1 op" if ops == 1 else f"{ops} ops")
+            box.tooltip = f"{len(box.nodes)} nodes"
 
     def _open(self, container: SCluster, stack: list, path: str, base: str) -> SCluster:
         """The cluster a node of module ``path`` goes in, opening and closing module runs."""
@@ -292,8 +308,8 @@ class SceneBuilder:
             for k in range(start + 1, len(parts) + 1):
                 sub = ".".join(parts[:k])
                 within = stack[-1][0] if stack else base
-                cl = SCluster(f"cluster:{sub}@{len(self.clusters)}", self._module_label(sub, within), "module",
-                              path=sub)
+                cl = SCluster(f"cluster:{sub}@{len(self.clusters)}",
+                              "" if self.counting else self._module_label(sub, within), "module", path=sub)
                 self.clusters[cl.id] = cl
                 parent.items.append(cl)
                 stack.append((sub, cl))
@@ -453,6 +469,6 @@ def fold_depth_for(graph: Graph, limit: int, labeler: Labeler | None = None,
     last = None
     for d in depths:
         last = d
-        if build_scene(graph, lab, d).box_count() <= limit:
+        if SceneBuilder(graph, lab, d).count_boxes() <= limit:
             return d
     return last
