@@ -100,6 +100,12 @@ def test_labels_of_an_exported_program_match(tmp_path):
     text = " | ".join(labels(sc))
     assert "conv 3→16, 3x3, s1" in text and "maxpool 2x2, s2" in text and "cat dim=1" in text
     assert "batchnorm 16" in text and "convT 64→32, 2x2, s2" in text
+    # its call tree: one box a module call; pool is called twice (both calls have one node id there)
+    _, calls = scene_of(path, inline=False)
+    text = labels(calls)
+    assert "enc1 · Block" in text and text.count("pool · MaxPool2d") == 2 and "up1 · ConvTranspose2d / 32→16, 2x2" in text
+    for compact in (False, True):
+        check_grid(calls, grid_layout(calls, compact=compact))
 
 
 # ------------------------------------------------------------ clusters and collapsing

@@ -39,6 +39,7 @@ PANE_KEYS = [
     ("M", "show or hide module paths"),
     ("x", "expand large lists, tuples and dicts in the inspector"),
     ("Tab / Shift+Tab", "move between panes"),
+    ("graph (v): j k, z, + -", "select the next or previous box, zoom out or in, expand or fold modules"),
 ]
 
 

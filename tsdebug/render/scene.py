@@ -122,6 +122,8 @@ class SceneBuilder:
         self.boxes: dict[str, SBox] = {}
         self.clusters: dict[str, SCluster] = {}
         self.box_of_node: dict[str, str] = {}
+        # by the node itself: ids are meant to be unique, but a box must not depend on it
+        self.box_for: dict[Node, str] = {}
         self.block_owner: dict[str, Node] = {}  # block id -> its If/Loop
         self.param_of: dict[int, tuple[Node, int]] = {}  # block param value index -> (owner, position)
         self.counting = False  # count_boxes: no labels
@@ -203,7 +205,7 @@ class SceneBuilder:
         pending: list[str] = []
         last = owner_box
         for n in block.nodes:
-            box = self.box_of_node.get(n.id)
+            box = self.box_for.get(n)
             if box is None:
                 pending.append(n.id)
                 continue
@@ -238,8 +240,10 @@ class SceneBuilder:
                 item_path = item_path if _under(item_path, base) else base
                 parent = self._open(container, stack, item_path, base)
                 within = stack[-1][0] if stack else base
-                box = SBox(f"module:{fold}@{n.id}", [] if self.counting else [self._module_label(fold, within)],
-                           "module")
+                bid = f"module:{fold}@{n.id}"
+                while bid in self.boxes:
+                    bid += "~"
+                box = SBox(bid, [] if self.counting else [self._module_label(fold, within)], "module")
                 detail = "" if self.counting else self.lab.module_detail(fold, self.classes.get(fold, ""))
                 if detail:
                     box.lines.append(detail)
@@ -252,9 +256,15 @@ class SceneBuilder:
             parent = self._open(container, stack, path, base)
             kind = "call" if n.kind in ("prim::CallMethod", "prim::CallModule", "prim::CallFunction") else (
                 "control" if n.blocks else "op")
-            box = SBox(n.id, [] if self.counting else self.lab.lines(n), kind, [n.id], tooltip=n.id)
+            bid = n.id
+            k = 1
+            while bid in self.boxes:  # two nodes with one id (seen in exported call trees): two boxes still
+                k += 1
+                bid = f"{n.id}~{k}"
+            box = SBox(bid, [] if self.counting else self.lab.lines(n), kind, [n.id], tooltip=n.id)
             self.boxes[box.id] = box
             self.box_of_node[n.id] = box.id
+            self.box_for[n] = box.id
             parent.items.append(box)
             names = BLOCK_NAMES.get(n.kind, ())
             for j, b in enumerate(n.blocks):
@@ -274,6 +284,7 @@ class SceneBuilder:
     def _fold_into(self, box: SBox, n: Node) -> None:
         box.nodes.append(n.id)
         self.box_of_node[n.id] = box.id
+        self.box_for[n] = box.id
         for b in n.blocks:
             self.block_owner[b.id] = n
             for i, p in enumerate(b.params):
@@ -281,6 +292,7 @@ class SceneBuilder:
             for inner in walk_block(b):
                 box.nodes.append(inner.id)
                 self.box_of_node[inner.id] = box.id
+                self.box_for[inner] = box.id
                 for bb in inner.blocks:
                     self.block_owner[bb.id] = inner
                     for i, p in enumerate(bb.params):
@@ -353,7 +365,7 @@ class SceneBuilder:
                 return out
             if index in self.param_of:
                 owner, pos = self.param_of[index]
-                box = self.box_of_node.get(owner.id)
+                box = self.box_for.get(owner)
                 if owner.kind == "prim::Loop":
                     if pos == 0:
                         out = [(box, None)] if box else []
@@ -366,7 +378,7 @@ class SceneBuilder:
             n = g.producer(index)
             if n is None:
                 return out
-            box = self.box_of_node.get(n.id)
+            box = self.box_for.get(n)
             if box is not None and n.kind not in ("prim::If", "prim::Loop"):
                 out = [(box, index)]
             elif n.kind in ("prim::If", "prim::Loop") and box is not None and box.startswith("module:"):
@@ -404,7 +416,7 @@ class SceneBuilder:
         # that value depend on the write, which dataflow alone does not show
         writers: dict[int, str] = {}
         for n in g.walk():
-            head = self.box_of_node.get(n.id)
+            head = self.box_for.get(n)
             if head is None:
                 continue
             for i in n.in_idx:
