@@ -430,8 +430,9 @@ def test_graph_view_at_80x24_opens_on_the_current_node_with_shapes(unet):
                 if app.state == "paused":
                     break
                 await asyncio.sleep(0.02)
-            while app.machine.current_node.kind != "aten::cat":
-                await pilot.press("n")
+            while app.machine.current_node.kind != "aten::cat":  # deep in the graph, off its first screen
+                app.machine.step()
+            app.after_move(None)
             view = await _open_graph(pilot, app)
             box = view.box_of(app.machine.current_node.id)
             assert box is not None and box in visible_boxes(view)
