@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml setup.py engine/run/_moments.c engine/run/_st
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)" "$(TEXTUAL)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,serve]"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -23,8 +23,10 @@ import torch.nn as nn  # noqa: E402
 
 from engine import Session  # noqa: E402
 from tsdebug.render import build_dot, draw, drawn_node_ids  # noqa: E402
-from tsdebug.render.dot import DotBuilder  # noqa: E402
-from tsdebug.render.layout import builtin_layout, find_engine, parse_json, run_engine  # noqa: E402
+from tsdebug.render.grid import grid_layout  # noqa: E402
+from tsdebug.render.layout import find_engine, run_engine  # noqa: E402
+from tsdebug.render.scene import build_scene, fold_depth_for  # noqa: E402
+from tsdebug.render.svg import grid_svg  # noqa: E402
 
 
 class Cell(nn.Module):
@@ -52,12 +54,7 @@ def model_with(nodes: int) -> nn.Module:
 
 
 def first_view_depth(graph) -> int | None:
-    for d in (None, 4, 3, 2, 1, 0):
-        b = DotBuilder(graph, collapse=d, legend=False)
-        b._assign(graph.body.nodes, False)
-        if len(b.drawn) <= 400:
-            return d
-    return 0
+    return fold_depth_for(graph, 400)
 
 
 def timed(fn):
@@ -76,18 +73,15 @@ def main() -> None:
             graph = Session(path).program.root_graph("forward", inlined=True)
             drawn = len(drawn_node_ids(graph))
             depth = first_view_depth(graph)
+            # the terminal view always uses tsdebug's grid layout, whatever is installed
+            _, t_view = timed(lambda: draw(grid_layout(build_scene(graph, collapse=depth), compact=True)))
+            print(f"{drawn:5d} nodes  terminal view (collapse {depth}) {t_view:6.2f} s  ratio {t_view / 1:5.2f}")
             for name, exe in engines:
-                def view():
-                    src = build_dot(graph, collapse=depth, legend=False)
-                    lay = builtin_layout(src) if exe is None else parse_json(run_engine(exe, src, "json"), name)
-                    return draw(lay)
-
-                _, t_view = timed(view)
-                line = f"{drawn:5d} nodes  {name:13}  first view (collapse {depth}) {t_view:6.2f} s  ratio {t_view / 1:5.2f}"
+                line = f"{drawn:5d} nodes  {name:13}"
                 if n <= 1000 or name != "dot":  # dot needs ~80 s for 5,000 nodes: not timed here
                     src = build_dot(graph)
                     if exe is None:
-                        _, t_full = timed(lambda: builtin_layout(src))
+                        _, t_full = timed(lambda: grid_svg(grid_layout(sc := build_scene(graph)), sc))
                     else:
                         _, t_full = timed(lambda: run_engine(exe, src, "svg", timeout=300))
                     line += f"   full SVG {t_full:6.2f} s  ratio {t_full / 30:5.2f}"

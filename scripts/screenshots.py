@@ -37,7 +37,7 @@ def main() -> None:
     save("demo-80x24", capture(demo, ["n"] * 5, (80, 24), title="tsdebug demo at 80x24"))
     save("demo-loop", capture(demo, ["n"] * 13 + ["s"] * 3 + ["n"] * 5, (120, 36), title="tsdebug demo: inside a scripted loop"))
     save("demo-help", capture(demo, ["question_mark"], (100, 36), title="tsdebug: help"))
-    save("demo-graph", capture(demo, ["n"] * 7 + ["v", "sleep:2"], (120, 40), title="tsdebug demo: the graph view (v)"))
+    save("demo-graph", capture(demo, ["n"] * 7 + ["v", "wait:graph"], (120, 40), title="tsdebug demo: the graph view (v)"))
 
     import models as B
 
@@ -51,14 +51,16 @@ def main() -> None:
                                      title="tsdebug: ResNet-18, inlined"))
     # an exported graph of a real architecture, collapsed by module, after a run
     from engine import Session
-    from tsdebug.render import engine_note, export, overlay_from_session
+    from tsdebug.render import engine_note, export, labeler_for, overlay_from_session
 
     session = Session(path, inline=True)
     session.start()
     session.machine.run()
     graph = session.program.root_graph("forward", inlined=True)
     out = os.path.join(OUT, "resnet18-graph.svg")
-    engine, boxes = export(graph, out, "svg", overlay_from_session(session, graph), collapse=2)
+    # collapse=1: modules below depth 1 are boxes (layer1.0 · BasicBlock, ...)
+    engine, boxes = export(graph, out, "svg", overlay_from_session(session, graph), collapse=1,
+                           labeler=labeler_for(session, graph))
     print("wrote", os.path.relpath(out, ROOT), f"({boxes} boxes; {engine_note(engine)})")
     if subprocess.run(["which", "rsvg-convert"], capture_output=True).returncode == 0:
         for name in ("demo-tensor", "resnet18-inlined", "demo-graph", "resnet18-graph"):

@@ -39,6 +39,7 @@ PANE_KEYS = [
     ("M", "show or hide module paths"),
     ("x", "expand large lists, tuples and dicts in the inspector"),
     ("Tab / Shift+Tab", "move between panes"),
+    ("graph (v): j k, z, + -", "select the next or previous box, zoom out or in, expand or fold modules"),
 ]
 
 
@@ -63,7 +64,7 @@ class TsdebugApp(App):
         Binding("e", "eager", "eager comparison on/off (needs --eager)", show=False),
         Binding("D", "first_divergence", "jump to the first divergence", show=False),
         Binding("L", "findings", "findings: what tracing froze (lint)", show=False),
-        Binding("v", "toggle_graph", "graph view (+/- collapse, arrows pan)", show=False),
+        Binding("v", "toggle_graph", "graph view (j/k select, z compact, +/- collapse, arrows pan)", show=False),
         Binding("right_square_bracket", "next_divergence", "next divergence", show=False),
         Binding("left_square_bracket", "prev_divergence", "previous divergence", show=False),
         Binding("full_stop", "show_current", "select the current node", show=False),
@@ -759,61 +760,130 @@ class TsdebugApp(App):
         program.display = False
         view.display = True
         view.focus()
-        self._graph_collapse = getattr(self, "_graph_collapse", None)
         self._refresh_graph_view()
+
+    def _graph_receiver(self, graph) -> str:
+        """The module path of the frame running ``graph`` (weights for its labels), '' for the root."""
+        m = self.machine
+        if m is None or m.view is not None:
+            return ""
+        for f in reversed(m.frames()):
+            if f.graph is graph:
+                return f.module_path or ""
+        return ""
 
     def _refresh_graph_view(self) -> None:
         """Lay out the program pane's graph (cached) in a worker; colour it from the machine."""
         view = self.query_one(GraphView)
-        graph = self.query_one(ProgramView).graph
+        program = self.query_one(ProgramView)
+        graph = program.graph
         if graph is None or not view.display:
             return
+        graph_state = self.__dict__.setdefault("_graph_state", {"collapse": None, "compact": None})
+        receiver = self._graph_receiver(graph)
         cache = self.__dict__.setdefault("_drawings", {})
-        key = (graph.name, self._graph_collapse)
+        key = (graph.name, receiver, graph_state["collapse"], graph_state["compact"])
         if key in cache:
-            drawing, note = cache[key]
-            view.show_drawing(drawing, note)
+            drawing, note, box_nodes, order, aliases = cache[key]
+            view.shape_of = self._shape_reader(graph)
+            view.show_drawing(drawing, note, box_nodes, order, aliases)
+            current_node = self.machine.current_node if self.machine is not None and self.machine.view is None else None
+            view.current_node = current_node.id if current_node is not None else None
+            view.invalidate_states()
             view.border_title = f"graph · {graph.short_name} · {note}"
+            selected = program.selected_node
             current = self.machine.current_node if self.machine else None
-            view.follow(current.id if current else None)
+            target = selected.id if selected is not None else (current.id if current else None)
+            view.select_node(target, follow=False)
+            box = view.box_of(target)
+            if box is not None:
+                self.call_after_refresh(view.follow_box, box)
             return
         view.show_drawing(None, f"laying out {graph.short_name} …")
-        collapse = self._graph_collapse
+        collapse, compact = graph_state["collapse"], graph_state["compact"]
+        pane_rows = max(view.size.height, 10)
+        session = self.session
 
         def work() -> None:
-            from tsdebug.render import build_dot, draw, layout
-            from tsdebug.render.dot import DotBuilder
-            from tsdebug.render.layout import LayoutError
+            from tsdebug.render import draw, grid_layout
+            from tsdebug.render.scene import build_scene, fold_depth_for, labeler_for
 
+            lab = labeler_for(session, graph, receiver)
             depth = collapse
             if depth is None:
                 # never make the user wait on a huge layout: fold modules until it is small
-                for d in (None, 4, 3, 2, 1, 0):
-                    b = DotBuilder(graph, collapse=d, legend=False)
-                    b._assign(graph.body.nodes, False)
-                    if len(b.drawn) <= 400:
-                        depth = d
-                        break
-            try:
-                lay = layout(build_dot(graph, collapse=depth, legend=False))
-                note = {"dot": "Graphviz dot", "graphviz-pure": "graphviz-pure", "builtin": "built-in layout"}[lay.engine]
-                if depth is not None:
-                    note += f" · modules below depth {depth} collapsed (+/-)"
-                result = (draw(lay), note)
-            except LayoutError as exc:
-                result = (None, str(exc))
-            self.call_from_thread(self._graph_ready, key, result)
+                depth = fold_depth_for(graph, 400, lab)
+            scene = build_scene(graph, lab, depth)
+            drawing = draw(grid_layout(scene, compact=bool(compact)))
+            zoom = compact
+            if compact is None and drawing.height > pane_rows * 1.5:
+                drawing = draw(grid_layout(scene, compact=True))  # zoomed out: one row a box
+                zoom = True
+            note = f"{scene.box_count()} boxes" + (" · zoomed out (z)" if zoom else " · z zooms out")
+            if depth is not None:
+                note += f" · modules below depth {depth} folded (+/-)"
+            box_nodes = {b.id: b.nodes for b in scene.boxes.values() if b.nodes}
+            self.call_from_thread(self._graph_ready, key, (drawing, note, box_nodes, scene.box_order(), scene.alias))
 
         self.run_worker(work, thread=True, exclusive=True, group="graph")
+
+    def _shape_reader(self, graph):
+        """What an edge of ``graph`` says: the shape of the value its tail made, as last recorded in this frame."""
+        from tsdebug.render.labels import shape_text
+
+        m = self.machine
+        if m is None:
+            return None
+        start = self.frame_start() if m.view is None else -1
+        memo: dict = {}
+        inputs = {v.index: k for k, v in enumerate(a for a in graph.inputs
+                                                   if not (a.type.startswith("__torch__.") or a.name.startswith("self")))}
+        root = graph is self.session.graph
+
+        def shape_of(tail: str, value: int) -> str:
+            got = memo.get(value)
+            if got is not None:
+                return got
+            text = ""
+            node = graph.producer(value)
+            if node is not None:
+                rec = m.timeline.last_of(node.id, m.view)
+                if rec is not None and rec.index > start:
+                    outs = rec.peek_outputs()
+                    if outs and value in node.out_idx:
+                        k = node.out_idx.index(value)
+                        if k < len(outs):
+                            text = shape_text(outs[k])
+            elif value in inputs and root and self.session.inputs is not None:
+                k = inputs[value]
+                if k < len(self.session.inputs):
+                    text = shape_text(self.session.inputs[k])
+            memo[value] = text
+            return text
+
+        return shape_of
 
     def _graph_ready(self, key, result) -> None:
         self.__dict__.setdefault("_drawings", {})[key] = result
         self._refresh_graph_view()
 
     def on_graph_view_collapse_changed(self, event: GraphView.CollapseChanged) -> None:
-        current = self._graph_collapse if self._graph_collapse is not None else 3
-        self._graph_collapse = max(0, current + event.delta)
+        state = self.__dict__.setdefault("_graph_state", {"collapse": None, "compact": None})
+        current = state["collapse"] if state["collapse"] is not None else 3
+        state["collapse"] = max(0, current + event.delta)
         self._refresh_graph_view()
+
+    def on_graph_view_zoom_changed(self, event: GraphView.ZoomChanged) -> None:
+        state = self.__dict__.setdefault("_graph_state", {"collapse": None, "compact": None})
+        view = self.query_one(GraphView)
+        shown = view.drawing.compact if view.drawing is not None else bool(state["compact"])
+        state["compact"] = not shown
+        self._refresh_graph_view()
+
+    def on_graph_view_node_chosen(self, event: GraphView.NodeChosen) -> None:
+        program = self.query_one(ProgramView)
+        program.select_node(event.node_id)
+        self.show_selected()
 
     def action_help(self) -> None:
         app_keys = []

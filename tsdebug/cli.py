@@ -17,7 +17,7 @@ from typing import Sequence
 
 from tsdebug.progress import Status, steps_of
 
-COMMANDS = ("run", "diff", "lint", "render", "export", "demo")
+COMMANDS = ("run", "diff", "lint", "render", "export", "serve", "demo")
 
 
 def _json_stdout(args: argparse.Namespace):
@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="tsdebug MODEL [options] opens the debugger on MODEL. "
                "Commands: run (engine vs native, for CI), diff (engine vs the eager Python model), "
                "lint (what tracing froze), render (export the graph), export (to a verified .pt2), "
+               "serve (the debugger in a browser), "
                "demo (the debugger on a bundled model). "
                "See 'tsdebug run --help'.",
     )
@@ -189,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-o", "--output", required=True, metavar="OUT", help="the file to write")
     render.add_argument("--format", choices=("svg", "png", "pdf", "dot"), help="default: from OUT's extension")
     render.add_argument("--collapse", type=int, metavar="DEPTH",
-                        help="fold modules deeper than DEPTH into single boxes with their op counts")
+                        help="fold modules deeper than DEPTH into single boxes with their op counts "
+                             "(0: one box per top-level module)")
     render.add_argument("--run", action="store_true", help="run first: shapes on edges, executed nodes, loop counts")
     render.add_argument("--lint", action="store_true", help="mark what tracing froze")
     render.add_argument("--call-tree", action="store_true",
@@ -205,6 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     _eager_options(export)
     export.add_argument("-o", "--output", required=True, metavar="OUT.pt2", help="the program to write")
     export.add_argument("--json", action="store_true", help="print one JSON object")
+    serve = sub.add_parser("serve", help="serve the debugger in a browser (localhost only unless --host)",
+                           description="Serve the debugger on MODEL at http://localhost:PORT through textual-serve: "
+                                       "each browser tab gets its own session. The page runs the model on this "
+                                       "machine, so only this machine can connect unless --host names another "
+                                       "interface. Other options are those of 'tsdebug MODEL'.")
+    serve.add_argument("model", help="a TorchScript archive or a torch.export .pt2")
+    serve.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
+    serve.add_argument("--host", default="localhost",
+                       help="the interface to listen on (default localhost; 0.0.0.0 lets any machine that can "
+                            "reach this one run the model)")
     demo = sub.add_parser("demo", help="open the debugger on a bundled example model",
                           description="Open the debugger on a bundled example model (built on first use).")
     demo.add_argument("--print-path", action="store_true", help="only build the demo archive and print its path")
@@ -578,8 +590,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 
         findings = lint_session(session)
     overlay = overlay_from_session(session, graph, diff, findings)
+    from tsdebug.render.scene import labeler_for
+
     try:
-        engine, boxes = export(graph, args.output, args.format, overlay, args.collapse)
+        engine, boxes = export(graph, args.output, args.format, overlay, args.collapse,
+                               labeler=labeler_for(session, graph))
     except (LayoutError, ValueError) as exc:
         return _fail(str(exc))
     except OSError as exc:
@@ -632,6 +647,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         aligned = f", {v.aligned} of {v.comparable} nodes compared" if v.comparable else ""
         print(f"verified   {v.verdict} on {v.inputs}{aligned}{detail}")
     return report.exit_code
+def cmd_serve(argv: list[str]) -> int:
+    """``tsdebug serve MODEL [--port N] [--host H] [options of tsdebug MODEL]``."""
+    parser = build_parser()
+    serve_parser = next(a for a in parser._subparsers._group_actions[0].choices.values()
+                        if a.prog.endswith(" serve"))
+    args, rest = serve_parser.parse_known_args(argv)
+    build_open_parser().parse_args([args.model, *rest])  # the debugger's own options, checked here
+    if not os.path.isfile(args.model):
+        return _fail(f"{args.model}: no such file")
+    if not 0 < args.port < 65536:
+        return _fail(f"--port {args.port}: choose a port from 1 to 65535")
+    from tsdebug.serve import serve
+
+    return serve(args.model, rest, host=args.host, port=args.port)
 
 
 def cmd_open(args: argparse.Namespace) -> int:
@@ -658,10 +687,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
+        if argv and argv[0] == "serve" and not ({"-h", "--help"} & set(argv[1:])):
+            return cmd_serve(argv[1:])
         if argv and argv[0] in (*COMMANDS, "-V", "--version"):  # --version prints and exits in the parser
             args = build_parser().parse_args(argv)
             handler = {"run": cmd_run, "diff": cmd_diff, "lint": cmd_lint, "render": cmd_render,
-                       "export": cmd_export, "demo": cmd_demo}[args.command]
+                       "export": cmd_export, "demo": cmd_demo, "serve": None}[args.command]
         elif not argv or argv[0] in ("-h", "--help"):
             build_parser().print_help()
             return 0 if argv else 2

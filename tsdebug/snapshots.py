@@ -56,6 +56,17 @@ async def _capture(model: str, extra: Sequence[str], keys: Sequence[str], size: 
             if key.startswith("sleep:"):
                 await asyncio.sleep(float(key[6:]))
                 continue
+            if key == "wait:graph":  # the graph view's layout runs in a worker
+                from tsdebug.widgets.graphview import GraphView
+
+                view = app.query_one(GraphView)
+                for _ in range(500):
+                    await pilot.pause()
+                    if view.drawing is not None and not app.workers:
+                        break
+                    await asyncio.sleep(0.02)
+                await pilot.pause()
+                continue
             await pilot.press(key)
             await _settle(pilot, app)
         app.clear_notifications()

@@ -1,7 +1,7 @@
-"""Lay out DOT: Graphviz's ``dot``, else ``graphviz-pure``, else a small built-in layout.
+"""Graphviz engines: Graphviz's ``dot``, else ``graphviz-pure``; without either, tsdebug's own
+grid layout (``tsdebug.render.grid``) draws the graph.
 
-Every caller is told which engine ran (``Layout.engine``) and, when it is not
-``dot``, how to get it.
+Every caller is told which engine ran and, when it is not ``dot``, how to get it.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def engine_note(engine: str) -> str:
         return ("layout: graphviz-pure (Graphviz's dot is not installed; "
                 "apt-get install graphviz for the reference engine and PDF export)")
     return ("layout: tsdebug's built-in layered layout (no Graphviz found; pip install graphviz-pure "
-            "or apt-get install graphviz for better layouts and PNG/PDF export)")
+            "or apt-get install graphviz for PNG/PDF export)")
 
 
 def run_engine(path: str, dot_source: str, fmt: str, timeout: float = 600) -> bytes:
@@ -147,106 +147,9 @@ def parse_json(data: bytes, engine: str) -> Layout:
     return out
 
 
-# ------------------------------------------------------------ built-in layout
-
-_NODE = re.compile(r'^\s*"((?:[^"\\]|\\.)*)"\s*\[(.*)\];\s*$')
-_EDGE = re.compile(r'^\s*"((?:[^"\\]|\\.)*)"\s*->\s*"((?:[^"\\]|\\.)*)"(?:\s*\[(.*)\])?;\s*$')
-_ATTR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^,\s]+)')
-_CLUSTER = re.compile(r'^\s*subgraph\s+"(cluster[^"]*)"\s*\{\s*$')
-_LABEL = re.compile(r'^\s*label=("(?:[^"\\]|\\.)*")')
-
-
-def _unq(text: str) -> str:
-    if text.startswith('"') and text.endswith('"'):
-        text = text[1:-1]
-    return text.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
-
-
-def builtin_layout(dot_source: str) -> Layout:
-    """A layered layout in Python: ranks by longest path, order by first appearance.
-
-    Good enough to read a graph when no Graphviz is installed; clusters are
-    the boxes around their members.
-    """
-    nodes: dict[str, dict] = {}
-    edges: list[tuple[str, str, str]] = []
-    cluster_stack: list[tuple[str, str]] = []
-    members: dict[str, list[str]] = {}
-    cluster_labels: dict[str, str] = {}
-    for line in dot_source.splitlines():
-        m = _CLUSTER.match(line)
-        if m:
-            cluster_stack.append((m.group(1), ""))
-            members[m.group(1)] = []
-            continue
-        if line.strip() == "}" and cluster_stack:
-            cluster_stack.pop()
-            continue
-        lm = _LABEL.match(line)
-        if lm and cluster_stack:
-            cluster_labels[cluster_stack[-1][0]] = _unq(lm.group(1))
-            continue
-        m = _EDGE.match(line)
-        if m:
-            attrs = dict(_ATTR.findall(m.group(3) or ""))
-            if attrs.get("style") == "invis":
-                continue
-            edges.append((_unq('"' + m.group(1) + '"'), _unq('"' + m.group(2) + '"'), _unq(attrs.get("label", '""'))))
-            continue
-        m = _NODE.match(line)
-        if m and not line.strip().startswith(("graph", "node", "edge")):
-            nid = _unq('"' + m.group(1) + '"')
-            attrs = dict(_ATTR.findall(m.group(2)))
-            nodes[nid] = {"label": _unq(attrs.get("label", nid)), "fill": _unq(attrs.get("fillcolor", "")),
-                          "bold": "penwidth" in attrs}
-            for cid, _ in cluster_stack:
-                members[cid].append(nid)
-    for t, h, _ in edges:
-        for n in (t, h):
-            nodes.setdefault(n, {"label": n, "fill": "", "bold": False})
-    order = list(nodes)
-    rank = {n: 0 for n in order}
-    preds: dict[str, list[str]] = {n: [] for n in order}
-    for t, h, _ in edges:
-        preds[h].append(t)
-    index = {n: i for i, n in enumerate(order)}
-    for n in order:  # nodes are in program order: one pass settles forward edges
-        for p in preds[n]:
-            if index[p] < index[n]:
-                rank[n] = max(rank[n], rank[p] + 1)
-    layers: dict[int, list[str]] = {}
-    for n in order:
-        layers.setdefault(rank[n], []).append(n)
-    out = Layout("builtin", 0, 0)
-    y = 20.0
-    for r in sorted(layers):
-        x = 20.0
-        row_h = 0.0
-        for n in layers[r]:
-            label = nodes[n]["label"]
-            w = max(len(s) for s in label.split("\n")) * 6.5 + 16
-            h = 18.0 * len(label.split("\n")) + 6
-            out.nodes[n] = LNode(n, label, x + w / 2, y + h / 2, w, h, nodes[n]["fill"], nodes[n]["bold"])
-            x += w + 18
-            row_h = max(row_h, h)
-        out.width = max(out.width, x + 20)
-        y += row_h + 36
-    out.height = y + 20
-    for t, h, label in edges:
-        a, b = out.nodes[t], out.nodes[h]
-        out.edges.append(LEdge(t, h, [(a.x, a.y + a.h / 2), (b.x, b.y - b.h / 2)], label))
-    for cid, mem in members.items():
-        pts = [out.nodes[m] for m in mem if m in out.nodes]
-        if not pts:
-            continue
-        out.clusters.append(LCluster(cid, cluster_labels.get(cid, ""), min(p.x - p.w / 2 for p in pts) - 8,
-                                     min(p.y - p.h / 2 for p in pts) - 16, max(p.x + p.w / 2 for p in pts) + 8,
-                                     max(p.y + p.h / 2 for p in pts) + 8))
-    return out
-
-
 def layout(dot_source: str, engine: str | None = None) -> Layout:
+    """``dot_source`` laid out by Graphviz's dot or graphviz-pure (``-Tjson``); LayoutError without either."""
     name, path = find_engine(engine)
     if path is None:
-        return builtin_layout(dot_source)
+        raise LayoutError("no Graphviz engine: apt-get install graphviz or pip install graphviz-pure")
     return parse_json(run_engine(path, dot_source, "json"), name)

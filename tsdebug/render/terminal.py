@@ -1,41 +1,97 @@
-"""Draw a laid-out graph into terminal cells: boxes, edges with arrows, cluster frames."""
+"""Draw a grid layout into terminal cells: boxes, frames, edges with junctions and arrows.
+
+The drawing is made once per layout; node states (current, executed...)
+and the shapes on edges are put on it when a row is shown
+(``Drawing.line``), so stepping never lays out again.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 from rich.text import Text
 
-from tsdebug.render.layout import Layout
+from tsdebug.render.grid import GridLayout
 
-#: points per cell: Graphviz sizes nodes in points (10 pt Helvetica ~6 pt a character)
-SX = 1 / 6.0
-SY = 1 / 8.0
-
-FILL_STYLE = {
-    "#b7e4c7": "black on #b7e4c7", "#ffd166": "bold black on #ffd166", "#ef476f": "bold white on #ef476f",
-    "#f4a261": "black on #f4a261", "#dee2ff": "black on #dee2ff", "#caf0f8": "black on #caf0f8",
+N, E, S, W = 1, 2, 4, 8
+LINES = {
+    N: "│", S: "│", N | S: "│", E: "─", W: "─", E | W: "─",
+    S | E: "╭", S | W: "╮", N | E: "╰", N | W: "╯",
+    N | S | E: "├", N | S | W: "┤", S | E | W: "┬", N | E | W: "┴", N | S | E | W: "┼",
 }
+
+EDGE = "#8b949e"
+CONTROL = "#6e7681"
+ARROW = "bold #c9d1d9"
+FRAME = "#6e7681"
+BLOCK_FRAME = "#8a7f5a"
+TITLE = "italic #9aa4b2"
+BORDER = "#adb5bd"
+LABEL = "#79c0ff"
+KIND_STYLE = {
+    "input": "black on #caf0f8", "output": "black on #caf0f8", "module": "black on #dee2ff",
+    "call": "", "control": "", "op": "",
+}
+COMPACT_STYLE = {
+    "input": "black on #caf0f8", "output": "black on #caf0f8", "module": "black on #dee2ff",
+    "call": "white on #3a4556", "control": "white on #4a4032", "op": "white on #30363d",
+    # op families, tinted as Netron colours layers: weights blue, norms green, activations red
+    "layer": "white on #24406a", "norm": "white on #2b4a33", "act": "white on #5c2a2a", "shape": "white on #3d3a46",
+    "other": "white on #30363d",
+}
+#: the same families on the border of a box, in the detailed view
+BORDER_STYLE = {"layer": "#6f9bd8", "norm": "#79b486", "act": "#d07f7f", "shape": "#a59fb5"}
+
+
+@dataclass
+class Anchor:
+    """Free cells right of an edge where its shape can be written."""
+
+    x: int
+    y: int
+    room: int
+    tail: str
+    value: int
 
 
 @dataclass
 class Drawing:
-    """Rows of characters with styles, and where each node's box is."""
+    """Rows of characters with styles; where each box is; where shapes may go."""
 
     rows: list[list[str]]
     styles: list[list[str]]
-    boxes: dict[str, tuple[int, int, int, int]]  # node id -> (x0, y0, x1, y1) cells
+    boxes: dict[str, tuple[int, int, int, int]]  # box id -> (x0, y0, x1, y1) cells, inclusive
+    compact: bool = False
+    anchors: dict[int, list[Anchor]] = field(default_factory=dict)  # row -> anchors in it
+    box_rows: dict[int, list[tuple[int, int, str]]] = field(default_factory=dict)  # row -> (x0, x1, box id)
 
     @property
     def width(self) -> int:
         return len(self.rows[0]) if self.rows else 0
 
+    @property
+    def height(self) -> int:
+        return len(self.rows)
+
     def text(self) -> str:
         return "\n".join("".join(r).rstrip() for r in self.rows)
 
-    def line(self, y: int) -> Text:
-        t = Text(no_wrap=True)
+    def line(self, y: int, shape_of: Callable[[str, int], str] | None = None) -> Text:
         row, st = self.rows[y], self.styles[y]
+        anchors = self.anchors.get(y)
+        if anchors and shape_of is not None:
+            row, st = list(row), list(st)
+            for a in anchors:
+                text = shape_of(a.tail, a.value)
+                if not text:
+                    continue
+                if len(text) > a.room:
+                    text = text[: max(a.room - 1, 0)] + "…" if a.room >= 4 else ""
+                for k, ch in enumerate(text):
+                    row[a.x + k] = ch
+                    st[a.x + k] = LABEL
+        t = Text(no_wrap=True, end="")
         start = 0
         for x in range(1, len(row) + 1):
             if x == len(row) or st[x] != st[start]:
@@ -44,19 +100,8 @@ class Drawing:
         return t
 
 
-def draw(layout: Layout) -> Drawing:
-    # boxes first, to size the canvas: a box is as wide as its label
-    boxes = {}
-    for n in layout.nodes.values():
-        lines = n.label.split("\n") or [""]
-        w = max(len(s) for s in lines) + 2
-        h = len(lines) + 2
-        cx, cy = int(round(n.x * SX)), int(round(n.y * SY))
-        x0 = max(cx - w // 2, 0)
-        y0 = max(cy - h // 2, 0)
-        boxes[n.id] = (x0, y0, x0 + w - 1, y0 + h - 1)
-    width = max([b[2] for b in boxes.values()] + [int(layout.width * SX)]) + 3
-    height = max([b[3] for b in boxes.values()] + [int(layout.height * SY)]) + 2
+def draw(layout: GridLayout) -> Drawing:
+    width, height = layout.width + 1, layout.height
     rows = [[" "] * width for _ in range(height)]
     styles = [[""] * width for _ in range(height)]
 
@@ -65,74 +110,89 @@ def draw(layout: Layout) -> Drawing:
             rows[y][x] = ch
             styles[y][x] = style
 
-    # cluster frames, outermost first (bigger first)
-    for c in sorted(layout.clusters, key=lambda c: -(c.x1 - c.x0) * (c.y1 - c.y0)):
-        x0, y0 = int(c.x0 * SX), int(c.y0 * SY)
-        x1, y1 = int(c.x1 * SX), int(c.y1 * SY)
-        if x1 - x0 < 2 or y1 - y0 < 2:
-            continue
-        st = "#868e96"
+    # frames, outermost first
+    for f in sorted(layout.frames, key=lambda f: -(f.w * f.h)):
+        x0, y0, x1, y1 = f.x, f.y, f.x + f.w - 1, f.y + f.h - 1
+        dashed = f.kind == "block"
+        st = BLOCK_FRAME if dashed else FRAME
+        h, v = ("┄", "┆") if dashed else ("─", "│")
         for x in range(x0 + 1, x1):
-            put(x, y0, "─", st)
-            put(x, y1, "─", st)
+            put(x, y0, h, st)
+            put(x, y1, h, st)
         for y in range(y0 + 1, y1):
-            put(x0, y, "│", st)
-            put(x1, y, "│", st)
+            put(x0, y, v, st)
+            put(x1, y, v, st)
         put(x0, y0, "╭", st), put(x1, y0, "╮", st), put(x0, y1, "╰", st), put(x1, y1, "╯", st)
 
-    # edges: from the bottom of the tail's box to the top of the head's box
-    edge_style = "#6c757d"
-    for e in layout.edges:
-        if e.tail not in boxes or e.head not in boxes:
-            continue
-        tx0, ty0, tx1, ty1 = boxes[e.tail]
-        hx0, hy0, hx1, hy1 = boxes[e.head]
-        sx, sy = (tx0 + tx1) // 2, ty1 + 1
-        ex, ey = (hx0 + hx1) // 2, hy0 - 1
-        if ey < sy:  # an edge going up (a loop's back edge): route beside
-            sx, sy, ex, ey = tx1 + 1, (ty0 + ty1) // 2, hx1 + 1, (hy0 + hy1) // 2
-        _route(put, sx, sy, ex, ey, edge_style)
-        put(ex, ey, "▼" if ey >= sy else "▲", edge_style)
+    # edges: each cell collects the directions its segments leave in, then gets one character
+    dirs: dict[tuple[int, int], int] = {}
+    control_cells: set[tuple[int, int]] = set()
+    for x0, y0, x1, y1, ctl in layout.segments:
+        if y0 == y1:
+            a, b = sorted((x0, x1))
+            for x in range(a, b + 1):
+                bit = (E if x < b else 0) | (W if x > a else 0)
+                dirs[(x, y0)] = dirs.get((x, y0), 0) | bit
+                if ctl:
+                    control_cells.add((x, y0))
+        else:
+            a, b = sorted((y0, y1))
+            for y in range(a, b + 1):
+                bit = (S if y < b else 0) | (N if y > a else 0)
+                dirs[(x0, y)] = dirs.get((x0, y), 0) | bit
+                if ctl:
+                    control_cells.add((x0, y))
+    for (x, y), bits in dirs.items():
+        if bits:
+            put(x, y, LINES[bits], CONTROL if (x, y) in control_cells else EDGE)
+    for x, y in layout.arrows:
+        put(x, y, "▼", ARROW)
 
-    # cluster labels over the edges that cross their frames
-    for c in layout.clusters:
-        x0, y0, x1, y1 = int(c.x0 * SX), int(c.y0 * SY), int(c.x1 * SX), int(c.y1 * SY)
-        if x1 - x0 < 2 or y1 - y0 < 2:
-            continue
-        for i, ch in enumerate(f" {c.label} "[: max(x1 - x0 - 2, 0)]):
-            put(x0 + 2 + i, y0, ch, "italic #adb5bd")
+    # titles on their frames (no edge crosses them: ports keep right of titles)
+    for f in layout.frames:
+        text = f" {f.label} "[: max(f.w - 4, 0)]
+        for i, ch in enumerate(text):
+            put(f.x + 2 + i, f.y, ch, TITLE)
 
     # boxes on top
-    for nid, (x0, y0, x1, y1) in boxes.items():
-        n = layout.nodes[nid]
-        fill = FILL_STYLE.get(n.fill.lower(), "")
-        border = "bold" if n.bold else ""
+    boxes: dict[str, tuple[int, int, int, int]] = {}
+    box_rows: dict[int, list[tuple[int, int, str]]] = {}
+    for b in layout.boxes.values():
+        x0, y0, x1, y1 = b.x, b.y, b.x + b.w - 1, b.y + b.h - 1
+        boxes[b.id] = (x0, y0, x1, y1)
+        if layout.compact:
+            st = COMPACT_STYLE.get(b.category or b.kind, COMPACT_STYLE.get(b.kind, ""))
+            text = f" {b.lines[0]} "
+            for i, ch in enumerate(text[: b.w]):
+                put(x0 + i, y0, ch, st)
+            box_rows.setdefault(y0, []).append((x0, x1 + 1, b.id))
+            continue
+        fill = KIND_STYLE.get(b.kind, "")
+        edge = BORDER_STYLE.get(b.category, BORDER)
         for x in range(x0 + 1, x1):
-            put(x, y0, "─", border), put(x, y1, "─", border)
+            put(x, y0, "─", edge), put(x, y1, "─", edge)
         for y in range(y0 + 1, y1):
-            put(x0, y, "│", border), put(x1, y, "│", border)
+            put(x0, y, "│", edge), put(x1, y, "│", edge)
             for x in range(x0 + 1, x1):
                 put(x, y, " ", fill)
-        put(x0, y0, "╭", border), put(x1, y0, "╮", border), put(x0, y1, "╰", border), put(x1, y1, "╯", border)
-        for i, text in enumerate(n.label.split("\n")):
-            for j, ch in enumerate(text[: x1 - x0 - 1]):
-                put(x0 + 1 + j, y0 + 1 + i, ch, fill)
-    return Drawing(rows, styles, boxes)
+            box_rows.setdefault(y, []).append((x0 + 1, x1, b.id))
+        put(x0, y0, "╭", edge), put(x1, y0, "╮", edge), put(x0, y1, "╰", edge), put(x1, y1, "╯", edge)
+        inner = b.w - 2
+        for i, text in enumerate(b.lines):
+            pad = (inner - len(text)) // 2
+            for j, ch in enumerate(text[:inner]):
+                put(x0 + 1 + pad + j, y0 + 1 + i, ch, fill)
 
-
-def _route(put, x0: int, y0: int, x1: int, y1: int, style: str) -> None:
-    """Down, across, down: an orthogonal path with corners."""
-    mid = y0 if y1 <= y0 else min(y0 + 1, y1)
-    for y in range(y0, mid):
-        put(x0, y, "│", style)
-    if x0 != x1:
-        step = 1 if x1 > x0 else -1
-        put(x0, mid, "╰" if step > 0 else "╯", style)
-        for x in range(x0 + step, x1, step):
-            put(x, mid, "─", style)
-        put(x1, mid, "╮" if step > 0 else "╭", style)
-        start = mid + 1
-    else:
-        start = mid
-    for y in range(start, y1):
-        put(x1, y, "│", style)
+    # where shapes can go: blank cells right of each edge's start, up to the next drawn cell
+    anchors: dict[int, list[Anchor]] = {}
+    for lb in layout.labels:
+        x, y = lb.x, lb.y
+        if not (0 <= y < height and 0 < x < width) or rows[y][x - 1] != " " and rows[y][x - 1] not in "│▼":
+            continue
+        room = 0
+        while x + room < width and rows[y][x + room] == " ":
+            room += 1
+        room -= 1  # keep a blank after the text
+        if room >= 3:
+            anchors.setdefault(y, []).append(Anchor(x, y, room, lb.tail, lb.value))
+    return Drawing(rows, styles, boxes, layout.compact, anchors, box_rows)
