@@ -211,3 +211,56 @@ def test_eager_export_that_works_is_verified(tmp_path, capsys):
     assert code == 0, err
     assert "torch.export.export" in text and "bit-identical" in text
     assert os.path.exists(out)
+
+
+DECODER = textwrap.dedent('''
+    from typing import List
+
+    import torch
+    import torch.nn as nn
+
+
+    class Decoder(nn.Module):
+        """A scripted greedy decoder: how many steps is an int argument."""
+
+        def __init__(self):
+            super().__init__()
+            self.cell = nn.GRUCell(8, 8)
+            self.out = nn.Linear(8, 5)
+
+        def forward(self, h: torch.Tensor, steps: int) -> torch.Tensor:
+            toks: List[torch.Tensor] = []
+            for _ in range(steps):
+                h = self.cell(h, h)
+                toks.append(self.out(h).argmax(-1))
+            return torch.stack(toks, 1)
+''')
+
+
+def test_an_int_input_fixed_by_the_export_is_said_everywhere(tmp_path, capsys):
+    """A user's report: the .pt2 of a decoder refused steps=6 with a message about dimensions."""
+    src = tmp_path / "decoder.py"
+    src.write_text(DECODER)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("decoder_mod", src)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    model = save(tmp_path / "decoder.pt", mod.Decoder())
+    out = str(tmp_path / "decoder.pt2")
+    code, text, err = run_export(capsys, model, "-o", out, "--eager", f"{src}:Decoder",
+                                 "--input", "float32[2,8]", "--input", "int:4")
+    assert code == 0, err
+    assert "takes only steps=4" in text and "bit-identical" in text
+    # lint on the .pt2 names the fixed input
+    assert main(["lint", out, "--json"]) == 1
+    found = json.loads(capsys.readouterr().out)["findings"]
+    assert [(f["kind"], f["confidence"]) for f in found] == [("specialized-input", "high")]
+    assert "steps=4" in found[0]["frozen"]
+    # another value is refused in one line that says why, not blamed on a dimension
+    assert main(["run", out, "--input", "float32[2,8]", "--input", "int:6"]) == 2
+    err = capsys.readouterr().err
+    assert "steps=4 as a constant" in err and "dimension" not in err and len(err.strip().splitlines()) == 1
+    # the value it was exported with still runs bit-identically
+    assert main(["run", out, "--input", "float32[2,8]", "--input", "int:4"]) == 0

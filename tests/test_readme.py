@@ -1,22 +1,27 @@
-"""The README's Python API example runs as written and does what its comments say."""
+"""The README and docs/python-api.md say what tsdebug does: their examples run as written."""
 
 import contextlib
 import io
 import os
 import re
+import shutil
+import subprocess
+import sys
 
+import pytest
 import torch
 
 import models as M
 from conftest import save_archive
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+PYTHON_API = os.path.join(ROOT, "docs", "python-api.md")
 
 
 def python_api_example() -> str:
-    text = open(README, encoding="utf-8").read()
-    section = text[text.index("## Python API"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    text = open(PYTHON_API, encoding="utf-8").read()
+    return re.search(r"```python\n(.*?)```", text, re.S).group(1)
 
 
 def test_python_api_example_runs(tmp_path, monkeypatch):
@@ -25,7 +30,7 @@ def test_python_api_example_runs(tmp_path, monkeypatch):
     out = io.StringIO()
     scope: dict = {}
     with contextlib.redirect_stdout(out):
-        exec(compile(python_api_example(), "README.md", "exec"), scope)
+        exec(compile(python_api_example(), "python-api.md", "exec"), scope)
     lines = out.getvalue().splitlines()
     # the batch_norm breakpoint stopped inside the stem's BatchNorm, before it ran
     assert lines[0] == "aten::batch_norm stem.1"
@@ -34,3 +39,58 @@ def test_python_api_example_runs(tmp_path, monkeypatch):
     assert len(lines) == 1 + len(m.timeline) + 1
     assert lines[-1].startswith("True {")
     assert report.identical
+
+
+# Commands of the README that run to an end by themselves (serve waits for a browser; cpp needs a compiler).
+_RUNNABLE = ("run", "diff", "lint", "export", "render")
+_TIME = re.compile(r"\d+(\.\d+)? ?(ms|µs|s)\b")
+
+
+def readme_sessions() -> list[tuple[str, list[str]]]:
+    """Each ```console block of the README: its ``$`` command and the lines it shows."""
+    text = open(README, encoding="utf-8").read()
+    sessions = []
+    for block in re.findall(r"```console\n(.*?)```", text, re.S):
+        lines = block.rstrip("\n").splitlines()
+        assert lines[0].startswith("$ "), lines[0]
+        sessions.append((lines[0][2:], lines[1:]))
+    return sessions
+
+
+def _pattern(line: str) -> re.Pattern:
+    """A README line as a pattern: ``...`` stands for what was left out, times for any time."""
+    parts = [_TIME.sub("TIME", p) for p in line.split("...")]
+    return re.compile(".*".join(re.escape(p).replace("TIME", r"\d+(\.\d+)? ?(ms|µs|s)") for p in parts))
+
+
+@pytest.fixture(scope="module")
+def checkout_copy(tmp_path_factory):
+    """Where a user stands after the README's set-up: examples/ and the net.pt it writes."""
+    here = tmp_path_factory.mktemp("readme")
+    shutil.copytree(os.path.join(ROOT, "examples"), here / "examples")
+    subprocess.run([sys.executable, "examples/net.py"], cwd=here, check=True, capture_output=True)
+    return here
+
+
+@pytest.mark.parametrize("command, shown", [s for s in readme_sessions() if s[0].split()[1] in _RUNNABLE],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_readme_example_prints_what_the_readme_shows(checkout_copy, command, shown):
+    """Every line the README shows appears, in order, in what the command prints there."""
+    argv = command.split()
+    assert argv[0] == "tsdebug"
+    env = dict(os.environ, TSDEBUG_NO_STATUS="1")
+    done = subprocess.run([sys.executable, "-m", "tsdebug.cli", *argv[1:]], cwd=checkout_copy, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, 1), done.stderr
+    # paths are printed whole; the README shows them from the checkout
+    printed = (done.stdout + done.stderr).replace(f"{checkout_copy}{os.sep}", "").splitlines()
+    at = 0
+    for line in shown:
+        if line.strip() == "...":
+            continue
+        pat = _pattern(line)
+        while at < len(printed) and not pat.fullmatch(printed[at]):
+            at += 1
+        assert at < len(printed), f"README line not printed by `{command}`:\n{line}\n--- printed:\n" + "\n".join(
+            printed)
+        at += 1

@@ -496,9 +496,22 @@ def export_program(session: Any, output: str, *, eager: str | None = None, eager
     forbidden = [session.path, eager.split(":")[0] if eager and ":" in eager else None, eager_weights]
     write_atomically(ep, output, [p for p in forbidden if p])
     report.written = True
+    fixed = _specialized_inputs(ep)
+    if fixed:
+        report.notes.append("the program takes only " + ", ".join(f"{k}={v!r}" for k, v in fixed.items())
+                            + ": torch.export fixes non-tensor inputs to the example's value (tsdebug lint "
+                            f"{output} lists what else it fixed)")
     stage("verifying: the archive and the new program, node by node…")
     report.verifications.append(verify(session, output, inputs, rtol, atol))
     return report
+
+
+def _specialized_inputs(ep: Any) -> dict[str, Any]:
+    """The user inputs the export turned into constants (ints, floats, bools, strings), by name."""
+    from torch.export.graph_signature import ConstantArgument, InputKind
+
+    return {spec.arg.name: spec.arg.value for spec in ep.graph_signature.input_specs
+            if spec.kind == InputKind.USER_INPUT and isinstance(spec.arg, ConstantArgument)}
 
 
 def _lint_meets(session: Any, report: ExportReport) -> None:

@@ -13,6 +13,8 @@ alone (each node's ``val`` and ``stack_trace``) this finds:
   (``u0``), with the user's line;
 * ``runtime-check``: each ``_assert_scalar`` the export added, with its
   expression and line: inputs that break it fail at run time;
+* ``specialized-input``: an int, float, bool or str input, which the export
+  fixed to the example's value;
 * the range of each dynamic dimension, as a note.
 """
 
@@ -117,6 +119,14 @@ def lint_exported(session: Any) -> LintReport:
                 n, "runtime-check", expr or "a runtime check",
                 "the export turned a condition of the Python on a data-dependent size (a torch._check, an if on "
                 "it) into this check: inputs that break it fail at run time", "low"))
+    for name, value in shapes.get("constants", {}).items():
+        # torch.export specializes every non-tensor input: the Python takes any value, the program one
+        findings.append(Finding(
+            kind="specialized-input", file=None, line=None, text=None,
+            frozen=f"{name}={value!r}: the program accepts this value only",
+            evidence=f"{name} is {'an' if type(value).__name__[0] in 'aeiou' else 'a'} {type(value).__name__} input; torch.export fixed it to the example's value and "
+                     "refuses any other (make it a tensor, or export once per value)",
+            confidence="high", nodes=[], module_path="", method="forward"))
     for sym, (lo, hi) in sorted(shapes["ranges"].items()):
         users = [f"{name}.size({axis})" for name, dims in shapes["inputs"].items()
                  for axis, d in enumerate(dims) if d == sym]

@@ -156,21 +156,32 @@ class LoadedExport:
             self.ep._check_input_constraints(flat)
         except Exception as exc:
             first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-            raise InputError(f"the inputs do not fit the exported program: {first} (a dimension exported "
-                             "as static must keep its size; export it with dynamic_shapes to vary it)") from None
+            constants = self.symbolic_shapes()["constants"]
+            given = dict(zip(self.program.signature.user_inputs, flat))
+            baked = {k: v for k, v in constants.items() if k in given and given[k] != v}
+            if baked:
+                # torch.export specializes every int, float, bool and str input to the example's value
+                said = ", ".join(f"{k}={v!r}" for k, v in baked.items())
+                why = (f"the program was exported with {said} as {'constants' if len(baked) > 1 else 'a constant'}: torch.export fixes non-tensor inputs "
+                       "to the example's value, so pass those values, or make the input a tensor before exporting")
+            else:
+                why = "a dimension exported as static must keep its size; export it with dynamic_shapes to vary it"
+            raise InputError(f"the inputs do not fit the exported program: {first} ({why})") from None
 
     def symbolic_shapes(self) -> dict:
         """What the program knows of its dynamic dimensions: each user input's shape with its symbols,
         and the range of each symbol."""
-        inputs = {}
+        inputs, constants = {}, {}
         for name, val in zip(self.program.signature.user_inputs, self._user_vals()):
             if isinstance(val, torch.Tensor):
                 inputs[name] = [d if isinstance(d, int) else str(d) for d in val.shape]
+            elif isinstance(val, (int, float, bool, str)):
+                constants[name] = val
         ranges = {}
         for sym, vr in (self.ep.range_constraints or {}).items():
             lo, hi = vr.lower, vr.upper
             ranges[str(sym)] = [_bound(lo), _bound(hi)]
-        return {"inputs": inputs, "ranges": ranges}
+        return {"inputs": inputs, "ranges": ranges, "constants": constants}
 
     # -- runs
 
