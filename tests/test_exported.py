@@ -367,3 +367,30 @@ def test_cli_render_pt2(exported, tmp_path):
     assert r.returncode == 0, r.stderr
     text = out.read_text()
     assert "conv2d" in text and "layers" in text
+
+
+class _ReusedPool(torch.nn.Module):
+    """One pooling layer called twice: torch.export records both calls under the same module path."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = torch.nn.MaxPool2d(2)
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return self.pool(self.conv(self.pool(x)))
+
+
+def test_a_module_called_twice_has_two_calls_with_their_own_ids(tmp_path):
+    ep = torch.export.export(_ReusedPool().eval(), (torch.randn(1, 3, 16, 16),))
+    torch.export.save(ep, str(tmp_path / "reuse.pt2"))
+    s = Session(str(tmp_path / "reuse.pt2"))
+    calls = [n for n in s.program.root_graph("forward", inlined=False).walk() if n.kind == "prim::CallModule"]
+    assert [n.module_path for n in calls] == ["pool", "conv", "pool"]
+    assert len({n.id for n in calls}) == 3
+    # a breakpoint on the second call stops there only, after the first pool ran
+    s.start()
+    s.breakpoints.toggle_node(calls[2].id)
+    s.machine.continue_()
+    assert s.machine.current_node is calls[2]
+    assert s.run_and_compare().identical

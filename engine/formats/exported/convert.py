@@ -618,6 +618,7 @@ class GraphBuilder:
 
     def build(self, inlined: bool) -> Built:
         self.callees: dict[Node, Graph] = {}
+        self.call_counts: dict[str, int] = {}  # how often each call id was made: reused modules' calls numbered
         self.inlined = inlined
         numbering = _Numbering(self.infos)
         name = f"{self.method}[inlined]" if inlined else self.method
@@ -714,6 +715,11 @@ class GraphBuilder:
         inner = _Numbering(self.infos)
         graph_name = f"{short_type(ty) or path}.{self.method}"
         node_id = f"{prefix}/@{path}"
+        # a module called twice (one pooling layer reused) gets its calls numbered: ids stay unique
+        calls = self.call_counts
+        calls[node_id] = calls.get(node_id, 0) + 1
+        if calls[node_id] > 1:
+            node_id = f"{node_id}#{calls[node_id]}"
         body_ops = list(ops)
         params = tuple(inner.value(v) for v in reads)
         nodes = tuple(self._state_reads(body_ops, inner, prefix)) + \
