@@ -264,3 +264,40 @@ def test_an_int_input_fixed_by_the_export_is_said_everywhere(tmp_path, capsys):
     assert "steps=4 as a constant" in err and "dimension" not in err and len(err.strip().splitlines()) == 1
     # the value it was exported with still runs bit-identically
     assert main(["run", out, "--input", "float32[2,8]", "--input", "int:4"]) == 0
+
+
+def _gate_archive(tmp_path):
+    src = tmp_path / "gate.py"
+    src.write_text(EAGER)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gate_mod2", src)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    gate = mod.Gate()
+    x = torch.randn(2, 4)
+    if gate(x).sum() <= 0:
+        x = -x
+    return src, save(tmp_path / "gate.pt", gate, "trace", (x,))
+
+
+def test_converting_a_traced_archive_says_the_frozen_branch_comes_along(tmp_path, capsys):
+    src, model = _gate_archive(tmp_path)
+    code, text, err = run_export(capsys, model, "-o", str(tmp_path / "gate.pt2"))
+    assert code == 0, err
+    assert "keeps what tracing froze" in text and f"{src}:" in text and "--eager" in text
+
+
+def test_a_failed_eager_export_prints_one_line_and_no_torch_logs(tmp_path):
+    """draft_export logs warnings through torch's own console handlers; the terminal is tsdebug's."""
+    import subprocess
+    import sys
+
+    src, model = _gate_archive(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "tsdebug.cli", "export", model, "-o", str(tmp_path / "g.pt2"),
+                           "--eager", f"{src}:Gate"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TSDEBUG_NO_STATUS="1"))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("tsdebug: error:"), done.stderr
+    assert "blocks" in done.stdout and not os.path.exists(tmp_path / "g.pt2")

@@ -138,6 +138,14 @@ def _quiet(logs_off: bool = True):
     previous = logging.root.manager.disable
     if logs_off:
         logging.disable(logging.CRITICAL)
+    # torch's console handlers hold the terminal's stream itself, which redirect_stderr does not reach:
+    # mute them, and leave the structured-trace handlers draft_export reads alone
+    muted = []
+    for name in ["torch", *[n for n in list(logging.root.manager.loggerDict) if n.startswith("torch.")]]:
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler:
+                muted.append((handler, handler.level))
+                handler.setLevel(logging.CRITICAL + 1)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
@@ -145,6 +153,8 @@ def _quiet(logs_off: bool = True):
             yield
     finally:
         logging.disable(previous)
+        for handler, level in muted:
+            handler.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -496,6 +506,8 @@ def export_program(session: Any, output: str, *, eager: str | None = None, eager
     forbidden = [session.path, eager.split(":")[0] if eager and ":" in eager else None, eager_weights]
     write_atomically(ep, output, [p for p in forbidden if p])
     report.written = True
+    if not eager:
+        _frozen_carried(session, report)
     fixed = _specialized_inputs(ep)
     if fixed:
         report.notes.append("the program takes only " + ", ".join(f"{k}={v!r}" for k, v in fixed.items())
@@ -504,6 +516,22 @@ def export_program(session: Any, output: str, *, eager: str | None = None, eager
     stage("verifying: the archive and the new program, node by node…")
     report.verifications.append(verify(session, output, inputs, rtol, atol))
     return report
+
+
+def _frozen_carried(session: Any, report: ExportReport) -> None:
+    """A converted traced archive keeps what tracing froze: say so, with the lines lint finds."""
+    if "traced" not in session.method_kinds().values():
+        return
+    try:
+        from engine.check.lint import lint_session
+
+        findings = [f for f in lint_session(session).findings if f.confidence in ("high", "medium")]
+    except Exception:
+        return
+    if findings:
+        lines = ", ".join(sorted({f.where for f in findings}))
+        report.notes.append(f"the program keeps what tracing froze in the archive ({lines}: tsdebug lint "
+                            f"{session.path}); export from the Python with --eager SPEC to keep that control flow")
 
 
 def _specialized_inputs(ep: Any) -> dict[str, Any]:
