@@ -105,3 +105,84 @@ def test_the_debugger_compares_with_another_program(pair):
             assert app.machine.current_record is first.record
 
     asyncio.run(run())
+
+
+TRACED_IF = '''
+import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.features(x)
+        if x.mean() > 0:
+            y = y * 2.0
+        else:
+            y = y - 1.0
+        return self.head(y.mean(dim=(2, 3)))
+'''
+
+# The same model rewritten for torch.export in a new file: the branch is a torch.cond, the lines are others.
+REWRITTEN = '''
+import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.features(x)
+        y = torch.cond(x.mean() > 0, lambda y: y * 2.0, lambda y: y - 1.0, (y,))
+        return self.head(y.mean(dim=(2, 3)))
+'''
+
+
+def _module_from(path, name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_model_rewritten_in_another_file_aligns_and_names_the_frozen_branch(tmp_path, capsys):
+    """A migration: the traced archive of net.py against the .pt2 of its torch.cond rewrite in net_cond.py.
+    Their lines are in different files, so lines cannot pair ops; names and shapes still do."""
+    (tmp_path / "net.py").write_text(TRACED_IF)
+    (tmp_path / "net_cond.py").write_text(REWRITTEN)
+    torch.manual_seed(0)
+    old = _module_from(tmp_path / "net.py", "net_old").Net().eval()
+    new = _module_from(tmp_path / "net_cond.py", "net_new").Net().eval()
+    new.load_state_dict(old.state_dict())
+    pos = torch.rand(1, 3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(old, (pos,)), str(tmp_path / "net.pt"))
+    torch.export.save(torch.export.export(new, (pos,)), str(tmp_path / "net.pt2"))
+    neg = tmp_path / "neg.pt"
+    torch.save((-pos,), neg)
+    assert main(["diff", str(tmp_path / "net.pt"), "--against", str(tmp_path / "net.pt2"), "--inputs", str(neg),
+                 "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    # conv, batch norm and relu pair up across the two files
+    assert report["aligned_nodes"] >= 3
+    parting = report["parting"]
+    assert parting["last_agreed"]["kind"] == "aten::relu"
+    assert [o["kind"] for o in parting["graph_only"]] == ["aten::mul"]
+    assert parting["graph_only"][0]["source"].endswith("net.py:15")
+    assert "aten::sub.Tensor" in [o["op"] for o in parting["eager_only"]]
+    # on the input the trace saw, the two agree node by node
+    pos_file = tmp_path / "pos.pt"
+    torch.save((pos,), pos_file)
+    assert main(["diff", str(tmp_path / "net.pt"), "--against", str(tmp_path / "net.pt2"), "--inputs",
+                 str(pos_file)]) == 0

@@ -646,7 +646,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             detail = f"  ({v.error})"
         aligned = f", {v.aligned} of {v.comparable} nodes compared" if v.comparable else ""
         print(f"verified   {v.verdict} on {v.inputs}{aligned}{detail}")
+        if v.verdict == "differs":
+            print(f"next       tsdebug diff {report.model} --against {report.output} shows where the two part")
     return report.exit_code
+
+
 def cmd_serve(argv: list[str]) -> int:
     """``tsdebug serve MODEL [--port N] [--host H] [options of tsdebug MODEL]``."""
     parser = build_parser()

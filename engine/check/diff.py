@@ -28,7 +28,7 @@ from engine.check.eager import EagerOp, EagerRun
 from engine.check.outputs import (  # noqa: F401  (compare_outputs, flat_tensors: part of diff's API)
     Metrics, OutputDifference, compare, compare_outputs, flat_tensors, output_differences,
 )
-from engine.check.places import _located, _where
+from engine.check.places import _located, _where, lines_agree
 from engine.ir import parent_module_path
 from engine.run.recipes import UNINITIALIZED, described
 from engine.run.timeline import StepRecord
@@ -325,8 +325,7 @@ class _PathOps:
 
     def lines_agree(self, i: int, j: int) -> bool:
         """No line of the user's code tells them apart (either side may not know its line)."""
-        a, b = self.g_loc[i], self.e_loc[j]
-        return a is None or b is None or a == b
+        return lines_agree(self.g_loc[i], self.e_loc[j])
 
     def meets(self, i: int, j: int) -> bool:
         """Graph op ``i`` may stand for eager op ``j``: the same shape, and the same line where both know it."""

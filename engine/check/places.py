@@ -114,8 +114,15 @@ def place_of_eager(op: EagerOp) -> str | None:
 
 def places_agree(rec: StepRecord, op: EagerOp) -> bool:
     """No line of the user's code tells the two apart (either may not know its line)."""
-    a, b = _located(rec), _where(op)
-    return a is None or b is None or a == b
+    return lines_agree(_located(rec), _where(op))
+
+
+def lines_agree(a: str | None, b: str | None) -> bool:
+    """Two ``file:line`` places could be one statement: either is unknown, they are equal, or they are in
+    different files (a model rewritten in a new file for torch.export: its lines say nothing of the old's)."""
+    if a is None or b is None or a == b:
+        return True
+    return a.rpartition(":")[0] != b.rpartition(":")[0]
 
 
 def _place(path: str, line: int) -> str:
