@@ -107,6 +107,9 @@ def test_a_shape_loop_converts_after_sizes_are_specialized(tmp_path, capsys):
     code, text, err = run_export(capsys, model, "-o", out, "--input", "float32[3,4]")
     assert code == 0, err
     assert "specializing sizes" in text and "prim::Loop" in text and "bit-identical" in text
+    # the loop was unrolled for 3 rows: the program must refuse 4 (it once took them and computed otherwise)
+    assert main(["run", out, "--input", "float32[4,4]"]) == 2
+    assert "do not fit the exported program" in capsys.readouterr().err
 
 
 def test_a_dict_of_lists_loop_is_named_with_its_line(tmp_path, capsys):
@@ -301,3 +304,19 @@ def test_a_failed_eager_export_prints_one_line_and_no_torch_logs(tmp_path):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("tsdebug: error:"), done.stderr
     assert "blocks" in done.stdout and not os.path.exists(tmp_path / "g.pt2")
+
+
+def test_a_dynamic_program_is_verified_at_a_second_size(tmp_path, capsys):
+    """The converter leaves the spatial sizes of a traced conv net dynamic: one size proves too little."""
+    model = save(tmp_path / "conv.pt", M.randomize_bn(M.ConvNet()), "trace", (torch.randn(1, 3, 16, 16),))
+    out = str(tmp_path / "conv.pt2")
+    code, text, err = run_export(capsys, model, "-o", out, "--json")
+    assert code == 0, err
+    report = json.loads(text)
+    ep = torch.export.load(out)
+    dynamic = any(isinstance(d, torch.SymInt) for n in ep.graph.nodes if n.op == "placeholder"
+                  and isinstance(n.meta.get("val"), torch.Tensor) for d in n.meta["val"].shape)
+    assert dynamic
+    sizes = [v["inputs"] for v in report["verifications"]]
+    assert len(sizes) == 2 and sizes[0] != sizes[1], sizes
+    assert all(v["verdict"] == "bit-identical" for v in report["verifications"])

@@ -312,7 +312,7 @@ def convert_archive(session: Any, inputs: tuple, notes: list[str]) -> tuple[Any,
             continue
         failing: list = []
         try:
-            with _quiet(), _watch_nodes(TS2FXGraphConverter, failing):
+            with _quiet(), _watch_nodes(TS2FXGraphConverter, failing), _static_sizes("sizes" in route):
                 ep = TS2EPConverter(module, _clone(inputs)).convert()
         except Exception as exc:
             blocker = _blocker_of(failing[0] if failing else None, exc)
@@ -325,6 +325,27 @@ def convert_archive(session: Any, inputs: tuple, notes: list[str]) -> tuple[Any,
                          "not change")
         return ep, route
     raise ExportBlocked(first)
+
+
+@contextlib.contextmanager
+def _static_sizes(on: bool):
+    """Make torch's converter export every size static.
+
+    It marks each input dimension ``Dim.AUTO``; after the sizes were written into
+    the graph (a loop unrolled for 3 rows) a program that accepts 4 rows would
+    compute something else, so it must refuse them as the archive's sizes did.
+    """
+    import torch._export.converter as converter
+
+    mapper = getattr(converter, "_tree_map_with_path", None)
+    if not on or mapper is None:
+        yield
+        return
+    converter._tree_map_with_path = lambda fn, tree: mapper(lambda path, x: None, tree)
+    try:
+        yield
+    finally:
+        converter._tree_map_with_path = mapper
 
 
 class ExportBlocked(TsdebugError):
@@ -515,7 +536,77 @@ def export_program(session: Any, output: str, *, eager: str | None = None, eager
                             f"{output} lists what else it fixed)")
     stage("verifying: the archive and the new program, node by node…")
     report.verifications.append(verify(session, output, inputs, rtol, atol))
+    other = second_size(ep, inputs)
+    if other is not None:
+        try:
+            session.run_native(other)
+        except Exception as exc:
+            report.notes.append(f"the program's dynamic sizes were not checked at a second size: the archive itself "
+                                f"does not run on {', '.join(summarize(x).short() for x in other)} "
+                                f"({first_error_line(exc)})")
+        else:
+            stage("verifying at a second size of the dynamic dimensions…")
+            report.verifications.append(verify(session, output, other, rtol, atol))
+        session.start(values=inputs)
     return report
+
+
+def _finite(bound: Any, default: int) -> int:
+    """A range bound as an int; torch's int_oo and sympy's oo (no bound) as ``default``."""
+    try:
+        value = int(bound)
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return default
+    return value if abs(value) < 1 << 62 else default
+
+
+def second_size(ep: Any, inputs: tuple) -> tuple | None:
+    """``inputs`` with every dynamic dimension of the program moved off its example size (within its range),
+    the values drawn anew: what a dynamic program must also get right.  None: no dynamic dimension."""
+    import sympy
+
+    user = [spec.arg.name for spec in ep.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
+    vals = {n.name: n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder"}
+    flat = [x for x in inputs]
+    if len(flat) != len(user):
+        return None
+    symbols: dict[Any, int] = {}
+    for name, x in zip(user, flat):
+        val = vals.get(name)
+        if not isinstance(val, torch.Tensor) or not isinstance(x, torch.Tensor):
+            continue
+        for d, size in zip(val.shape, x.shape):
+            if isinstance(d, torch.SymInt) and isinstance(d.node.expr, sympy.Symbol):
+                symbols.setdefault(d.node.expr, int(size))
+    if not symbols:
+        return None
+    chosen = {}
+    for sym, hint in symbols.items():
+        rng = (ep.range_constraints or {}).get(sym)
+        lo, hi = _finite(rng.lower if rng is not None else None, 2), _finite(rng.upper if rng else None, 1 << 20)
+        pick = next((v for v in (hint + 1, hint - 1, hint * 2) if max(lo, 2) <= v <= hi and v != hint), None)
+        if pick is None:
+            return None
+        chosen[sym] = pick
+    gen = torch.Generator().manual_seed(1)
+    out = []
+    for name, x in zip(user, flat):
+        val = vals.get(name)
+        if not isinstance(val, torch.Tensor) or not isinstance(x, torch.Tensor):
+            out.append(x)
+            continue
+        shape = []
+        for d, size in zip(val.shape, x.shape):
+            shape.append(int(d.node.expr.subs(chosen)) if isinstance(d, torch.SymInt) else int(size))
+        if x.dtype.is_floating_point:
+            new = torch.randn(shape, generator=gen).to(x.dtype)
+        elif x.dtype == torch.bool:
+            new = torch.rand(shape, generator=gen) > 0.5
+        else:
+            lo_v, hi_v = (int(x.min()), int(x.max())) if x.numel() else (0, 1)
+            new = torch.randint(lo_v, hi_v + 1, shape, generator=gen).to(x.dtype)
+        out.append(new)
+    return tuple(out)
 
 
 def _frozen_carried(session: Any, report: ExportReport) -> None:
