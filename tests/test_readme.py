@@ -46,9 +46,9 @@ _RUNNABLE = ("run", "diff", "lint", "export", "render")
 _TIME = re.compile(r"\d+(\.\d+)? ?(ms|µs|s)\b")
 
 
-def readme_sessions() -> list[tuple[str, list[str]]]:
-    """Each ```console block of the README: its ``$`` command and the lines it shows."""
-    text = open(README, encoding="utf-8").read()
+def readme_sessions(path: str = README) -> list[tuple[str, list[str]]]:
+    """Each ```console block of a page: its ``$`` command and the lines it shows."""
+    text = open(path, encoding="utf-8").read()
     sessions = []
     for block in re.findall(r"```console\n(.*?)```", text, re.S):
         lines = block.rstrip("\n").splitlines()
@@ -76,14 +76,28 @@ def checkout_copy(tmp_path_factory):
                          ids=lambda v: v if isinstance(v, str) else "")
 def test_readme_example_prints_what_the_readme_shows(checkout_copy, command, shown):
     """Every line the README shows appears, in order, in what the command prints there."""
+    _check_session(checkout_copy, command, shown)
+
+
+def test_the_migration_walk_prints_what_it_shows(tmp_path):
+    """docs/migrating.md, its commands run in order in one folder, as a team would."""
+    shutil.copytree(os.path.join(ROOT, "examples"), tmp_path / "examples")
+    subprocess.run([sys.executable, "examples/net.py"], cwd=tmp_path, check=True, capture_output=True)
+    sessions = readme_sessions(os.path.join(ROOT, "docs", "migrating.md"))
+    assert [c.split()[1] for c, _ in sessions] == ["lint", "export", "export", "export", "diff", "run"]
+    for command, shown in sessions:
+        _check_session(tmp_path, command, shown, codes=(0, 1, 2))
+
+
+def _check_session(where, command: str, shown: list[str], codes: tuple = (0, 1)) -> None:
     argv = command.split()
     assert argv[0] == "tsdebug"
     env = dict(os.environ, TSDEBUG_NO_STATUS="1")
-    done = subprocess.run([sys.executable, "-m", "tsdebug.cli", *argv[1:]], cwd=checkout_copy, env=env,
+    done = subprocess.run([sys.executable, "-m", "tsdebug.cli", *argv[1:]], cwd=where, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode in (0, 1), done.stderr
-    # paths are printed whole; the README shows them from the checkout
-    printed = (done.stdout + done.stderr).replace(f"{checkout_copy}{os.sep}", "").splitlines()
+    assert done.returncode in codes, done.stderr
+    # paths are printed whole; the pages show them from the checkout
+    printed = (done.stdout + done.stderr).replace(f"{where}{os.sep}", "").splitlines()
     at = 0
     for line in shown:
         if line.strip() == "...":

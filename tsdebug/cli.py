@@ -373,7 +373,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     print(f"inputs     {', '.join(summarize(x).short() for x in session.inputs)}  ({session.input_source})")
     grouped = f" + {r.grouped} inside fused or composite ops" if r.grouped else ""
     print(f"aligned    {len(r.aligned)}{grouped} of {r.comparable} comparable nodes ({r.coverage:.1%})")
-    other = "the other archive" if args.against else "the Python"
+    other = f"{os.path.basename(args.against)}" if args.against else "the Python"
     _print_outputs(r, args, other)
     if r.first is None:
         if r.parting is not None:
