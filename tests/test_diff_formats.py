@@ -186,3 +186,42 @@ def test_a_model_rewritten_in_another_file_aligns_and_names_the_frozen_branch(tm
     torch.save((pos,), pos_file)
     assert main(["diff", str(tmp_path / "net.pt"), "--against", str(tmp_path / "net.pt2"), "--inputs",
                  str(pos_file)]) == 0
+
+
+class _ImplNet(torch.nn.Module):
+    """torchvision's pattern: ``forward`` calls ``_forward_impl``, which calls the layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = torch.nn.BatchNorm2d(8)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.layer = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(8, 3)
+
+    def _forward_impl(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer(x)
+        x = torch.flatten(x.mean(dim=(2, 3), keepdim=True), 1)
+        return self.fc(x)
+
+    def forward(self, x):
+        return self._forward_impl(x)
+
+
+def test_ops_called_through_a_helper_method_align_across_formats(tmp_path):
+    """torch.export's stack traces leave out frames a trace keeps (``_forward_impl``): the .pt2 says the
+    root's ops come from ``forward``'s line, the archive from the helper's. One calls the other: they align."""
+    torch.manual_seed(0)
+    m = M.randomize_bn(_ImplNet()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(m, (x,)), str(tmp_path / "impl.pt"))
+    torch.export.save(torch.export.export(m, (x,)), str(tmp_path / "impl.pt2"))
+    s = Session(str(tmp_path / "impl.pt"))
+    s.start()
+    report = s.diff_against(str(tmp_path / "impl.pt2"), 1e-5, 1e-5).report
+    assert report.comparable >= 8
+    assert len(report.aligned) == report.comparable
+    assert report.outputs_close and report.first is None

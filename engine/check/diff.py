@@ -28,7 +28,7 @@ from engine.check.eager import EagerOp, EagerRun
 from engine.check.outputs import (  # noqa: F401  (compare_outputs, flat_tensors: part of diff's API)
     Metrics, OutputDifference, compare, compare_outputs, flat_tensors, output_differences,
 )
-from engine.check.places import _located, _where, lines_agree
+from engine.check.places import _located, _where, chain_of_record, lines_agree
 from engine.ir import parent_module_path
 from engine.run.recipes import UNINITIALIZED, described
 from engine.run.timeline import StepRecord
@@ -319,13 +319,14 @@ class _PathOps:
         self.g_ops, self.e_ops = g_ops, e_ops
         self.g_loc = [_located(r) for r in g_ops]
         self.e_loc = [_where(o) for o in e_ops]
+        self.g_chain = [chain_of_record(r) for r in g_ops]
         # name and shape: a transpose of another shape is another transpose
         self.g_key = [f"{canon(r.node.kind)}:{_shape(_first_tensor(r.outputs))}" for r in g_ops]
         self.e_key = [f"{canon(o.name)}:{_shape(o.outputs[0] if o.outputs else None)}" for o in e_ops]
 
     def lines_agree(self, i: int, j: int) -> bool:
         """No line of the user's code tells them apart (either side may not know its line)."""
-        return lines_agree(self.g_loc[i], self.e_loc[j])
+        return lines_agree(self.g_loc[i], self.e_loc[j], self.g_chain[i], self.e_ops[j].chain)
 
     def meets(self, i: int, j: int) -> bool:
         """Graph op ``i`` may stand for eager op ``j``: the same shape, and the same line where both know it."""

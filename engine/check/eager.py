@@ -39,6 +39,8 @@ class EagerOp:
     file: str | None
     line: int | None
     outputs: list  # tensors, cloned when the call returned
+    #: ``file:line`` of each user frame of the call's stack where it is known (another program's records)
+    chain: frozenset = frozenset()
 
     @property
     def where(self) -> str:
@@ -248,7 +250,10 @@ def run_from_records(records: list) -> EagerRun:
         tensors = [v for v in rec.outputs if isinstance(v, torch.Tensor)]
         if not tensors:
             continue
-        run.ops.append(EagerOp(len(run.ops), rec.node.kind, rec.module_path, file, line, tensors[:1]))
+        from engine.check.places import chain_of_record
+
+        run.ops.append(EagerOp(len(run.ops), rec.node.kind, rec.module_path, file, line, tensors[:1],
+                               chain_of_record(rec)))
     return run
 
 

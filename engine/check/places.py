@@ -114,13 +114,24 @@ def place_of_eager(op: EagerOp) -> str | None:
 
 def places_agree(rec: StepRecord, op: EagerOp) -> bool:
     """No line of the user's code tells the two apart (either may not know its line)."""
-    return lines_agree(_located(rec), _where(op))
+    return lines_agree(_located(rec), _where(op), chain_of_record(rec), op.chain)
 
 
-def lines_agree(a: str | None, b: str | None) -> bool:
-    """Two ``file:line`` places could be one statement: either is unknown, they are equal, or they are in
-    different files (a model rewritten in a new file for torch.export: its lines say nothing of the old's)."""
-    if a is None or b is None or a == b:
+def chain_of_record(rec: StepRecord) -> frozenset[str]:
+    """``file:line`` of every user frame on the node's recorded Python stack (its callers included)."""
+    src = rec.node.source
+    if src is None or not src.stack:
+        return frozenset()
+    return frozenset(_place(f, n) for f, n, _func in src.stack if n and is_user_file(f))
+
+
+def lines_agree(a: str | None, b: str | None, a_chain: frozenset = frozenset(),
+                b_chain: frozenset = frozenset()) -> bool:
+    """Two ``file:line`` places could be one statement: either is unknown; they are equal; one is a caller
+    of the other (torch.export's stack traces leave out frames a trace keeps: torchvision's
+    ``_forward_impl``); or they are in different files (a model rewritten in a new file for torch.export:
+    its lines say nothing of the old's)."""
+    if a is None or b is None or a == b or a in b_chain or b in a_chain:
         return True
     return a.rpartition(":")[0] != b.rpartition(":")[0]
 

@@ -775,8 +775,11 @@ def _call_site(first: _Op, scope: tuple) -> SourceLoc | None:
 
     The trace holds every frame from the root ``forward`` down to the op.
     torch's own modules (``nn.Sequential``, ``nn.Conv2d``) add no user frame;
-    each user module above this one adds its ``forward``.  So the call is in
-    the user frame numbered by the user modules among the callers.
+    each user module above this one enters through its ``forward``, and may
+    go on through helpers of its own (torchvision's ``ResNet._forward_impl``).
+    So the call is the last user frame before the ``forward`` of the next
+    user module down, counted from the root; or the innermost user frame
+    where no user module lies below.
     """
     loc = parse_stack_trace(first.stack_trace)
     if loc is None:
@@ -785,7 +788,11 @@ def _call_site(first: _Op, scope: tuple) -> SourceLoc | None:
     if not user:
         return loc
     callers = sum(1 for _k, _p, ty in scope[:-1] if not str(ty).startswith("torch."))
-    file, line, func = user[min(callers, len(user) - 1)]
+    entries = [i for i, f in enumerate(user) if f[2] == "forward"]
+    if not entries or entries[0] != 0:
+        entries.insert(0, 0)  # the root's own entry, whatever its name
+    below = callers + 1
+    file, line, func = user[entries[below] - 1] if below < len(entries) else user[-1]
     text = None
     try:
         import linecache
