@@ -18,6 +18,7 @@ from textual.reactive import reactive
 from textual.widgets import Static
 
 from engine.ir import Node
+from engine.view import describe, input_params, unmangle
 from engine.run.timeline import StepRecord
 from engine.run.values import Dropped, histogram, preview, short_text, summarize
 
@@ -88,6 +89,8 @@ class Inspector(VerticalScroll, can_focus=True):
     expanded: reactive[bool] = reactive(False)
     #: Step times vary run to run; snapshot tests turn them off.
     show_times = True
+    #: Supplied by the app: the graph a node belongs to (for naming its arguments).
+    graph_of: Any = None
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -119,10 +122,15 @@ class Inspector(VerticalScroll, can_focus=True):
             self._text.update(Text(self.plain, style="italic"))
             return
         parts: list[Any] = []
+        graph = self.graph_of(node) if self.graph_of is not None else None
         title = Text(no_wrap=False)
-        title.append(node.kind, style="bold")
-        title.append(f"   {node.id}", style="#8a8a8a")
+        try:
+            said = describe(node, graph)
+        except Exception:  # an unusual node: its IR label is still right
+            said = node.label()
+        title.append(said, style="bold")
         parts.append(title)
+        parts.append(Text(f"{node.kind}   {node.id}", style="#8a8a8a"))
         path = (record.module_path if record is not None else "") or node.module_path
         if path:
             parts.append(Text(f"module  {path}", style="#af87d7"))
@@ -134,7 +142,7 @@ class Inspector(VerticalScroll, can_focus=True):
         if node.schema:
             parts.append(Text(f"schema  {node.schema}", style="#8a8a8a"))
         if node.callee:
-            parts.append(Text(f"calls   {node.callee}", style="#d7af5f"))
+            parts.append(Text(f"calls   {unmangle(node.callee)}", style="#d7af5f"))
         shown_attrs = {k: v for k, v in node.attrs.items() if k not in ("value",) or node.kind == "prim::Constant"}
         for k, v in shown_attrs.items():
             parts.append(Text(f"attr    {k} = {short_text(v, 60)}", no_wrap=True))
@@ -153,7 +161,11 @@ class Inspector(VerticalScroll, can_focus=True):
         outputs = record.outputs if record is not None else None
         if outputs is None and live is not None:
             outputs = live
-        parts.extend(self._value_section("inputs", node.inputs, inputs, ""))
+        try:
+            params = input_params(node, graph)
+        except Exception:  # names are a help; the values are what matter
+            params = []
+        parts.extend(self._value_section("inputs", node.inputs, inputs, "", params))
         parts.extend(self._value_section("outputs", node.outputs, outputs, "  (not run yet)"))
         ref = getattr(self, "_reference", None)
         if ref is not None:
@@ -175,31 +187,57 @@ class Inspector(VerticalScroll, can_focus=True):
         self.plain = "\n".join(p.plain for p in parts if isinstance(p, Text))
         self._text.update(Group(*parts))
 
-    def _value_section(self, title: str, defs: Any, values: list | None, unknown: str) -> list:
-        """``title`` and one entry per value; names and types alone when nothing was recorded."""
+    def _value_section(self, title: str, defs: Any, values: list | None, unknown: str,
+                       params: list[str] | None = None) -> list:
+        """``title`` and one entry per value (by the op's parameter name, where it has one); names and types
+        alone when nothing was recorded."""
         lines: list = [Text(title, style="bold underline")]
         for i, v in enumerate(defs):
+            name = f"%{v.name}"
+            if params and i < len(params) and params[i] and params[i] != name:
+                name = f"{params[i]} = %{v.name}"
             if values is None:
-                lines.append(Text(f"  %{v.name}  : {v.type}{unknown}", style="#8a8a8a", no_wrap=True))
+                lines.append(Text(f"  {name}  : {unmangle(v.type)}{unknown}", style="#8a8a8a", no_wrap=True))
             else:
-                lines.extend(value_lines(f"%{v.name}", values[i] if i < len(values) else None, self.expanded))
+                lines.extend(value_lines(name, values[i] if i < len(values) else None, self.expanded))
         return lines
 
     def _tensor_detail(self, name: str, t: torch.Tensor) -> list[Any]:
-        out: list[Any] = [Text(f"\n{name} preview", style="bold underline")]
+        """The histogram first (it is short, and seen without scrolling), then the preview, each row cut
+        to the pane's width rather than wrapped."""
+        out: list[Any] = []
+        width = max(self.size.width - 2, 20) if self.size.width else 78
+        hist = histogram(t, bins=max(min(width - 10, 48), 10))
+        if hist is not None:
+            out.extend(histogram_lines(name, *hist, width=width))
+        out.append(Text(f"{name} preview", style="bold underline"))
         try:
-            width = max(self.size.width - 4, 30)
-            out.append(Text(preview(t, edgeitems=3 if width >= 70 else 2, linewidth=width), no_wrap=True))
+            text = preview(t, edgeitems=3 if width >= 70 else 2, linewidth=max(width - 2, 20))
+            for row in text.splitlines():
+                out.append(Text(row, no_wrap=True, overflow="ellipsis"))
         except Exception as exc:  # an exotic layout numpy cannot show
             out.append(Text(f"(no preview: {exc})", style="#8a8a8a"))
-        hist = histogram(t, bins=max(min(self.size.width - 6, 48), 10))
-        if hist is not None:
-            counts, lo, hi = hist
-            out.append(Text("histogram of finite values", style="bold underline"))
-            out.append(Text(sparkline(counts), style="#5fafd7", no_wrap=True))
-            out.append(Text(f"{lo:.4g}".ljust(len(counts) // 2) + f"{hi:.4g}".rjust(len(counts) - len(counts) // 2),
-                            style="#8a8a8a", no_wrap=True))
+        if hist is None:
+            out.append(Text("no finite values to draw a histogram of", style="#8a8a8a"))
         return out
+
+
+def histogram_lines(name: str, counts: list[int], lo: float, hi: float, width: int = 80) -> list[Text]:
+    """A sparkline of the finite values with its range and the tallest bin's count under it."""
+    n = sum(counts)
+    head = Text(f"\n{name} histogram", style="bold underline")
+    head.append(f"  {n} finite value{'s' if n != 1 else ''}, {len(counts)} bins", style="#8a8a8a")
+    bar = Text(sparkline(counts), style="#5fafd7", no_wrap=True, overflow="ellipsis")
+    peak = max(counts) if counts else 0
+    at = counts.index(peak) if counts else 0
+    step = (hi - lo) / len(counts) if counts else 0.0
+    left, right = f"{lo:.4g}", f"{hi:.4g}"
+    axis = Text(left.ljust(max(len(counts) - len(right), len(left) + 1)) + right, style="#8a8a8a", no_wrap=True,
+                overflow="ellipsis")
+    peak_line = Text(f"tallest bin {peak} at {lo + at * step:.4g}…{lo + (at + 1) * step:.4g}; "
+                     f"empty bins {sum(1 for c in counts if c == 0)}", style="#8a8a8a", no_wrap=True,
+                     overflow="ellipsis")
+    return [head, bar, axis, peak_line]
 
 
 def _first_tensor(defs: Any, values: list | None, min_numel: int) -> tuple[str, torch.Tensor] | None:
