@@ -166,8 +166,12 @@ def constant_of(v: Value, graph: Graph | None) -> Any:
     if n is None:
         return MISSING
     if n.kind == "prim::Constant":
+        if n.attrs.get("state"):
+            return MISSING  # a weight of an exported program: shown by its name, not its contents
         return n.attrs.get("value", None)
     if n.kind in _BUILDERS:
+        if not _list_folds(n, graph):
+            return MISSING  # a list the program changes (``outs = []``) is a value, not a constant
         items = [constant_of(i, graph) for i in n.inputs]
         if any(i is MISSING for i in items):
             return MISSING
@@ -219,9 +223,16 @@ def named_args(node: Node, graph: Graph | None) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     i = 0
     if params and (isinstance(named, dict) or len(params) >= len(inputs) or _varargs(node.schema)):
-        for _ty, name, _default in params:
+        for k, (ty, name, _default) in enumerate(params):
             if isinstance(named, dict) and name in named:
                 out.append((name, named[name]))
+                continue
+            if isinstance(named, dict) and ty.startswith("Tensor") and ty.endswith("[]"):
+                # an exported program passes a list of tensors as one input each (``cat``'s ``tensors``)
+                later = sum(1 for _t, nm, _d in params[k + 1:] if nm not in named)
+                end = max(i, len(inputs) - later)
+                out.append((name, TensorList(tuple(inputs[i:end]))))
+                i = end
                 continue
             if i < len(inputs):
                 v = inputs[i]
@@ -232,6 +243,10 @@ def named_args(node: Node, graph: Graph | None) -> list[tuple[str, Any]]:
         c = constant_of(v, graph)
         out.append(("", v if c is MISSING else c))
     return out
+
+
+class TensorList(tuple):
+    """The values an exported program passes for one ``Tensor[]`` argument."""
 
 
 def _varargs(schema: str | None) -> bool:
@@ -266,6 +281,8 @@ def args_text(node: Node, graph: Graph | None, skip: int = 0) -> str:
         if isinstance(val, Value):
             p = _folded_list(val, graph)
             text = p if p is not None else show_value(val, graph)
+        elif isinstance(val, TensorList):
+            text = "[" + ", ".join(show_value(v, graph) for v in val) + "]"
         else:
             if val is None and default == "None":
                 positional = positional and k == 0
@@ -325,10 +342,20 @@ def is_plumbing(node: Node, graph: Graph | None) -> bool:
         return True
     if kind in _BUILDERS:
         return graph is not None and _list_folds(node, graph)
-    if kind == "prim::If" and node.blocks:
-        # the flag an early ``break``/``return`` leaves: both branches only hand back constants or values
-        return all(all(n.kind == "prim::Constant" for n in b.nodes) for b in node.blocks) and bool(node.outputs)
     return False
+
+
+def flag_outputs(node: Node, graph: Graph | None) -> frozenset[int]:
+    """Positions of an ``If``'s outputs that are the flags a scripted ``break`` or ``return`` sets:
+    a constant bool in every branch.  They are TorchScript's, not the user's: rows leave them out."""
+    if node.kind != "prim::If" or not node.blocks or graph is None:
+        return frozenset()
+    flags = set()
+    for k in range(len(node.outputs)):
+        vals = [constant_of(b.returns[k], graph) if k < len(b.returns) else MISSING for b in node.blocks]
+        if all(isinstance(v, bool) for v in vals):
+            flags.add(k)
+    return frozenset(flags)
 
 
 # ------------------------------------------------------------ calls
@@ -377,7 +404,9 @@ def call_label(node: Node, graph: Graph | None) -> str:
 
 
 def outputs_text(node: Node, graph: Graph | None) -> str:
-    return ", ".join(show_value(v, graph) for v in node.outputs)
+    """The outputs a row names (an ``If``'s break and return flags left out)."""
+    flags = flag_outputs(node, graph) if node.kind == "prim::If" else frozenset()
+    return ", ".join(show_value(v, graph) for k, v in enumerate(node.outputs) if k not in flags)
 
 
 def describe(node: Node, graph: Graph | None) -> str:
@@ -413,8 +442,10 @@ def describe(node: Node, graph: Graph | None) -> str:
         pairs = ", ".join(f"{items[i]}: {items[i + 1]}" for i in range(0, len(items) - 1, 2))
         return f"{head}{{{pairs}}}"
     if kind == "prim::If":
-        cond = show_value(node.inputs[0], graph) if node.inputs else "?"
-        return f"{head}if {cond}"
+        kept = outs
+        text = _source_text(node, ("if ", "elif "))
+        cond = text or f"if {show_value(node.inputs[0], graph) if node.inputs else '?'}"
+        return f"{kept} = {cond}" if kept else cond
     if kind == "prim::Loop":
         text = _source_text(node)
         if text:
@@ -429,8 +460,8 @@ def describe(node: Node, graph: Graph | None) -> str:
     return f"{head}{name}({args_text(node, graph)})"
 
 
-def _source_text(node: Node) -> str:
-    """``for i in range(steps)`` for a loop from scripted source; '' when none."""
+def _source_text(node: Node, starts: tuple[str, ...] = ("for ", "while ")) -> str:
+    """``for i in range(steps)`` for a loop (``if …`` for an If) from scripted source; '' when none."""
     try:
         src = node.source
     except Exception:  # a source range torch cannot give
@@ -438,7 +469,7 @@ def _source_text(node: Node) -> str:
     text = (src.text or "").strip() if src is not None else ""
     if text.endswith(":"):
         text = text[:-1]
-    return text if text.startswith(("for ", "while ")) else ""
+    return text if text.startswith(starts) else ""
 
 
 def input_params(node: Node, graph: Graph | None) -> list[str]:

@@ -18,7 +18,7 @@ from textual.reactive import reactive
 from textual.widgets import Static
 
 from engine.ir import Node
-from engine.view import describe, input_params, unmangle
+from engine.view import describe, input_params, unmangle, user_source
 from engine.run.timeline import StepRecord
 from engine.run.values import Dropped, histogram, preview, short_text, summarize
 
@@ -134,10 +134,11 @@ class Inspector(VerticalScroll, can_focus=True):
         path = (record.module_path if record is not None else "") or node.module_path
         if path:
             parts.append(Text(f"module  {path}", style="#af87d7"))
-        if node.source is not None and node.source.file:
+        loc = user_source(node, getattr(getattr(self.app, "session", None), "program", None))
+        if loc is not None and loc.file:
             src = Text("source  ", style="")
-            src.append(f"{node.source.file}:{node.source.line}", style="#87afd7")
-            src.append(f"  ({node.source.origin})", style="#8a8a8a")
+            src.append(f"{loc.file}:{loc.line}", style="#87afd7")
+            src.append(f"  ({loc.origin})", style="#8a8a8a")
             parts.append(src)
         if node.schema:
             parts.append(Text(f"schema  {node.schema}", style="#8a8a8a"))

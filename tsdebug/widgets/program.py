@@ -78,6 +78,9 @@ def build_rows(graph: Graph, folded: set[str], show_plumbing: bool = False) -> l
             if node.blocks and node.id not in folded:
                 names = BLOCK_NAMES.get(node.kind, ())
                 for j, block in enumerate(node.blocks):
+                    if not any(n.kind != "prim::Constant" and (show_plumbing or not is_plumbing(n, graph))
+                               for n in block.nodes):
+                        continue  # nothing to show: an empty else, a branch that only sets a break flag
                     name = names[j] if j < len(names) else f"block {j}"
                     d = depth + (1 if group_key else 0)
                     rows.append(Row(None, d + 1, header=f"{name}:", owner=node))
