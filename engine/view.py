@@ -318,11 +318,13 @@ def _list_folds(node: Node, graph: Graph) -> bool:
     if out in facts.graph_outputs:
         return False
     users = facts.uses.get(out, [])
-    if not users or not all(_reads_only(u) for u in users):
-        return False  # an accumulator (``outs = []`` then ``append``) is the user's own
+    if not users:
+        return False
     if all(constant_of(i, graph) is not MISSING for i in node.inputs):
-        return True
-    return len(users) == 1
+        # built afresh each time for its one reader: ``kernel_size=[2, 2]``; an accumulator
+        # (``outs = []`` then ``append``) is the user's own
+        return all(u.kind == "prim::CallFunction" or _reads_only(u) for u in users)
+    return len(users) == 1 and _reads_only(users[0])
 
 
 def _reads_only(user: Node) -> bool:
@@ -409,8 +411,9 @@ def outputs_text(node: Node, graph: Graph | None) -> str:
     return ", ".join(show_value(v, graph) for k, v in enumerate(node.outputs) if k not in flags)
 
 
-def describe(node: Node, graph: Graph | None) -> str:
-    """One line in the model's terms (see the module's docstring)."""
+def describe(node: Node, graph: Graph | None, program: Any = None) -> str:
+    """One line in the model's terms (see the module's docstring).  ``program`` (optional) names
+    the parameters of scripted functions a ``prim::CallFunction`` calls."""
     outs = outputs_text(node, graph)
     kind = node.kind
     if kind in ("prim::CallMethod", CALL_MODULE):
@@ -429,7 +432,15 @@ def describe(node: Node, graph: Graph | None) -> str:
         return f"{head}{constant_text(node.attrs.get('value'))}"
     if kind == "prim::CallFunction":
         name = unmangle(node.callee or "").rsplit(".", 1)[-1]
-        return f"{head}{name}({args_text(node, graph, skip=1)})"
+        params = function_params(node, program)
+        parts = []
+        for k, v in enumerate(node.inputs[1:]):
+            c = constant_of(v, graph)
+            text = show_value(v, graph) if c is MISSING else constant_text(c)
+            if c is not MISSING and k > 0 and k < len(params):
+                text = f"{params[k]}={text}"
+            parts.append(text)
+        return f"{head}{name}({', '.join(parts)})"
     if kind in _BUILDERS:
         items = [show_value(v, graph) if constant_of(v, graph) is MISSING else constant_text(constant_of(v, graph))
                  for v in node.inputs]
@@ -472,10 +483,24 @@ def _source_text(node: Node, starts: tuple[str, ...] = ("for ", "while ")) -> st
     return text if text.startswith(starts) else ""
 
 
-def input_params(node: Node, graph: Graph | None) -> list[str]:
+def function_params(node: Node, program: Any) -> list[str]:
+    """The parameter names of the scripted function a ``prim::CallFunction`` calls ([] when unknown)."""
+    finder = getattr(program, "function_graph", None)
+    if finder is None or not node.callee:
+        return []
+    try:
+        return [value_name(v) or v.name for v in finder(node.callee).inputs]
+    except Exception:  # a function the archive does not hold: positions still say it
+        return []
+
+
+def input_params(node: Node, graph: Graph | None, program: Any = None) -> list[str]:
     """The name each input of ``node`` is passed as: the schema's parameter name, else the value's own."""
     if node.kind in ("prim::CallMethod",) and node.inputs:
         return ["self"] + [value_name(v) or f"%{v.name}" for v in node.inputs[1:]]
+    if node.kind == "prim::CallFunction":
+        params = function_params(node, program)
+        return [""] + [params[k] if k < len(params) else "" for k in range(len(node.inputs) - 1)]
     params = schema_args(node.schema)
     named = node.attrs.get("arguments")
     names = []

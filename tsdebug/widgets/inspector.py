@@ -123,9 +123,10 @@ class Inspector(VerticalScroll, can_focus=True):
             return
         parts: list[Any] = []
         graph = self.graph_of(node) if self.graph_of is not None else None
+        program = getattr(getattr(self.app, "session", None), "program", None)
         title = Text(no_wrap=False)
         try:
-            said = describe(node, graph)
+            said = describe(node, graph, program)
         except Exception:  # an unusual node: its IR label is still right
             said = node.label()
         title.append(said, style="bold")
@@ -134,7 +135,7 @@ class Inspector(VerticalScroll, can_focus=True):
         path = (record.module_path if record is not None else "") or node.module_path
         if path:
             parts.append(Text(f"module  {path}", style="#af87d7"))
-        loc = user_source(node, getattr(getattr(self.app, "session", None), "program", None))
+        loc = user_source(node, program)
         if loc is not None and loc.file:
             src = Text("source  ", style="")
             src.append(f"{loc.file}:{loc.line}", style="#87afd7")
@@ -163,7 +164,7 @@ class Inspector(VerticalScroll, can_focus=True):
         if outputs is None and live is not None:
             outputs = live
         try:
-            params = input_params(node, graph)
+            params = input_params(node, graph, program)
         except Exception:  # names are a help; the values are what matter
             params = []
         parts.extend(self._value_section("inputs", node.inputs, inputs, "", params))

@@ -180,7 +180,7 @@ class ProgramView(ScrollView, can_focus=True):
         text = self._described.get(node.id)
         if text is None:
             try:
-                text = describe(node, self.graph)
+                text = describe(node, self.graph, getattr(getattr(self.app, "session", None), "program", None))
             except Exception:  # an unusual node: its IR label is still right
                 text = node.label()
             self._described[node.id] = text
