@@ -500,7 +500,7 @@ def input_params(node: Node, graph: Graph | None, program: Any = None) -> list[s
         return ["self"] + [value_name(v) or f"%{v.name}" for v in node.inputs[1:]]
     if node.kind == "prim::CallFunction":
         params = function_params(node, program)
-        return [""] + [params[k] if k < len(params) else "" for k in range(len(node.inputs) - 1)]
+        return ["function"] + [params[k] if k < len(params) else "" for k in range(len(node.inputs) - 1)]
     params = schema_args(node.schema)
     named = node.attrs.get("arguments")
     names = []

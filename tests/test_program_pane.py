@@ -362,11 +362,11 @@ SCREENS = {
     # inside the scripted MaxPool2d: max_pool2d with its arguments by name, inputs by parameter name
     "pane-unet-maxpool": ("unet_script", [], ["n", "s"]),
     # the decoder's loop, second iteration: the if of the break, this iteration's inputs
-    "pane-decoder-loop": ("decoder", DECODER, ["n"] * 5 + ["s"] + ["n"] * 12),
+    "pane-decoder-loop": ("decoder", DECODER, ["n"] * 4 + ["s"] + ["n"] * 13),
     # dicts and string formatting in a scripted helper
     "pane-stats": ("stats", ["--input", "float32[2,4]"], ["n"] * 6),
     # an all-NaN output: its count, and no histogram to draw
-    "pane-allnan": ("allnan", ["--input", "float32[2,3]"], ["n"] * 3),
+    "pane-allnan": ("allnan", ["--input", "float32[2,3]"], ["n"] * 4),
 }
 
 

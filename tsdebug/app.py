@@ -24,7 +24,7 @@ from textual.widgets import Footer
 from engine import Session, Stop, TsdebugError
 from engine.ir import Node
 from engine.run.values import short_text
-from engine.view import describe, step_past_plumbing
+from engine.view import describe, step_past_plumbing, unmangle
 from tsdebug.widgets import CallStack, Inspector, ProgramView, RowState, SourcePane, StatusBar
 from tsdebug.widgets.graphview import GraphView
 from tsdebug.widgets.goto import GotoScreen, Target
@@ -265,7 +265,7 @@ class TsdebugApp(App):
         node = m.current_node
         where = ""
         if node is not None:
-            where = f"{node.kind} {node.id}"
+            where = f"{node.kind} {unmangle(node.id)}"
             if m.view is not None:
                 where = f"#{m.view}/{len(m.timeline) - 1} {where}"
         bar.show(state or self.state, len(m.timeline), where, m.timeline.kept_bytes, m.budget,

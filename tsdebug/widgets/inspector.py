@@ -58,6 +58,11 @@ def value_lines(name: str, value: Any, expanded: bool, indent: str = "  ") -> li
             style = "bold red" if (ts.nan or ts.inf) else "#d0d0d0"
             lines.append(Text(indent + "  " + stats, style=style))
         return lines
+    if isinstance(value, (list, tuple)) and len(value) <= COLLAPSED_ITEMS \
+            and all(isinstance(x, (bool, int, float)) or x is None for x in value):
+        head.append(short_text(value, 80))  # ``kernel_size = %4 [2, 2]``: one line
+        lines.append(head)
+        return lines
     if isinstance(value, (list, tuple, dict)):
         items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
         kind = type(value).__name__
@@ -131,23 +136,28 @@ class Inspector(VerticalScroll, can_focus=True):
             said = node.label()
         title.append(said, style="bold")
         parts.append(title)
-        parts.append(Text(f"{node.kind}   {node.id}", style="#8a8a8a"))
+        parts.append(Text(f"{node.kind}   {unmangle(node.id)}", style="#8a8a8a"))
         path = (record.module_path if record is not None else "") or node.module_path
         if path:
             parts.append(Text(f"module  {path}", style="#af87d7"))
         loc = user_source(node, program)
         if loc is not None and loc.file:
             src = Text("source  ", style="")
-            src.append(f"{loc.file}:{loc.line}", style="#87afd7")
+            narrow = 0 < self.size.width < 60
+            src.append(loc.short() if narrow else f"{loc.file}:{loc.line}", style="#87afd7")
             src.append(f"  ({loc.origin})", style="#8a8a8a")
             parts.append(src)
+        # schema, callee and attributes: below the values (the title already names the arguments)
+        details: list[Text] = []
         if node.schema:
-            parts.append(Text(f"schema  {node.schema}", style="#8a8a8a"))
+            details.append(Text(f"schema  {node.schema}", style="#8a8a8a"))
         if node.callee:
-            parts.append(Text(f"calls   {unmangle(node.callee)}", style="#d7af5f"))
+            details.append(Text(f"calls   {unmangle(node.callee)}", style="#d7af5f"))
         shown_attrs = {k: v for k, v in node.attrs.items() if k not in ("value",) or node.kind == "prim::Constant"}
+        if node.kind in ("prim::CallMethod", "prim::GetAttr", "prim::SetAttr"):
+            shown_attrs.pop("name", None)  # the title says it
         for k, v in shown_attrs.items():
-            parts.append(Text(f"attr    {k} = {short_text(v, 60)}", no_wrap=True))
+            details.append(Text(f"attr    {k} = {short_text(v, 60)}", no_wrap=True))
         if note:
             parts.append(Text(note, style="bold red" if record is None or record.status != "next" else "#d7af5f"))
         if record is not None and record.status == "next":
@@ -186,6 +196,9 @@ class Inspector(VerticalScroll, can_focus=True):
         if focus is not None:
             name, t = focus
             parts.extend(self._tensor_detail(name, t))
+        if details:
+            parts.append(Text(""))
+            parts.extend(details)
         self.plain = "\n".join(p.plain for p in parts if isinstance(p, Text))
         self._text.update(Group(*parts))
 
