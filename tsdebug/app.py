@@ -565,7 +565,8 @@ class TsdebugApp(App):
             for k in range(1, n + 1):
                 i = (program.selected + k) % n
                 r = rows[i]
-                text = (r.node.label() + " " + (r.node.module_path or "")) if r.node else (r.header or "")
+                text = (program.describe(r.node) + " " + r.node.label() + " " + (r.node.module_path or "")) \
+                    if r.node else (r.header or "")
                 if q in text.lower():
                     program.selected = i
                     program.scroll_to_selected()

@@ -25,6 +25,8 @@ from engine.run.values import Dropped, histogram, preview, short_text, summarize
 SPARK = "▁▂▃▄▅▆▇█"
 COLLAPSED_ITEMS = 8
 EXPANDED_ITEMS = 256
+#: The node's line wraps to at most this many lines at the top of the pane.
+TITLE_LINES = 3
 
 
 def sparkline(counts: list[int]) -> str:
@@ -134,6 +136,9 @@ class Inspector(VerticalScroll, can_focus=True):
             said = describe(node, graph, program)
         except Exception:  # an unusual node: its IR label is still right
             said = node.label()
+        room = max(self.size.width - 2, 20) * TITLE_LINES if self.size.width else 0
+        if room and len(said) > room:
+            said = said[: room - 1] + "…"  # every argument is listed under inputs, by name
         title.append(said, style="bold")
         parts.append(title)
         parts.append(Text(f"{node.kind}   {unmangle(node.id)}", style="#8a8a8a"))
