@@ -497,6 +497,15 @@ def function_params(node: Node, program: Any) -> list[str]:
 def input_params(node: Node, graph: Graph | None, program: Any = None) -> list[str]:
     """The name each input of ``node`` is passed as: the schema's parameter name, else the value's own."""
     if node.kind in ("prim::CallMethod",) and node.inputs:
+        finder = getattr(program, "call_params", None)
+        try:
+            params = finder(node) if finder is not None else []
+        except Exception:  # names are a help; the values are what matter
+            params = []
+        if len(params) == len(node.inputs):
+            # torch.jit.trace names a module's parameters argument_1, argument_2: the value's own name says more
+            return ["self"] + [p if not re.fullmatch(r"argument_\d+", p) else (value_name(v) or f"%{v.name}")
+                               for p, v in zip(params[1:], node.inputs[1:])]
         return ["self"] + [value_name(v) or f"%{v.name}" for v in node.inputs[1:]]
     if node.kind == "prim::CallFunction":
         params = function_params(node, program)

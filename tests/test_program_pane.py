@@ -134,6 +134,19 @@ def test_decoder_loop_break_and_the_users_own_list(models):
     assert any(re.fullmatch(r"%\d+ = stack\(%12, dim=1\)", r) for r in rows)
 
 
+def test_call_inputs_are_named_by_the_methods_parameters(models):
+    s = Session(models["decoder"])
+    s.start(specs=["float32[2,32]", "int:5"])
+    from engine.view import input_params
+
+    cell = next(n for n in s.graph.walk() if n.kind == "prim::CallMethod" and "GRUCell" in describe(n, s.graph))
+    assert input_params(cell, s.graph, s.program) == ["self", "input", "hx"]
+    t = Session(models["unet_trace"])
+    t.start()
+    first = next(n for n in t.graph.walk() if n.kind == "prim::CallMethod")
+    assert input_params(first, t.graph, t.program) == ["self", "x"]  # not trace's argument_1
+
+
 def test_dicts_and_string_formatting(models):
     s = Session(models["stats"])
     s.start(specs=["float32[2,4]"])
@@ -323,11 +336,11 @@ def test_histogram_has_counts_above_a_preview_cut_to_the_pane(models):
 
 def test_toasts_are_short_and_the_next_key_dismisses_them(models):
     text, timeout = toast_text("x" * 900 + "\n" + "\n".join(f"line {i}" for i in range(20)), "error", 30)
-    assert len(text) <= 180 and text.count("\n") <= 2 and timeout <= 5
+    assert len(text) <= 120 and text.count("\n") <= 2 and timeout <= 5
 
     async def run():
         app = TsdebugApp(args_for(models["unet_trace"]))
-        async with app.run_test(size=(80, 24)) as pilot:
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
             await settle(pilot, app)
             assert len(app._notifications) >= 1  # the load toast
             assert all(n.timeout <= 5 for n in app._notifications)
@@ -336,6 +349,14 @@ def test_toasts_are_short_and_the_next_key_dismisses_them(models):
             await press(pilot, app, "b")  # a key's own toast stays
             notes = list(app._notifications)
             assert len(notes) == 1 and "breakpoint set" in notes[0].message
+            # the longest message the model can raise covers less than half the screen
+            app.notify("RuntimeError: " + "shape mismatch " * 80 + "\n".join(["at line"] * 30), severity="error")
+            for _ in range(5):
+                await pilot.pause()
+            from textual.widgets._toast import Toast
+
+            toasts = list(app.screen.query(Toast))
+            assert toasts and sum(t.region.height for t in toasts) < 12, [t.region for t in toasts]
 
     asyncio.run(run())
 

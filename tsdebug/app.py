@@ -102,6 +102,9 @@ class TsdebugApp(App):
         ``float32[1,3]``) that markup would read as tags and drop.  Toasts stay a few seconds, a few
         lines (the status bar keeps the whole message), and the next key dismisses them."""
         message, timeout = toast_text(message, severity, timeout)
+        older = list(self._notifications)
+        for note in older[: max(len(older) - TOAST_MAX + 1, 0)]:
+            self._unnotify(note, refresh=False)  # the newest stay; the status bar has said the rest
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     async def on_event(self, event) -> None:
@@ -936,7 +939,8 @@ def open_debugger(args: argparse.Namespace) -> int:
 #: How long a toast stays, and how much of it shows: never half the screen at 80x24.
 TOAST_SECONDS = {"information": 3.0, "warning": 4.0, "error": 5.0}
 TOAST_LINES = 3
-TOAST_CHARS = 180
+TOAST_CHARS = 120
+TOAST_MAX = 2
 
 
 def toast_text(message: str, severity: str = "information", timeout: float | None = None) -> tuple[str, float]:

@@ -450,6 +450,20 @@ class Program:
         file, line, function = user[levels]
         return SourceLoc(file=file, line=line, origin="traced", stack=stack, function=function)
 
+    def call_params(self, node: Node) -> list[str]:
+        """The parameter names of the method a ``prim::CallMethod`` calls (``self``, ``x``), [] when unknown."""
+        if node.kind != "prim::CallMethod" or not node.inputs or node.callee is None:
+            return []
+        caller = self.graph_of(node.id)
+        obj = self._receiver(caller, node) if caller is not None else None
+        if obj is None:
+            return []
+        try:
+            callee = self.method_graph(obj, node.callee)
+        except TsdebugError:
+            return []
+        return [v.name.rsplit(".", 1)[0] if v.name.rsplit(".", 1)[-1].isdigit() else v.name for v in callee.inputs]
+
     def _instance_of(self, graph: Graph) -> Any:
         """A module object whose method ``graph`` is: the root, or one found through the calls from it."""
         tname = graph.qualname.rsplit(".", 1)[0]
