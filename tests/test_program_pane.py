@@ -324,9 +324,14 @@ def test_histogram_has_counts_above_a_preview_cut_to_the_pane(models):
             # every row as drawn fits the pane: nothing wraps onto a second line
             shot = app.export_screenshot()
             assert shot  # drawn
-            width = inspector.content_region.width
+            width = inspector.scrollable_content_region.width
+            assert width < 40  # the inspector is narrow at 80x24
             preview = text[text.index("preview"):].splitlines()[1:]
             assert preview and all(len(row) <= width for row in preview), (width, preview)
+            # no row of the tensor is broken across lines: each ends its brackets (or is cut with …)
+            rows = [r for r in preview if r.startswith(("[", " ")) and r.strip() and r.strip() != "..."]
+            assert len(rows) >= 4
+            assert all(r.rstrip().endswith(("]", "…")) for r in rows), preview
 
     asyncio.run(run())
 

@@ -7,6 +7,7 @@ ones).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -34,8 +35,24 @@ def sparkline(counts: list[int]) -> str:
     return "".join(SPARK[min(len(SPARK) - 1, int(c / top * (len(SPARK) - 1) + (0.999 if c else 0)))] for c in counts)
 
 
-def value_lines(name: str, value: Any, expanded: bool, indent: str = "  ") -> list[Text]:
-    """Lines describing one value: a header, then items or statistics."""
+def stats_lines(indent: str, stats: str, style: str, width: int = 0) -> list[Text]:
+    """The statistics under a tensor, broken between figures (and indented) where the pane is narrow."""
+    if not width or len(indent) + len(stats) <= width:
+        return [Text(indent + stats, style=style)]
+    out, cur = [], ""
+    for part in stats.split("  "):
+        if cur and len(indent) + len(cur) + 2 + len(part) > width:
+            out.append(Text(indent + cur, style=style))
+            cur = part
+        else:
+            cur = f"{cur}  {part}" if cur else part
+    if cur:
+        out.append(Text(indent + cur, style=style))
+    return out
+
+
+def value_lines(name: str, value: Any, expanded: bool, indent: str = "  ", width: int = 0) -> list[Text]:
+    """Lines describing one value: a header, then items or statistics (``width``: the pane's, 0 if unknown)."""
     lines: list[Text] = []
     head = Text(indent)
     head.append(f"{name} ", style="#87afd7")
@@ -45,7 +62,7 @@ def value_lines(name: str, value: Any, expanded: bool, indent: str = "  ") -> li
         head.append(f"  (summary only: {value.reason})", style="italic #8a8a8a")
         lines.append(head)
         if summary.tensor is not None and summary.tensor.stats_line():
-            lines.append(Text(indent + "  " + summary.tensor.stats_line(), style="#d0d0d0", no_wrap=True))
+            lines.extend(stats_lines(indent + "  ", summary.tensor.stats_line(), "#d0d0d0", width))
         return lines
     if isinstance(value, torch.Tensor):
         ts = summarize(value).tensor
@@ -58,7 +75,7 @@ def value_lines(name: str, value: Any, expanded: bool, indent: str = "  ") -> li
         stats = ts.stats_line()
         if stats:
             style = "bold red" if (ts.nan or ts.inf) else "#d0d0d0"
-            lines.append(Text(indent + "  " + stats, style=style))
+            lines.extend(stats_lines(indent + "  ", stats, style, width))
         return lines
     if isinstance(value, (list, tuple)) and len(value) <= COLLAPSED_ITEMS \
             and all(isinstance(x, (bool, int, float)) or x is None for x in value):
@@ -74,7 +91,7 @@ def value_lines(name: str, value: Any, expanded: bool, indent: str = "  ") -> li
         for key, item in items[:limit]:
             label = f"[{key!r}]" if isinstance(value, dict) else f"[{key}]"
             if isinstance(item, (torch.Tensor, Dropped)):
-                lines.extend(value_lines(label, item, expanded, indent + "  "))
+                lines.extend(value_lines(label, item, expanded, indent + "  ", width))
             else:
                 t = Text(indent + "  ", no_wrap=True)
                 t.append(label + " ", style="#87afd7")
@@ -136,7 +153,7 @@ class Inspector(VerticalScroll, can_focus=True):
             said = describe(node, graph, program)
         except Exception:  # an unusual node: its IR label is still right
             said = node.label()
-        room = max(self.size.width - 2, 20) * TITLE_LINES if self.size.width else 0
+        room = max(self.scrollable_content_region.width - 4, 20) * TITLE_LINES if self.size.width else 0
         if room and len(said) > room:
             said = said[: room - 1] + "…"  # every argument is listed under inputs, by name
         title.append(said, style="bold")
@@ -219,22 +236,28 @@ class Inspector(VerticalScroll, can_focus=True):
             if values is None:
                 lines.append(Text(f"  {name}  : {unmangle(v.type)}{unknown}", style="#8a8a8a", no_wrap=True))
             else:
-                lines.extend(value_lines(name, values[i] if i < len(values) else None, self.expanded))
+                lines.extend(value_lines(name, values[i] if i < len(values) else None, self.expanded,
+                                         width=self.scrollable_content_region.width))
         return lines
 
     def _tensor_detail(self, name: str, t: torch.Tensor) -> list[Any]:
         """The histogram first (it is short, and seen without scrolling), then the preview, each row cut
         to the pane's width rather than wrapped."""
         out: list[Any] = []
-        width = max(self.size.width - 2, 20) if self.size.width else 78
+        width = max(self.scrollable_content_region.width, 20) if self.size.width else 78
         hist = histogram(t, bins=max(min(width - 10, 48), 10))
         if hist is not None:
             out.extend(histogram_lines(name, *hist, width=width))
         out.append(Text(f"{name} preview", style="bold underline"))
         try:
-            text = preview(t, edgeitems=3 if width >= 70 else 2, linewidth=max(width - 2, 20))
+            # numpy never breaks a row (a wrapped row reads as two); fewer corner items where narrow,
+            # and what still does not fit is cut at the pane's edge
+            for edge in (3, 2, 1):
+                text = preview(t, edgeitems=edge, linewidth=100_000)
+                if max((len(r) for r in text.splitlines()), default=0) <= width:
+                    break
             for row in text.splitlines():
-                out.append(Text(row, no_wrap=True, overflow="ellipsis"))
+                out.append(Text(row if len(row) <= width else row[: width - 1] + "…", no_wrap=True))
         except Exception as exc:  # an exotic layout numpy cannot show
             out.append(Text(f"(no preview: {exc})", style="#8a8a8a"))
         if hist is None:
@@ -245,9 +268,14 @@ class Inspector(VerticalScroll, can_focus=True):
 def histogram_lines(name: str, counts: list[int], lo: float, hi: float, width: int = 80) -> list[Text]:
     """A sparkline of the finite values with its range and the tallest bin's count under it."""
     n = sum(counts)
+    ranked = sorted(counts, reverse=True)
+    # one bin far above the rest (the zeros after a ReLU) would flatten every other bar
+    log = len(ranked) > 1 and ranked[1] > 0 and ranked[0] > 10 * ranked[1]
     head = Text(f"\n{name} histogram", style="bold underline")
-    head.append(f"  {n} finite value{'s' if n != 1 else ''}, {len(counts)} bins", style="#8a8a8a")
-    bar = Text(sparkline(counts), style="#5fafd7", no_wrap=True, overflow="ellipsis")
+    head.append(f"  {n} finite value{'s' if n != 1 else ''}, {len(counts)} bins" + (", log scale" if log else ""),
+                style="#8a8a8a")
+    drawn = [math.log1p(c) for c in counts] if log else counts
+    bar = Text(sparkline(drawn), style="#5fafd7", no_wrap=True, overflow="ellipsis")
     peak = max(counts) if counts else 0
     at = counts.index(peak) if counts else 0
     step = (hi - lo) / len(counts) if counts else 0.0
