@@ -32,12 +32,12 @@ def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     demo = build_demo_in()
     # Step into the first block, then over to the log with -inf values.
-    save("demo-step-into", capture(demo, ["n"] * 4 + ["s", "s", "s", "s"], (120, 36), title="tsdebug demo: step into"))
-    save("demo-tensor", capture(demo, ["n"] * 7, (120, 36), title="tsdebug demo: a tensor with -inf"))
-    save("demo-80x24", capture(demo, ["n"] * 5, (80, 24), title="tsdebug demo at 80x24"))
-    save("demo-loop", capture(demo, ["n"] * 13 + ["s"] * 3 + ["n"] * 5, (120, 36), title="tsdebug demo: inside a scripted loop"))
+    save("demo-step-into", capture(demo, ["s", "s"], (120, 36), title="tsdebug demo: step into"))
+    save("demo-tensor", capture(demo, ["n"] * 3, (120, 36), title="tsdebug demo: a tensor with -inf"))
+    save("demo-80x24", capture(demo, ["n"], (80, 24), title="tsdebug demo at 80x24"))
+    save("demo-loop", capture(demo, ["n"] * 8 + ["s"] * 2 + ["n"] * 4, (120, 36), title="tsdebug demo: inside a scripted loop"))
     save("demo-help", capture(demo, ["question_mark"], (100, 36), title="tsdebug: help"))
-    save("demo-graph", capture(demo, ["n"] * 7 + ["v", "wait:graph"], (120, 40), title="tsdebug demo: the graph view (v)"))
+    save("demo-graph", capture(demo, ["n"] * 3 + ["v", "wait:graph"], (120, 40), title="tsdebug demo: the graph view (v)"))
 
     import models as B
 

@@ -22,20 +22,20 @@ FIXED = "/tmp/tsdebug-screens/graph"
 DECODER_INPUTS = ["--input", "float32[2,32]", "--input", "int:5"]
 SCREENS = {
     # the call tree of a traced U-Net: one box a submodule call, skip connections down lanes
-    "graph-unet-80x24": ("unet_trace", [], ["n"] * 14 + ["v", "wait:graph"], (80, 24)),
-    "graph-unet-160x50": ("unet_trace", [], ["n"] * 14 + ["v", "wait:graph"], (160, 50)),
+    "graph-unet-80x24": ("unet_trace", [], ["n"] * 5 + ["v", "wait:graph"], (80, 24)),
+    "graph-unet-160x50": ("unet_trace", [], ["n"] * 5 + ["v", "wait:graph"], (160, 50)),
     # the inlined U-Net: module clusters, shapes on the edges that ran, the current node in view
-    "graph-unet-inline-80x24": ("unet_trace", ["--inline"], ["n"] * 30 + ["v", "wait:graph"], (80, 24)),
-    "graph-unet-inline-160x50": ("unet_trace", ["--inline"], ["n"] * 30 + ["v", "wait:graph"], (160, 50)),
+    "graph-unet-inline-80x24": ("unet_trace", ["--inline"], ["n"] * 5 + ["v", "wait:graph"], (80, 24)),
+    "graph-unet-inline-160x50": ("unet_trace", ["--inline"], ["n"] * 5 + ["v", "wait:graph"], (160, 50)),
     "graph-unet-inline-boxes-160x50": ("unet_trace", ["--inline"],
-                                       ["n"] * 30 + ["v", "wait:graph", "z", "wait:graph"], (160, 50)),
+                                       ["n"] * 5 + ["v", "wait:graph", "z", "wait:graph"], (160, 50)),
     # collapsed to the top-level modules, then one box selected with j
     "graph-unet-collapsed-160x50": ("unet_trace", ["--inline"],
                                     ["v", "wait:graph", "minus", "wait:graph", "minus", "wait:graph", "minus",
                                      "wait:graph", "j", "j", "j"], (160, 50)),
     # a scripted loop: the loop body framed, the if inside it
-    "graph-decoder-80x24": ("decoder", DECODER_INPUTS, ["n"] * 8 + ["v", "wait:graph"], (80, 24)),
-    "graph-decoder-160x50": ("decoder", DECODER_INPUTS, ["n"] * 8 + ["s", "n", "n", "v", "wait:graph"], (160, 50)),
+    "graph-decoder-80x24": ("decoder", DECODER_INPUTS, ["n"] * 6 + ["v", "wait:graph"], (80, 24)),
+    "graph-decoder-160x50": ("decoder", DECODER_INPUTS, ["n"] * 6 + ["v", "wait:graph"], (160, 50)),
 }
 
 

@@ -14,9 +14,10 @@ HERE = os.path.join(os.path.dirname(__file__), "snapshots")
 UPDATE = bool(os.environ.get("TSDEBUG_UPDATE_SNAPSHOTS"))
 
 SCREENS = {
-    "demo-start-120x36": (["n"] * 7, (120, 36)),
-    "demo-inside-call-80x24": (["n"] * 4 + ["s"] * 4, (80, 24)),
-    "demo-loop-120x36": (["n"] * 13 + ["s"] * 3 + ["n"] * 5, (120, 36)),
+    # n steps past TorchScript's plumbing (attribute reads, constant lists): each n is an op the user wrote
+    "demo-start-120x36": (["n"] * 3, (120, 36)),
+    "demo-inside-call-80x24": (["s"] * 2, (80, 24)),
+    "demo-loop-120x36": (["n"] * 8 + ["s"] * 2 + ["n"] * 4, (120, 36)),
 }
 
 

@@ -14,6 +14,7 @@ import time
 from functools import partial
 from typing import Any, Callable
 
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -23,6 +24,7 @@ from textual.widgets import Footer
 from engine import Session, Stop, TsdebugError
 from engine.ir import Node
 from engine.run.values import short_text
+from engine.view import describe, step_past_plumbing, unmangle
 from tsdebug.widgets import CallStack, Inspector, ProgramView, RowState, SourcePane, StatusBar
 from tsdebug.widgets.graphview import GraphView
 from tsdebug.widgets.goto import GotoScreen, Target
@@ -37,6 +39,7 @@ PANE_KEYS = [
     ("Enter / double click", "show the selected node's last value"),
     ("f", "fold or unfold the If/Loop block, or the module group (inlined view), at the selection"),
     ("M", "show or hide module paths"),
+    ("P", "show TorchScript's plumbing (attribute reads, constant lists, break flags); n then stops at it"),
     ("x", "expand large lists, tuples and dicts in the inspector"),
     ("Tab / Shift+Tab", "move between panes"),
     ("graph (v): j k, z, + -", "select the next or previous box, zoom out or in, expand or fold modules"),
@@ -96,8 +99,28 @@ class TsdebugApp(App):
     def notify(self, message: str, *, title: str = "", severity: str = "information",
                timeout: float | None = None, markup: bool = False) -> None:
         """A toast, as plain text by default: messages hold types and shapes (``List[Tensor]``,
-        ``float32[1,3]``) that markup would read as tags and drop."""
+        ``float32[1,3]``) that markup would read as tags and drop.  Toasts stay a few seconds, a few
+        lines (the status bar keeps the whole message), and the next key dismisses them."""
+        message, timeout = toast_text(message, severity, timeout)
+        older = list(self._notifications)
+        for note in older[: max(len(older) - TOAST_MAX + 1, 0)]:
+            self._unnotify(note, refresh=False)  # the newest stay; the status bar has said the rest
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
+
+    async def on_event(self, event) -> None:
+        # A toast is read by the time the next key comes: it must not cover the panes.  Cleared here,
+        # before the key reaches a binding, so the toast that key raises stays.
+        if isinstance(event, events.Key) and not event.is_forwarded and len(self._notifications):
+            for note in list(self._notifications):
+                self._unnotify(note, refresh=False)
+            self._refresh_notifications()
+        await super().on_event(event)
+
+    def _past_plumbing(self, stop: Any, backward: bool = False) -> Any:
+        """The stop moved past TorchScript's plumbing, unless P shows it (engine.view.step_past_plumbing)."""
+        if self.query_one(ProgramView).show_plumbing or self.machine is None or isinstance(stop, TsdebugError):
+            return stop
+        return step_past_plumbing(self.machine, self.session.program, stop, backward)
 
     # ---------------------------------------------------------------- layout
 
@@ -128,6 +151,7 @@ class TsdebugApp(App):
         graph_view.border_title = "graph"
         graph_view.state_of = self.box_state
         self.query_one(Inspector).border_title = "inspector"
+        self.query_one(Inspector).graph_of = self._graph_of_node
         self.query_one(CallStack).border_title = "call stack"
         self.query_one(SourcePane).border_title = "source"
         program.focus()
@@ -180,7 +204,8 @@ class TsdebugApp(App):
             self.query_one(ProgramView).show_graph(session.graph)
             self.status("error", message=self.load_error)
             return
-        self.notify(f"{kinds}\ninputs: {session.input_source}", title=session.path, timeout=6)
+        self.notify(f"{kinds}\ninputs: {session.input_source}", title=session.path, timeout=4)
+        self._past_plumbing(Stop.STEP)  # the first stop is the first node that computes
         self.after_move(None)
 
     # ------------------------------------------------------------ view model
@@ -201,6 +226,12 @@ class TsdebugApp(App):
             return -1
         idx = self.display_frame if self.display_frame is not None else len(frames) - 1
         return frames[idx].start
+
+    def _graph_of_node(self, node: Node):
+        program = self.query_one(ProgramView)
+        if program.graph is not None and program.graph.find(node.id) is node:
+            return program.graph
+        return self.session.program.graph_of(node.id) if self.session is not None else None
 
     def row_state(self, node: Node) -> RowState:
         m = self.machine
@@ -237,7 +268,7 @@ class TsdebugApp(App):
         node = m.current_node
         where = ""
         if node is not None:
-            where = f"{node.kind} {node.id}"
+            where = f"{node.kind} {unmangle(node.id)}"
             if m.view is not None:
                 where = f"#{m.view}/{len(m.timeline) - 1} {where}"
         bar.show(state or self.state, len(m.timeline), where, m.timeline.kept_bytes, m.budget,
@@ -327,8 +358,8 @@ class TsdebugApp(App):
             rec = None
         live = None
         note = ""
-        if rec is None and m.view is None and node is m.live_node and m.current_frame is not None:
-            # about to run: its inputs are known now
+        if m.view is None and node is m.live_node and m.current_frame is not None:
+            # about to run: its inputs are known now (in a loop, this iteration's, not the last one's)
             env = m.current_frame.env
             from engine.run.timeline import StepRecord
 
@@ -411,13 +442,13 @@ class TsdebugApp(App):
             self.call_from_thread(self.after_move, stop, name)
 
     def action_step_over(self) -> None:
-        self._move("next", lambda: self.machine.step_over())
+        self._move("next", lambda: self._past_plumbing(self.machine.step_over()))
 
     def action_step_into(self) -> None:
-        self._move("step", lambda: self.machine.step())
+        self._move("step", lambda: self._past_plumbing(self.machine.step()))
 
     def action_step_out(self) -> None:
-        self._move("return", lambda: self.machine.step_out())
+        self._move("return", lambda: self._past_plumbing(self.machine.step_out()))
 
     def action_continue(self) -> None:
         self._move("continue", lambda: self.machine.continue_())
@@ -427,7 +458,7 @@ class TsdebugApp(App):
         if m is None or self.state in ("running", "loading"):
             return
         before = m.view
-        m.back()
+        self._past_plumbing(m.back(), backward=True)
         if m.view == before:
             self.notify("at the first recorded step", timeout=2)
         self.after_move(None, "back")
@@ -496,7 +527,10 @@ class TsdebugApp(App):
             for n in g.walk():
                 if n.kind == "prim::Constant":
                     continue
-                names = " ".join(v.name for v in n.outputs)
+                try:
+                    names = describe(n, g)
+                except Exception:  # an unusual node: its value names still find it
+                    names = " ".join(v.name for v in n.outputs)
                 out.append(Target(n.id, n.kind, n.module_path, names))
         return out
 
@@ -534,7 +568,8 @@ class TsdebugApp(App):
             for k in range(1, n + 1):
                 i = (program.selected + k) % n
                 r = rows[i]
-                text = (r.node.label() + " " + (r.node.module_path or "")) if r.node else (r.header or "")
+                text = (program.describe(r.node) + " " + r.node.label() + " " + (r.node.module_path or "")) \
+                    if r.node else (r.header or "")
                 if q in text.lower():
                     program.selected = i
                     program.scroll_to_selected()
@@ -899,6 +934,25 @@ def open_debugger(args: argparse.Namespace) -> int:
     app = TsdebugApp(args)
     app.run()
     return app.return_code or 0
+
+
+#: How long a toast stays, and how much of it shows: never half the screen at 80x24.
+TOAST_SECONDS = {"information": 3.0, "warning": 4.0, "error": 5.0}
+TOAST_LINES = 3
+TOAST_CHARS = 120
+TOAST_MAX = 2
+
+
+def toast_text(message: str, severity: str = "information", timeout: float | None = None) -> tuple[str, float]:
+    """The message cut to a few lines and its timeout to a few seconds (the status bar keeps it whole)."""
+    lines = str(message).splitlines() or [""]
+    if len(lines) > TOAST_LINES:
+        lines = lines[: TOAST_LINES - 1] + [f"… {len(lines) - TOAST_LINES + 1} more lines"]
+    text = "\n".join(lines)
+    if len(text) > TOAST_CHARS:
+        text = text[: TOAST_CHARS - 1] + "…"
+    cap = TOAST_SECONDS.get(severity, 3.0)
+    return text, min(timeout, cap) if timeout is not None else cap
 
 
 def _terminal_fd() -> int | None:

@@ -274,7 +274,7 @@ def _session(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
-    from engine.run.values import human_bytes, summarize
+    from engine.run.values import human_bytes, nan_outputs_note, summarize
 
     if args.save_outputs and os.path.abspath(args.save_outputs) == os.path.abspath(args.model):
         return _fail("--save-outputs would overwrite the model; choose another file", args.json)
@@ -310,6 +310,9 @@ def cmd_run(args: argparse.Namespace) -> int:
               "  (first runs, each compiling as it goes)")
         print(f"recorded   {human_bytes(report.recorded_bytes)} of {human_bytes(session.budget)} budget, "
               f"{report.dropped_values} values kept as summaries only")
+        nan_note = nan_outputs_note(report.outputs) if report.error is None else ""
+        if nan_note:
+            print(f"NaN        {nan_note}")
         if report.messages:
             more = f"  (and {len(report.messages) - 1} more lines)" if len(report.messages) > 1 else ""
             print(f"said       {report.messages[0][:200]}{more}")

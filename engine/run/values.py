@@ -42,7 +42,10 @@ class TensorSummary:
 
     def stats_line(self) -> str:
         if self.min is None:
-            return ""
+            # no finite element: the NaN and Inf counts are all there is to say, and they matter most
+            bad = [f"NaN {self.nan}" if self.nan else "", f"Inf {self.inf}" if self.inf else ""]
+            bad = [b for b in bad if b]
+            return ("no finite values  " + "  ".join(bad)) if bad else ""
         parts = [f"min {fmt_float(self.min)}", f"max {fmt_float(self.max)}", f"mean {fmt_float(self.mean)}"]
         if self.std is not None:
             parts.append(f"std {fmt_float(self.std)}")
@@ -470,3 +473,28 @@ def iter_tensors(value: Any):
         for v in value.values():
             if isinstance(v, torch.Tensor):
                 yield v
+
+
+def _tensors_in(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors_in(v)]
+    return []
+
+
+def nan_outputs_note(outputs: Any) -> str:
+    """A line for ``tsdebug run`` when outputs are NaN through and through ('' otherwise):
+    a model that computes only NaN still "matches" its native run bit for bit."""
+    tensors = [t for t in _tensors_in(outputs) if t.numel() and (t.is_floating_point() or t.is_complex())]
+    if not tensors:
+        return ""
+    all_nan = [bool(torch.isnan(t.detach()).all()) for t in tensors]
+    if all(all_nan):
+        what = "the output is" if len(tensors) == 1 else f"every output ({len(tensors)} tensors) is"
+        return f"{what} all NaN: the model computes nothing finite (break on the first NaN in the debugger: w then c)"
+    if any(all_nan):
+        return f"{sum(all_nan)} of {len(tensors)} output tensors are all NaN"
+    return ""

@@ -10,7 +10,6 @@ path a ``prim::GetAttr`` chain reads (TorchScript) or from the tensor a
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import Any, Callable, Mapping
 
 from engine.ir import CALL_MODULE, Graph, Node, Value
@@ -26,58 +25,8 @@ MISSING = object()
 
 INT64_MAX = 2 ** 63 - 1
 
-_SUFFIX = re.compile(r"\.\d+$")
-_MANGLE = re.compile(r"___torch_mangle_\d+\.?")
-_ARG = re.compile(r"^(?P<type>.+?)\s+(?P<name>\w+)(?:=(?P<default>.+))?$")
-
-
-def value_name(v: Value) -> str:
-    """``x.1`` -> ``x``; TorchScript's numbered temporaries (``22``) have no name: ''."""
-    name = _SUFFIX.sub("", v.name)
-    return "" if name.isdigit() or not name else name
-
-
-def class_name(type_text: str) -> str:
-    """``__torch__.___torch_mangle_7.Block`` -> ``Block``; ``torch.nn.modules.conv.Conv2d`` -> ``Conv2d``."""
-    text = _MANGLE.sub("", type_text or "").rstrip(".")
-    return text.rsplit(".", 1)[-1] if text else ""
-
-
-def base_kind(kind: str) -> str:
-    """``aten::convolution.default`` -> ``convolution``; ``aten::relu_`` -> ``relu_``."""
-    name = kind.split("::", 1)[-1]
-    return name.split(".", 1)[0]
-
-
-@lru_cache(maxsize=4096)
-def schema_args(schema: str | None) -> tuple[tuple[str, str, str | None], ...]:
-    """``(type, name, default)`` of each argument of a schema string, in order (``*`` dropped)."""
-    if not schema or "(" not in schema:
-        return ()
-    inner = schema[schema.index("(") + 1:]
-    depth, out, cur = 0, [], ""
-    for ch in inner:
-        if ch in "([":
-            depth += 1
-        elif ch in ")]":
-            if depth == 0:
-                break
-            depth -= 1
-        if ch == "," and depth == 0:
-            out.append(cur.strip())
-            cur = ""
-            continue
-        cur += ch
-    if cur.strip():
-        out.append(cur.strip())
-    args = []
-    for part in out:
-        if part == "*":
-            continue
-        m = _ARG.match(part)
-        if m:
-            args.append((m["type"], m["name"], m["default"]))
-    return tuple(args)
+# Names and schemas are read as the program pane reads them (one place: engine/view.py).
+from engine.view import base_kind, class_name, schema_args, value_name  # noqa: E402,F401
 
 
 def short_number(x: Any) -> str:

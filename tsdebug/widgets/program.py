@@ -21,6 +21,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from engine.ir import Graph, Node
+from engine.view import describe, is_plumbing, outputs_text, user_source
 
 BLOCK_NAMES = {"prim::If": ("then", "else"), "prim::Loop": ("body",)}
 
@@ -49,9 +50,10 @@ class RowState:
     diverged: bool = False  # differs from the eager reference (``e``)
 
 
-def build_rows(graph: Graph, folded: set[str]) -> list[Row]:
+def build_rows(graph: Graph, folded: set[str], show_plumbing: bool = False) -> list[Row]:
     """Rows in execution order.  In an inlined graph each run of nodes from one
-    module gets a header (``▾ layer1.0.conv1``) that folds the run."""
+    module gets a header (``▾ layer1.0.conv1``) that folds the run.  TorchScript's
+    plumbing (``engine.view.is_plumbing``) has no row unless ``show_plumbing``."""
     rows: list[Row] = []
 
     def walk(nodes, depth):
@@ -60,6 +62,8 @@ def build_rows(graph: Graph, folded: set[str]) -> list[Row]:
         for node in nodes:
             if node.kind == "prim::Constant":
                 continue  # constants run on the way; they are not stops
+            if not show_plumbing and is_plumbing(node, graph):
+                continue
             if graph.inlined and node.module_path != group_path:
                 group_path = node.module_path
                 group_key = f"mod:{node.id}"
@@ -74,6 +78,9 @@ def build_rows(graph: Graph, folded: set[str]) -> list[Row]:
             if node.blocks and node.id not in folded:
                 names = BLOCK_NAMES.get(node.kind, ())
                 for j, block in enumerate(node.blocks):
+                    if not any(n.kind != "prim::Constant" and (show_plumbing or not is_plumbing(n, graph))
+                               for n in block.nodes):
+                        continue  # nothing to show: an empty else, a branch that only sets a break flag
                     name = names[j] if j < len(names) else f"block {j}"
                     d = depth + (1 if group_key else 0)
                     rows.append(Row(None, d + 1, header=f"{name}:", owner=node))
@@ -96,10 +103,13 @@ class ProgramView(ScrollView, can_focus=True):
         Binding("enter", "activate", "show value", show=False),
         Binding("f", "fold", "fold block", show=False),
         Binding("M", "toggle_paths", "module paths", show=False),
+        Binding("P", "toggle_plumbing", "show TorchScript's plumbing", show=False),
     ]
 
     selected: reactive[int] = reactive(0)
     show_paths: reactive[bool] = reactive(True)
+    #: attribute reads, lists of constants, break flags: folded unless P shows them
+    show_plumbing: reactive[bool] = reactive(False)
 
     class NodeSelected(Message):
         """The cursor row moved to a node."""
@@ -115,6 +125,7 @@ class ProgramView(ScrollView, can_focus=True):
         self.rows: list[Row] = []
         self.folded: set[str] = set()
         self._row_of: dict[str, int] = {}
+        self._described: dict[str, str] = {}  # node id -> its text (engine.view.describe), per graph
         # Supplied by the app: the machine's knowledge of a node.
         self.state_of: Callable[[Node], RowState] = lambda node: RowState()
 
@@ -125,13 +136,14 @@ class ProgramView(ScrollView, can_focus=True):
             # rows are built once per graph (and per fold): O(nodes)
             self.graph = graph
             self.folded = set()
+            self._described = {}
             self._rebuild()
         if select is not None:
             self.select_node(select)
         self.refresh()
 
     def _rebuild(self) -> None:
-        self.rows = build_rows(self.graph, self.folded) if self.graph is not None else []
+        self.rows = build_rows(self.graph, self.folded, self.show_plumbing) if self.graph is not None else []
         self._row_of = {r.node.id: i for i, r in enumerate(self.rows) if r.node is not None}
         self.virtual_size = Size(self.scrollable_content_region.width or 80, len(self.rows))
         self.selected = min(self.selected, max(len(self.rows) - 1, 0))
@@ -147,10 +159,32 @@ class ProgramView(ScrollView, can_focus=True):
             self._rebuild()
             i = self._row_of.get(node_id)
             if i is None:
+                i = self._row_after(node)
+            if i is None:
                 return False
         self.selected = i
         self.scroll_to_selected()
         return True
+
+    def _row_after(self, node: Node) -> int | None:
+        """The row of the first shown node after ``node`` (a folded plumbing node has no row of its own)."""
+        seen = False
+        for n in self.graph.walk():
+            if n is node:
+                seen = True
+            elif seen and n.id in self._row_of:
+                return self._row_of[n.id]
+        return None
+
+    def describe(self, node: Node) -> str:
+        text = self._described.get(node.id)
+        if text is None:
+            try:
+                text = describe(node, self.graph, getattr(getattr(self.app, "session", None), "program", None))
+            except Exception:  # an unusual node: its IR label is still right
+                text = node.label()
+            self._described[node.id] = text
+        return text
 
     @property
     def selected_node(self) -> Node | None:
@@ -238,6 +272,18 @@ class ProgramView(ScrollView, can_focus=True):
     def action_toggle_paths(self) -> None:
         self.show_paths = not self.show_paths
 
+    def action_toggle_plumbing(self) -> None:
+        self.show_plumbing = not self.show_plumbing
+
+    def watch_show_plumbing(self) -> None:
+        node = self.selected_node
+        self._rebuild()
+        if node is not None:
+            self.select_node(node.id)
+        self.refresh()
+        self.app.notify(f"TorchScript's plumbing (attribute reads, constant lists, break flags): "
+                        f"{'shown, and n stops at it' if self.show_plumbing else 'folded'}", timeout=3)
+
     def watch_selected(self, old: int, new: int) -> None:
         self.refresh()
         self.post_message(self.NodeSelected(self.selected_node))
@@ -251,14 +297,16 @@ class ProgramView(ScrollView, can_focus=True):
     def nearest_source(self, node: Node):
         """The source line of ``node``, or of the first node after it that has one
         (attribute reads and list plumbing carry none)."""
-        if node.source is not None and node.source.file:
-            return node.source
+        program = getattr(getattr(self.app, "session", None), "program", None)
+        src = user_source(node, program)
+        if src is not None and src.file:
+            return src
         start = self._row_of.get(node.id)
         if start is None:
             return None
         for row in self.rows[start + 1 : start + 40]:
             if row.node is not None and row.node.source is not None and row.node.source.file:
-                return row.node.source
+                return user_source(row.node, program)
         return None
 
     def on_click(self, event) -> None:
@@ -312,18 +360,21 @@ class ProgramView(ScrollView, can_focus=True):
         gutter.append(" ")
         body = Text(no_wrap=True, overflow="ellipsis")
         body.append("  " * row.depth)
-        outs = ", ".join(f"%{v.name}" for v in node.outputs)
-        if outs:
+        text = self.describe(node)
+        kind_style = "bold yellow" if state.current else ("bold" if node.blocks or node.callee else "")
+        outs = outputs_text(node, self.graph)
+        if outs and text.startswith(outs + " = "):
             body.append(outs, style="#87afd7")
             body.append(" = ")
-        kind_style = "bold yellow" if state.current else ("bold" if node.blocks or node.callee else "")
-        body.append(node.kind, style=kind_style)
-        if node.kind == "prim::GetAttr" or node.kind == "prim::SetAttr" or node.kind == "prim::CallMethod":
-            body.append(f"[{node.attrs.get('name', '')}]", style="#d7af5f")
-        elif node.kind == "prim::CallFunction":
-            body.append(f"[{(node.callee or '').rsplit('.', 1)[-1]}]", style="#d7af5f")
-        args = ", ".join(f"%{v.name}" for v in node.inputs)
-        body.append(f"({args})", style="#8a8a8a")
+            text = text[len(outs) + 3:]
+        call, arrow, result = text.partition(" → ")
+        head, paren, rest = call.partition("(")
+        body.append(head, style=kind_style)
+        if paren:
+            body.append(paren + rest, style="#8a8a8a")
+        if arrow:
+            body.append(arrow, style="#8a8a8a")
+            body.append(result, style="#87afd7")
         if state.executed > 1:
             body.append(f" ×{state.executed}", style="#8a8a8a")
         right = Text(no_wrap=True)

@@ -9,7 +9,8 @@ import torch
 
 from engine.formats.torchscript.convert import convert_graph, short_graph_name
 from engine.errors import ModelError, TsdebugError
-from engine.ir import Graph, Node
+from engine.ir import Graph, Node, SourceLoc
+from engine.sources import is_user_file
 from engine.formats.torchscript.ops import leaf_op, return_none
 from engine.run.leaf import LeafOp, Messages
 
@@ -419,6 +420,126 @@ class Program:
                 graph = convert_graph(sub, name, name)
             self._graphs[key] = graph
         return graph
+
+    # -- where a traced call came from ----------------------------------------
+
+    def call_site(self, node: Node) -> SourceLoc | None:
+        """The user's line of a traced ``prim::CallMethod`` (``e1 = self.enc1(x)``), on disk.
+
+        torch.jit.trace records a Python stack for each op but none for a call:
+        its source range is a line of the archive's own code.  The ops the call
+        ran hold it: in their stack the call site is the user's frame just
+        outside the user-written modules between the op and the call (a module
+        of torch's own adds no frame of the user's).
+        """
+        if node.kind != "prim::CallMethod" or not node.inputs or node.callee is None:
+            return None
+        caller = self.graph_of(node.id)
+        if caller is None or caller.inlined:
+            return None
+        obj = self._receiver(caller, node)
+        if obj is None:
+            return None
+        found = self._first_traced_stack(self.method_graph(obj, node.callee), obj, 0)
+        if found is None:
+            return None
+        stack, levels = found
+        user = [f for f in stack if is_user_file(f[0])]
+        if levels >= len(user):
+            return None
+        file, line, function = user[levels]
+        return SourceLoc(file=file, line=line, origin="traced", stack=stack, function=function)
+
+    def call_params(self, node: Node) -> list[str]:
+        """The parameter names of the method a ``prim::CallMethod`` calls (``self``, ``x``), [] when unknown."""
+        if node.kind != "prim::CallMethod" or not node.inputs or node.callee is None:
+            return []
+        caller = self.graph_of(node.id)
+        obj = self._receiver(caller, node) if caller is not None else None
+        if obj is None:
+            return []
+        try:
+            callee = self.method_graph(obj, node.callee)
+        except TsdebugError:
+            return []
+        return [v.name.rsplit(".", 1)[0] if v.name.rsplit(".", 1)[-1].isdigit() else v.name for v in callee.inputs]
+
+    def _instance_of(self, graph: Graph) -> Any:
+        """A module object whose method ``graph`` is: the root, or one found through the calls from it."""
+        tname = graph.qualname.rsplit(".", 1)[0]
+        known = self.__dict__.setdefault("_instances", {type_name(self.module): self.module})
+        if tname in known:
+            return known[tname]
+        todo = [self.root_graph()]
+        seen: set[int] = set()
+        while todo and tname not in known:
+            g = todo.pop()
+            if id(g) in seen or len(seen) > 2000:
+                continue
+            seen.add(id(g))
+            owner = known.get(g.qualname.rsplit(".", 1)[0])
+            if owner is None:
+                continue
+            for n in g.walk():
+                if n.kind != "prim::CallMethod" or n.callee is None:
+                    continue
+                obj = self._receiver(g, n, owner)
+                if obj is None or isinstance(obj, (ClassInstance, ObjectRef)):
+                    continue
+                known.setdefault(type_name(obj), obj)
+                try:
+                    todo.append(self.method_graph(obj, n.callee))
+                except TsdebugError:
+                    continue
+        return known.get(tname)
+
+    def _receiver(self, graph: Graph, node: Node, owner: Any = None) -> Any:
+        """The module a call runs on, read through the ``GetAttr`` chain from the graph's ``self``."""
+        names = []
+        cur = node.inputs[0]
+        for _ in range(64):
+            if cur.index == graph.inputs[0].index if graph.inputs else False:
+                break
+            prod = graph.producer(cur)
+            if prod is None or prod.kind != "prim::GetAttr" or not prod.inputs:
+                return None
+            names.append(str(prod.attrs.get("name", "")))
+            cur = prod.inputs[0]
+        else:
+            return None
+        obj = owner if owner is not None else self._instance_of(graph)
+        try:
+            for name in reversed(names):
+                obj = obj.getattr(name)
+        except Exception:  # an attribute only set at run time
+            return None
+        return obj if hasattr(obj, "_get_method") else None
+
+    def _first_traced_stack(self, graph: Graph, obj: Any, levels: int, depth: int = 0):
+        """(stack, levels): the Python stack of the first traced op the call runs, and how many
+        user-written modules lie between it and the call."""
+        if depth > 16:
+            return None
+        if not graph.qualname.startswith("__torch__.torch."):
+            levels += 1  # the user's own module: its forward is a frame of the user's file
+        for n in graph.walk():
+            if n.kind == "prim::Constant":
+                continue
+            if n.kind == "prim::CallMethod" and n.callee is not None:
+                inner = self._receiver(graph, n, obj)
+                if inner is None:
+                    continue
+                try:
+                    got = self._first_traced_stack(self.method_graph(inner, n.callee), inner, levels, depth + 1)
+                except TsdebugError:
+                    got = None
+                if got is not None:
+                    return got
+                continue
+            src = n.source
+            if src is not None and src.origin == "traced" and src.stack:
+                return src.stack, levels
+        return None
 
     def cached_graphs(self) -> list[Graph]:
         return list(self._graphs.values())
