@@ -20,6 +20,16 @@ _TORCH_DIRS = tuple(
 )
 
 
+def display_path(path: str) -> str:
+    """A file as the screen names it: an installed package's file from the package on
+    (``torch/nn/modules/pooling.py``, not the whole site-packages path), any other whole."""
+    for marker in ("/site-packages/", "/dist-packages/"):
+        at = path.rfind(marker)
+        if at >= 0:
+            return path[at + len(marker):]
+    return path
+
+
 def is_torch_frame(path: str) -> bool:
     return any(d in path for d in _TORCH_DIRS)
 

@@ -18,6 +18,7 @@ from textual.containers import VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from engine.sources import display_path
 from engine.ir import Node
 from engine.view import describe, input_params, unmangle, user_source
 from engine.run.timeline import StepRecord
@@ -166,7 +167,7 @@ class Inspector(VerticalScroll, can_focus=True):
         if loc is not None and loc.file:
             src = Text("source  ", style="")
             narrow = 0 < self.size.width < 60
-            src.append(loc.short() if narrow else f"{loc.file}:{loc.line}", style="#87afd7")
+            src.append(loc.short() if narrow else f"{display_path(loc.file)}:{loc.line}", style="#87afd7")
             src.append(f"  ({loc.origin})", style="#8a8a8a")
             parts.append(src)
         # schema, callee and attributes: below the values (the title already names the arguments)

@@ -14,6 +14,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from engine.ir import SourceLoc
+from engine.sources import display_path
 
 CONTEXT = 6
 
@@ -52,7 +53,7 @@ class SourcePane(Widget):
             return
         text = Text(no_wrap=True, overflow="ellipsis")
         if os.path.exists(shown.file):
-            self.border_title = f"{shown.file}:{shown.line}  · file on disk{extra}"
+            self.border_title = f"{display_path(shown.file)}:{shown.line}  · file on disk{extra}"
             before = max((self.size.height - 2) // 2, 1) if self.size.height else CONTEXT
             first = max(1, shown.line - before)
             for n in range(first, shown.line + CONTEXT * 2 + 1):
@@ -63,12 +64,12 @@ class SourcePane(Widget):
                 text.append(f"{n:5d}  ", style="#8a8a8a")
                 text.append(line.rstrip("\n") + "\n", style=style)
         elif shown.context:
-            self.border_title = f"{shown.file}:{shown.line}  · from the archive (file not on disk){extra}"
+            self.border_title = f"{display_path(shown.file)}:{shown.line}  · from the archive (file not on disk){extra}"
             for ln in shown.context.splitlines():
                 style = "reverse bold" if shown.text and ln.strip() == shown.text else ""
                 text.append(ln + "\n", style=style)
         else:
-            self.border_title = f"{shown.file}:{shown.line}  · from the archive (file not on disk){extra}"
+            self.border_title = f"{display_path(shown.file)}:{shown.line}  · from the archive (file not on disk){extra}"
             if shown.stack:
                 text.append("Python stack recorded by torch.jit.trace (innermost first):\n", style="italic")
                 for f, ln, fn in shown.stack:
