@@ -579,3 +579,20 @@ def step_past_plumbing(machine: Any, program: Any, stop: str, backward: bool = F
         else:
             stop = machine.step_over()
     return stop
+
+
+def symbolic_note(node: Node, program: Any) -> str | None:
+    """An exported node's output shape with its size symbols and their ranges
+    (``float32[s0, 8, 32, 32]  s0 in [1, 16]``); None where every size is fixed."""
+    shape = node.attrs.get("symbolic_shape") if isinstance(node.attrs, dict) else None
+    if not shape:
+        return None
+    ranges = program.symbol_ranges() if hasattr(program, "symbol_ranges") else {}
+    said = []
+    for sym in dict.fromkeys(re.findall(r"\b[su]\d+\b", shape)):
+        lo, hi = ranges.get(sym, (None, None))
+        if sym.startswith("u") and sym not in ranges:
+            said.append(f"{sym} from data")
+        else:
+            said.append(f"{sym} in [{'?' if lo is None else lo}, {'inf' if hi is None else hi}]")
+    return f"{shape}  {', '.join(said)}" if said else shape

@@ -394,3 +394,30 @@ def test_a_module_called_twice_has_two_calls_with_their_own_ids(tmp_path):
     s.machine.continue_()
     assert s.machine.current_node is calls[2]
     assert s.run_and_compare().identical
+
+
+def test_the_inspector_shows_symbolic_sizes_and_their_ranges(exported):
+    """A dynamic batch: the inspector says the exported shape with its symbol and the range it may take."""
+    import asyncio
+
+    from tsdebug.app import TsdebugApp
+    from tsdebug.cli import build_open_parser
+    from tsdebug.widgets import Inspector
+
+    path = exported("dynamic")
+    s = Session(path)
+    (sym, (lo, hi)), = [(k, v) for k, v in s.program.symbol_ranges().items() if k.startswith("s")]
+
+    async def run():
+        app = TsdebugApp(build_open_parser().parse_args([path, "--input", "float32[3,3,12,12]"]))
+        async with app.run_test(size=(160, 50)) as pilot:
+            for _ in range(300):
+                await pilot.pause()
+                if app.state not in ("running", "loading"):
+                    break
+                await asyncio.sleep(0.01)
+            text = app.query_one(Inspector).plain
+            assert f"exported as float32[{sym}," in text, text
+            assert f"{sym} in [{lo}, {'inf' if hi is None else hi}]" in text, text
+
+    asyncio.run(run())

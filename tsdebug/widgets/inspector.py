@@ -20,7 +20,7 @@ from textual.widgets import Static
 
 from engine.sources import display_path
 from engine.ir import Node
-from engine.view import describe, input_params, unmangle, user_source
+from engine.view import describe, input_params, symbolic_note, unmangle, user_source
 from engine.run.timeline import StepRecord
 from engine.run.values import Dropped, histogram, preview, short_text, summarize
 
@@ -202,6 +202,9 @@ class Inspector(VerticalScroll, can_focus=True):
             params = []
         parts.extend(self._value_section("inputs", node.inputs, inputs, "", params))
         parts.extend(self._value_section("outputs", node.outputs, outputs, "  (not run yet)"))
+        symbolic = symbolic_note(node, program)
+        if symbolic:
+            parts.append(Text(f"  exported as {symbolic}", style="#8a8a8a"))
         ref = getattr(self, "_reference", None)
         if ref is not None:
             mt = ref.metrics

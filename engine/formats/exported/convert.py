@@ -735,8 +735,14 @@ class GraphBuilder:
         first = next((op for op in ops if op.kind != "prim::Constant"), ops[0])
         call_op = _Op(name=f"@{path}", kind=CALL_MODULE, ins=list(reads), outs=list(results),
                       attrs={"module": path, "type": ty}, schema=None, stack=scope, call_of=first)
+        attrs: dict = {"module": path, "type": ty}
+        if len(results) == 1:
+            # the call's result is its last producer's: its symbolic shape too
+            made = next((op for op in reversed(ops) if results[0] in _defines(op)), None)
+            if made is not None and len(_defines(made)) == 1 and made.attrs.get("symbolic_shape"):
+                attrs["symbolic_shape"] = made.attrs["symbolic_shape"]
         node = Node(id=node_id, kind=CALL_MODULE, inputs=inputs, outputs=outputs,
-                    attrs={"module": path, "type": ty}, blocks=(), schema=None,
+                    attrs=attrs, blocks=(), schema=None,
                     source_cell=[UNREAD, _read_source], module_path=path, callee=graph_name,
                     in_idx=tuple(v.index for v in inputs), out_idx=tuple(v.index for v in outputs), handle=call_op)
         self.callees[node] = callee

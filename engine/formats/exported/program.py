@@ -60,6 +60,15 @@ def make_runner(op: _Op):
     return namespace["run"]
 
 
+def bound_int(x: Any) -> int | None:
+    """A range bound as an int; None for torch's and sympy's infinities."""
+    try:
+        v = int(x)
+    except Exception:
+        return None
+    return v if abs(v) < 2 ** 62 else None
+
+
 class ExportedProgramCode:
     """The code of one ExportedProgram: its graph in both views, its state, its calling convention."""
 
@@ -83,6 +92,13 @@ class ExportedProgramCode:
         self.traced_methods: frozenset[str] = frozenset()
         self.in_spec = ep.call_spec.in_spec
         self.out_spec = ep.call_spec.out_spec
+
+    def symbol_ranges(self) -> dict[str, tuple[int | None, int | None]]:
+        """Each size symbol of the program (``s0``, ``u1``) and its range; None where unbounded."""
+        out = {}
+        for sym, vr in (self.ep.range_constraints or {}).items():
+            out[str(sym)] = (bound_int(vr.lower), bound_int(vr.upper))
+        return out
 
     # -- graphs
 
