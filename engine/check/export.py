@@ -52,7 +52,8 @@ class Blocker:
     def one_line(self) -> str:
         text = f" ({self.text.strip()})" if self.text else ""
         module = f" in module {self.module_path}" if self.module_path else ""
-        return f"{self.kind} at {self.where}{text}{module} blocks the conversion: {self.cause}; {self.advice}"
+        at = f" at {self.where}" if self.file else ""
+        return f"{self.kind}{at}{text}{module} blocks the conversion: {self.cause}; {self.advice}"
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "file": self.file, "line": self.line, "text": self.text,
