@@ -306,7 +306,7 @@ def convert_archive(session: Any, inputs: tuple, notes: list[str]) -> tuple[Any,
             with _quiet():
                 if "freeze" in route:
                     module = torch.jit.freeze(module.eval())
-                if "sizes" in route:
+                if "specializing" in route:
                     specialize_sizes(module, inputs)
         except Exception as exc:
             notes.append(f"the {route} could not prepare the archive ({first_error_line(exc)})")
@@ -321,7 +321,8 @@ def convert_archive(session: Any, inputs: tuple, notes: list[str]) -> tuple[Any,
                 first = blocker
             continue
         if route != "converter" and first is not None:
-            notes.append(f"torch's converter stopped at {first.kind} at {first.where} ({first.cause}); "
+            at = f"{first.kind} at {first.where}" if first.file else first.kind
+            notes.append(f"torch's converter stopped at {at} ({first.cause}); "
                          f"{ROUTES[route]}, it converted: the verification below checks that the meaning did "
                          "not change")
         return ep, route
