@@ -1,0 +1,537 @@
+"""pdb and pudb habits: evaluate (!), watches (W), the breakpoint list (B), go to any frame (g),
+back over a call (P), e stopping at a breakpoint, the command palette; on real saved models."""
+
+import asyncio
+import inspect
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+from engine import Session
+from engine.run.breaks import BreakpointBook, BreakpointError
+from engine.run.evaluate import EvalError, evaluate, live_scope
+from test_ui import args_for, settle
+from tsdebug.app import TsdebugApp
+from tsdebug.widgets import ProgramView
+from tsdebug.widgets.breakpoints import BreakpointsScreen
+from tsdebug.widgets.evaluate import EvaluateScreen
+from tsdebug.widgets.watches import WatchList
+
+
+class Loopy(nn.Module):
+    """Scripted: a loop whose branch depends on the data, a submodule called on one line."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(3):
+            x = self.lin(x) * 2.0  # the line of the b FILE:LINE test
+            if bool(x.sum() > 0):
+                x = torch.relu(x)
+            else:
+                x = x - 1.0
+        return x
+
+
+LIN_LINE = inspect.getsourcelines(Loopy.forward)[1] + 2
+THIS_FILE = os.path.basename(__file__)
+
+
+@pytest.fixture
+def loopy(archive):
+    torch.manual_seed(0)
+    return archive(Loopy(), "script")
+
+
+async def type_text(pilot, text):
+    await pilot.press(*text)
+
+
+async def evaluate_in_ui(pilot, app, text):
+    """Open ! (if needed), type ``text``, Enter; returns (the value, the screen)."""
+    if not isinstance(app.screen, EvaluateScreen):
+        await pilot.press("exclamation_mark")
+        await pilot.pause()
+    await type_text(pilot, text)
+    await pilot.press("enter")
+    await pilot.pause()
+    return app.screen.last_value, app.screen
+
+
+async def breakpoint_command(pilot, app, text):
+    """Type ``text`` in the breakpoints screen (B); returns the message it shows."""
+    if not isinstance(app.screen, BreakpointsScreen):
+        await pilot.press("B")
+        await pilot.pause()
+    app.screen.query_one("#breakpoints-input").value = ""  # a refused line stays there to be edited
+    await type_text(pilot, text)
+    await pilot.press("enter")
+    await pilot.pause()
+    return str(app.screen.query_one("#breakpoints-message").content)
+
+
+def watch_rows(app):
+    return [str(o.prompt) for o in app.query_one(WatchList).options]
+
+
+# ------------------------------------------------------------------ evaluate
+
+
+def test_evaluate_gives_torchs_numbers(convnet):
+    async def run():
+        app = TsdebugApp(args_for(convnet))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            x = app.session.inputs[0]
+            value, screen = await evaluate_in_ui(pilot, app, "%x.1.abs().max()")
+            assert torch.equal(value, x.abs().max())
+            # torch itself, names by value
+            value, _ = await evaluate_in_ui(pilot, app, "torch.allclose(%x.1, %x.1 * 1.0)")
+            assert value is True
+            log = " ".join(str(w.content) for w in screen.query(".evaluate-entry"))
+            assert "True" in log and "%x.1.abs().max()" in log
+            # not computed yet: one line that says so
+            names = [n for n in screen.names if n.startswith("input")]
+            value, _ = await evaluate_in_ui(pilot, app, f"%{names[0]}.sum()" if names else "%nope")
+            entries = list(screen.query(".evaluate-entry"))
+            assert "not computed yet" in str(entries[-1].content) or "no value" in str(entries[-1].content)
+            await pilot.press("escape")
+            await pilot.pause()
+            assert not isinstance(app.screen, EvaluateScreen)
+
+    asyncio.run(run())
+
+
+def test_evaluate_after_steps_matches_the_op(convnet):
+    """Into the first conv: its output, evaluated, is torch's conv of its input."""
+    s = Session(convnet)
+    s.start()
+    m = s.machine
+    while m.current_node is None or m.current_node.kind != "aten::_convolution":
+        m.step()
+    node = m.current_node
+    m.step()  # the conv ran, and its frame returned: back in history, the step after it
+    m.back()
+    assert m.timeline[m.view].node is node
+    out = node.outputs[0].name
+    inp = node.inputs[0].name
+    w = node.inputs[1].name
+    b = node.inputs[2].name
+    scope = live_scope(m)
+    got = evaluate(f"%{out}", scope)
+    want = torch.nn.functional.conv2d(evaluate(f"%{inp}", scope), evaluate(f"%{w}", scope), evaluate(f"%{b}", scope),
+                                      padding=1)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert float(evaluate(f"(%{out} - F.conv2d(%{inp}, %{w}, %{b}, padding=1)).abs().max()", scope)) < 1e-5
+
+
+def test_evaluate_cannot_change_what_was_recorded(convnet):
+    """A hostile expression: in-place ops on a value change a copy; no import, no open."""
+    s = Session(convnet)
+    s.start()
+    m = s.machine
+    for _ in range(3):
+        m.step()
+    scope = live_scope(m)
+    before = evaluate("%x.1", scope).clone()
+    evaluate("%x.1.add_(100)", scope)
+    evaluate("%x.1.zero_()", scope)
+    assert torch.equal(evaluate("%x.1", scope), before)
+    assert torch.equal(s.inputs[0], before)
+    for bad in ("__import__('os').system('true')", "open('/etc/passwd')"):
+        with pytest.raises(EvalError) as err:
+            evaluate(bad, scope)
+        assert "\n" not in err.value.message and "NameError" in err.value.message
+    with pytest.raises(EvalError) as err:
+        evaluate("%x.1 +", scope)
+    assert "not a Python expression" in err.value.message
+    with pytest.raises(EvalError) as err:
+        evaluate("%x1.sum()", scope)
+    assert "did you mean %x.1" in err.value.message
+
+
+def test_evaluate_says_a_value_was_not_kept(convnet):
+    """A user's report: over the record budget, a value's name says so, with its summary."""
+    s = Session(convnet, budget=0)
+    s.start()
+    m = s.machine
+    while m.current_node is None or m.current_node.kind != "aten::_convolution":
+        m.step()
+    node = m.current_node
+    m.step()
+    m.back()
+    with pytest.raises(EvalError) as err:
+        evaluate(f"%{node.outputs[0].name}.sum()", live_scope(m))
+    assert "not kept" in err.value.message and "record-budget" in err.value.message
+
+
+# ------------------------------------------------------------------- watches
+
+
+def test_watch_updates_after_n(loopy):
+    async def run():
+        app = TsdebugApp(args_for(loopy, "--input", "float32[2,4]"))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            m = app.machine
+            assert not app.query_one(WatchList).display
+            await pilot.press("W")
+            await pilot.pause()
+            await type_text(pilot, "%x.1.sum()")
+            await pilot.press("enter")
+            await settle(pilot, app)
+            assert app.query_one(WatchList).display
+            first = watch_rows(app)
+            assert first == [f"%x.1.sum() = {float(app.session.inputs[0].sum()):.5g}"] or \
+                first[0].startswith("%x.1.sum() = ")
+            # a watch on the loop's carried value: changes as the loop goes round
+            await pilot.press("W")
+            await pilot.pause()
+            loop = next(n for n in m.graph.walk() if n.kind == "prim::Loop")
+            carried = loop.blocks[0].params[1].name
+            await type_text(pilot, f"%{carried}.abs().sum()")
+            await pilot.press("enter")
+            await settle(pilot, app)
+            seen = set()
+            for _ in range(12):
+                await pilot.press("s")
+                await settle(pilot, app)
+                rows = watch_rows(app)
+                assert len(rows) == 2
+                seen.add(rows[1])
+            assert len(seen) >= 2  # it followed the steps
+            # the value the watch shows is the engine's at that step
+            if m.view is None and m.current_frame is not None and m.current_frame.env[loop.blocks[0].params[1].index] is not None:
+                want = m.current_frame.env[loop.blocks[0].params[1].index].abs().sum()
+                assert f"= {float(want):.5g}" in watch_rows(app)[1]
+            # a value made inside the loop: not computed yet, then, after n runs its node, torch's number
+            await pilot.press("R")
+            await settle(pilot, app)
+            m = app.machine
+            call = next(n for n in loop.blocks[0].nodes if n.kind == "prim::CallMethod")
+            made = call.outputs[0].name
+            await pilot.press("W")
+            await pilot.pause()
+            await type_text(pilot, f"%{made}.sum()")
+            await pilot.press("enter")
+            await settle(pilot, app)
+            assert "not computed yet" in watch_rows(app)[2]
+            for _ in range(20):
+                if m.current_node is call:
+                    break
+                await pilot.press("s")  # into the loop
+                await settle(pilot, app)
+            assert m.current_node is call
+            assert "not computed yet" in watch_rows(app)[2]
+            await pilot.press("n")
+            await settle(pilot, app)
+            want = m.timeline.last_of(call.id).outputs[0].sum()
+            assert watch_rows(app)[2] == f"%{made}.sum() = {float(want):.5g}  (float32[])"
+            app.watches.pop()
+            # Delete in the list removes one
+            app.query_one(WatchList).focus()
+            app.query_one(WatchList).highlighted = 0
+            await pilot.press("delete")
+            await pilot.pause()
+            assert app.watches == [f"%{carried}.abs().sum()"]
+
+    asyncio.run(run())
+
+
+# --------------------------------------------------------------- breakpoints
+
+
+def test_conditional_breakpoint_stops_only_when_it_holds(loopy):
+    async def run():
+        app = TsdebugApp(args_for(loopy, "--input", "float32[2,4]"))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            m = app.machine
+            loop = next(n for n in m.graph.walk() if n.kind == "prim::Loop")
+            counter = loop.blocks[0].params[0].name
+            call = next(n for n in loop.blocks[0].nodes if n.kind == "prim::CallMethod")
+            message = await breakpoint_command(pilot, app, f"{call.id} if %{counter} == 2")
+            assert "if" in message and call.id in message
+            await pilot.press("escape")
+            await pilot.pause()
+            await pilot.press("c")
+            await settle(pilot, app)
+            assert m.current_node is call and m.frames()[-1].loops == [2]
+            await pilot.press("c")
+            await settle(pilot, app)
+            assert app.state == "finished"  # iterations 0 and 1 did not stop; neither did anything after
+
+    asyncio.run(run())
+
+
+def test_b_file_line_stops_at_every_node_of_that_line(loopy):
+    s = Session(loopy, method="forward")
+    book = BreakpointBook(s.breakpoints, s.program)
+    message = book.add(f"{THIS_FILE}:{LIN_LINE}")
+    ids = s.breakpoints.lines[f"{THIS_FILE}:{LIN_LINE}"]
+    assert ids and "node(s)" in message
+    s.start(values=(torch.randn(2, 4),))
+    m = s.machine
+    stops = []
+    while m.continue_() == "breakpoint":
+        stops.append(m.live_node)
+        assert m.live_node.source.line == LIN_LINE
+    assert len(stops) == 3 * len(ids)  # every node of the line, every iteration
+    # the list shows it as one; deleting it removes every node's
+    entries = book.entries()
+    assert [e.text.split(":")[0] for e in entries] == [f"line {THIS_FILE}"]
+    book.remove(entries[0].key)
+    assert not s.breakpoints
+    with pytest.raises(BreakpointError) as err:
+        book.add(f"{THIS_FILE}:1")
+    assert "no node" in err.value.message
+
+
+def test_b_file_line_from_the_screen_and_delete(loopy):
+    async def run():
+        app = TsdebugApp(args_for(loopy, "--input", "float32[2,4]"))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            message = await breakpoint_command(pilot, app, f"{THIS_FILE}:{LIN_LINE}")
+            assert f"{THIS_FILE}:{LIN_LINE}" in message
+            lst = app.screen.query_one("#breakpoints-list")
+            assert lst.option_count == 1
+            await pilot.press("down")  # to the list
+            await pilot.press("d")
+            await pilot.pause()
+            assert not app.session.breakpoints
+            await pilot.press("escape")
+            await pilot.pause()
+
+    asyncio.run(run())
+
+
+def test_B_rejects_a_kind_the_program_lacks_and_suggests(convnet):
+    async def run():
+        app = TsdebugApp(args_for(convnet))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            await pilot.press("B")
+            await pilot.pause()
+            screen = app.screen
+            # the example in the prompt is a kind this program has
+            example = screen.placeholder.split()[0]
+            assert example == "aten::_convolution"
+            message = await breakpoint_command(pilot, app, "aten::conv2d")
+            assert "no aten::conv2d" in message and "aten::_convolution" in message
+            assert not app.session.breakpoints.kinds
+            message = await breakpoint_command(pilot, app, example)
+            assert app.session.breakpoints.kinds == {"aten::_convolution"}
+            await pilot.press("escape")
+            await pilot.pause()
+            await pilot.press("c")
+            await settle(pilot, app)
+            assert app.machine.current_node.kind == "aten::_convolution"
+
+    asyncio.run(run())
+
+
+def test_condition_that_fails_stops_and_says_why(loopy):
+    """A user's typo that only the run can catch (a method the tensor lacks): the run stops there, and says so."""
+    s = Session(loopy)
+    s.start(values=(torch.randn(2, 4),))
+    book = BreakpointBook(s.breakpoints, s.program)
+    call = next(n for n in s.graph.walk() if n.kind == "prim::CallMethod")
+    with pytest.raises(BreakpointError):
+        book.add(f"{call.id} if %nope > 0")  # names are checked when it is set
+    book.add(f"{call.id} if %x.1.no_such_method() > 0")
+    m = s.machine
+    assert m.continue_() == "breakpoint"
+    assert "condition failed" in m.stop_reason_detail and "no_such_method" in m.stop_reason_detail
+
+
+# ------------------------------------------------------------------ go to, P
+
+
+def test_g_finds_a_node_in_a_callee_and_goes_there(convnet):
+    async def run():
+        app = TsdebugApp(args_for(convnet))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            m = app.machine
+            assert not any(g.name.endswith("BatchNorm2d.forward") for g in app.session.program.cached_graphs()
+                           if m.timeline.count_of(next(iter(g.walk())).id))
+            await pilot.press("g")
+            await pilot.pause()
+            await type_text(pilot, "batch_norm")
+            await pilot.press("enter")
+            await settle(pilot, app)
+            assert m.current_node.kind == "aten::batch_norm"
+            program = app.query_one(ProgramView)
+            assert program.graph.name.endswith("BatchNorm2d.forward")
+            assert program.selected_node is m.current_node
+            # again: it ran now, so g goes to its first run in the history
+            target = m.current_node.id
+            await pilot.press("n")
+            await pilot.press("n")
+            await settle(pilot, app)
+            await pilot.press("g")
+            await pilot.pause()
+            await type_text(pilot, target)
+            await pilot.press("enter")
+            await settle(pilot, app)
+            assert m.view is not None and m.timeline[m.view].node.id == target
+
+    asyncio.run(run())
+
+
+class Guarded(nn.Module):
+    """A guard for inputs that never come: its branch never runs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * 2.0
+        if bool((y < -1000.0).any()):
+            y = y - 1.0
+        return y.relu()
+
+
+def test_g_on_a_node_that_never_runs(archive):
+    """g to a node in a branch the inputs never take: it says so and leaves you where you were."""
+    s = Session(archive(Guarded(), "script"))
+    s.start(values=(torch.randn(3, 3),))
+    m = s.machine
+    branch = next(n for n in s.graph.walk() if n.kind == "prim::If")
+    sub = next(n for n in branch.blocks[0].nodes if n.kind == "aten::sub")
+    m.step()
+    here = m.live_node
+    assert m.go_to(sub.id) == "never"
+    assert m.finished and m.timeline[m.view].node is here
+    assert not any(r.node.id == sub.id for r in m.timeline)
+    # a node that does run, from the history: its first record
+    relu = next(n for n in s.graph.walk() if n.kind == "aten::relu")
+    assert m.go_to(relu.id) == "history" and m.timeline[m.view].node is relu
+
+
+def test_P_steps_back_over_a_call(convnet):
+    s = Session(convnet)
+    s.start()
+    m = s.machine
+    while m.current_node.kind != "prim::CallMethod":
+        m.step()
+    call = m.current_node
+    m.step_over()
+    after = m.current_node
+    m.back_over()
+    assert m.timeline[m.view].node is call  # one step back: the whole call
+    m.back()  # p goes into it from the far side... no: p is one record back from the call
+    assert m.timeline[m.view].index < m.timeline.by_node[call.id][0]
+    m.step_over()
+    m.step_over()
+    assert m.view is None and m.current_node is after or m.timeline[m.view].node is after
+
+
+# --------------------------------------------------------------- e, palette
+
+
+def test_e_stops_at_the_breakpoint(archive):
+    import diff_models as D
+
+    torch.manual_seed(0)
+    path = archive(D.FrozenBranch(), "trace", example=(torch.rand(2, 6) + 0.5,))
+    eager = os.path.join(os.path.dirname(__file__), "diff_models.py") + ":FrozenBranch"
+
+    async def run():
+        app = TsdebugApp(args_for(path, "--input", "float32[2,6]:-1..-0.5", "--eager", eager))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            m = app.machine
+            kinds = {n.kind for n in m.graph.walk()}
+            kind = "aten::tanh" if "aten::tanh" in kinds else sorted(k for k in kinds if k.startswith("aten::"))[0]
+            await breakpoint_command(pilot, app, kind)
+            await pilot.press("escape")
+            await pilot.pause()
+            await pilot.press("e")
+            await settle(pilot, app)
+            m = app.machine
+            assert app.diff_result is not None
+            first = min(i for i, r in enumerate(m.timeline) if r.node.kind == kind)
+            assert m.view == first  # where c from the start would have stopped
+            assert app.query_one(ProgramView).selected_node.kind == kind
+
+    asyncio.run(run())
+
+
+def test_palette_lists_our_commands_and_screenshot_saves(convnet, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    async def run():
+        from textual.command import CommandPalette
+        from textual.widgets import OptionList
+
+        app = TsdebugApp(args_for(convnet))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            await pilot.press("ctrl+p")
+            await pilot.pause()
+            assert isinstance(app.screen, CommandPalette)
+            await type_text(pilot, "evaluate")
+            for _ in range(50):
+                await pilot.pause()
+                await asyncio.sleep(0.02)
+                lst = app.screen.query_one(OptionList)
+                if lst.option_count:
+                    break
+            texts = [str(lst.get_option_at_index(i).prompt) for i in range(lst.option_count)]
+            assert any("evaluate an expression" in t for t in texts)
+            await pilot.press("enter")
+            await pilot.pause()
+            await pilot.pause()
+            assert isinstance(app.screen, EvaluateScreen)  # the command ran its key's action
+            await pilot.press("escape")
+            await pilot.pause()
+            await pilot.press("ctrl+p")
+            await pilot.pause()
+            await type_text(pilot, "screenshot")
+            for _ in range(50):
+                await pilot.pause()
+                await asyncio.sleep(0.02)
+                if app.screen.query_one(OptionList).option_count:
+                    break
+            await pilot.press("enter")
+            for _ in range(50):
+                await asyncio.sleep(0.02)
+                await pilot.pause()
+                if list(tmp_path.glob("*.svg")):
+                    break
+            saved = list(tmp_path.glob("tsdebug-*.svg"))
+            assert len(saved) == 1 and "<svg" in saved[0].read_text()[:400]
+
+    asyncio.run(run())
+
+
+# ----------------------------------------------------------- torch.export
+
+
+def test_exported_program_evaluate_kinds_and_goto(tmp_path):
+    from exported_models import export_model
+
+    path, module, args, kwargs = export_model(tmp_path / "convnet.pt2", "convnet")
+    s = Session(path)
+    s.start()
+    book = BreakpointBook(s.breakpoints, s.program)
+    # an exported conv is aten::conv2d (an overload of it): the text a traced archive refuses is right here
+    assert "aten::conv2d.default" in book.kinds
+    with pytest.raises(BreakpointError) as err:
+        book.add("aten::_convolution")
+    assert "aten::conv2d.default" in err.value.message
+    assert "aten::conv2d.default" in book.add("aten::conv2d")
+    assert s.breakpoints.kinds == {"aten::conv2d.default"}
+    assert book.example_kind() in book.kinds
+    book.add("aten::conv2d")  # the same again: off
+    assert not s.breakpoints
+    m = s.machine
+    node = next(n for g in book.graphs if g is not s.graph for n in g.walk() if n.kind.startswith("aten::batch_norm"))
+    assert m.go_to(node.id) == "step" and m.live_node is node
+    scope = live_scope(m)
+    x = node.inputs[0].name
+    got = evaluate(f"%{x}.abs().max()", scope)
+    assert torch.equal(got, evaluate(f"%{x}", scope).abs().max())
