@@ -12,6 +12,7 @@ import torch.nn as nn
 from engine import Session
 from engine.run.breaks import BreakpointBook, BreakpointError
 from engine.run.evaluate import EvalError, evaluate, live_scope
+from engine.run.values import fmt_float
 from test_ui import args_for, settle
 from tsdebug.app import TsdebugApp
 from tsdebug.widgets import ProgramView
@@ -186,8 +187,7 @@ def test_watch_updates_after_n(loopy):
             await settle(pilot, app)
             assert app.query_one(WatchList).display
             first = watch_rows(app)
-            assert first == [f"%x.1.sum() = {float(app.session.inputs[0].sum()):.5g}"] or \
-                first[0].startswith("%x.1.sum() = ")
+            assert first == [f"%x.1.sum() = {fmt_float(float(app.session.inputs[0].sum()))}"]
             # a watch on the loop's carried value: changes as the loop goes round
             await pilot.press("W")
             await pilot.pause()
@@ -207,7 +207,7 @@ def test_watch_updates_after_n(loopy):
             # the value the watch shows is the engine's at that step
             if m.view is None and m.current_frame is not None and m.current_frame.env[loop.blocks[0].params[1].index] is not None:
                 want = m.current_frame.env[loop.blocks[0].params[1].index].abs().sum()
-                assert f"= {float(want):.5g}" in watch_rows(app)[1]
+                assert watch_rows(app)[1].endswith(f"= {fmt_float(float(want))}")
             # a value made inside the loop: not computed yet, then, after n runs its node, torch's number
             await pilot.press("R")
             await settle(pilot, app)
@@ -230,7 +230,7 @@ def test_watch_updates_after_n(loopy):
             await pilot.press("n")
             await settle(pilot, app)
             want = m.timeline.last_of(call.id).outputs[0].sum()
-            assert watch_rows(app)[2] == f"%{made}.sum() = {float(want):.5g}  (float32[])"
+            assert watch_rows(app)[2] == f"%{made}.sum() = {fmt_float(float(want))}"
             app.watches.pop()
             # Delete in the list removes one
             app.query_one(WatchList).focus()
@@ -535,3 +535,51 @@ def test_exported_program_evaluate_kinds_and_goto(tmp_path):
     x = node.inputs[0].name
     got = evaluate(f"%{x}.abs().max()", scope)
     assert torch.equal(got, evaluate(f"%{x}", scope).abs().max())
+
+
+# ------------------------------------------------------------------ snapshots
+# The demo archive (tsdebug/demo.py), traced in a fresh process in a fixed folder so names and
+# paths on screen are the same everywhere.  Regenerate with TSDEBUG_UPDATE_SNAPSHOTS=1 and look
+# at the SVGs as PNGs (rsvg-convert) before accepting them.
+
+SNAPSHOTS = os.path.join(os.path.dirname(__file__), "snapshots")
+
+
+def typed(text):
+    return list(text) + ["enter"]
+
+
+PDB_SCREENS = {
+    # ! at the multiply: a value, torch's own function over two values, one not computed yet
+    "pdb-evaluate": ["n"] * 6 + ["exclamation_mark"] + typed("%14.abs().max()") + typed("torch.allclose(%14, %14 * 1.0)")
+    + typed("%y.1.sum()"),
+    # two watches, stepped past the first's node: one a value, one not computed yet
+    "pdb-watches": ["n"] * 5 + ["W"] + typed("%14.mean()") + ["W"] + typed("%y.1.abs().max()") + ["n"],
+    # B: a line and a kind set, then a kind the traced program does not have, refused with the closest
+    "pdb-breakpoints": ["n"] * 3 + ["B"] + typed("demo_model.py:60") + typed("aten::relu") + typed("aten::conv2d"),
+}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from tsdebug.snapshots import build_demo_in
+
+    return build_demo_in()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 50)], ids=["80x24", "160x50"])
+@pytest.mark.parametrize("screen", list(PDB_SCREENS))
+def test_pdb_snapshot(demo, screen, size):
+    from tsdebug.snapshots import capture, normalize
+
+    name = f"{screen}-{size[0]}x{size[1]}"
+    svg = normalize(capture(demo, PDB_SCREENS[screen], size, title=name))
+    path = os.path.join(SNAPSHOTS, name + ".svg")
+    if os.environ.get("TSDEBUG_UPDATE_SNAPSHOTS") or not os.path.exists(path):
+        os.makedirs(SNAPSHOTS, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(svg)
+        if not os.environ.get("TSDEBUG_UPDATE_SNAPSHOTS"):
+            pytest.fail(f"no snapshot yet: wrote {path}; check it and run again")
+    with open(path) as f:
+        assert svg == f.read(), f"{name} changed; compare with {path} (TSDEBUG_UPDATE_SNAPSHOTS=1 to accept)"

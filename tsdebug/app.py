@@ -156,7 +156,7 @@ class TsdebugApp(App):
         self.query_one(Inspector).border_title = "inspector"
         self.query_one(CallStack).border_title = "call stack"
         watches = self.query_one(WatchList)
-        watches.border_title = "watches (W adds, Delete removes)"
+        watches.border_title = "watches (W, Delete)"
         watches.display = False
         self.query_one(SourcePane).border_title = "source"
         program.focus()
@@ -984,8 +984,9 @@ class TsdebugApp(App):
             return None
         return live_scope(m, self.display_frame if m.view is None else None)
 
-    def evaluate_text(self, text: str) -> tuple[str, bool, Any]:
-        """(what to show, evaluated, the value) for an expression at the step on screen."""
+    def evaluate_text(self, text: str, short: bool = False) -> tuple[str, bool, Any]:
+        """(what to show, evaluated, the value) for an expression at the step on screen; ``short``:
+        the error in a few words."""
         from engine.run.evaluate import EvalError, describe, evaluate
 
         scope = self._scope()
@@ -994,7 +995,7 @@ class TsdebugApp(App):
         try:
             value = evaluate(text, scope)
         except EvalError as exc:
-            return exc.message, False, None
+            return exc.short if short else exc.message, False, None
         except Exception as exc:  # never a traceback in front of the user
             return f"internal error: {type(exc).__name__}: {exc}", False, None
         return describe(value), True, value
@@ -1012,8 +1013,9 @@ class TsdebugApp(App):
                                                 else f", after {node.kind} {node.id}" if node is not None else "")
         from engine.run.evaluate import value_names_in
 
-        names = [n for n in value_names_in(scope.graph)]
-        self.push_screen(EvaluateScreen(self.evaluate_text, where, names, self.evaluated))
+        values = value_names_in(scope.graph)
+        example = next((n for n, v in values.items() if v.type.startswith("Tensor")), "")
+        self.push_screen(EvaluateScreen(self.evaluate_text, where, list(values), self.evaluated, example))
 
     def action_watch(self) -> None:
         if self.session is None or self.state in ("running", "loading"):
@@ -1042,7 +1044,7 @@ class TsdebugApp(App):
         view.display = bool(self.watches)
         if not self.watches:
             return
-        view.show([(w, *self.evaluate_text(w)[:2]) for w in self.watches])
+        view.show([(w, *self.evaluate_text(w, short=True)[:2]) for w in self.watches])
         view.styles.height = min(len(self.watches), 6) + 2
 
     def on_watch_list_removed(self, event: WatchList.Removed) -> None:

@@ -45,7 +45,12 @@ _SAFE_BUILTINS = {name: getattr(builtins, name) for name in (
 
 
 class EvalError(TsdebugError):
-    """An expression that cannot be read or evaluated: one line to show."""
+    """An expression that cannot be read or evaluated: one line to show, and ``short``, a few words
+    for where there is no room (a watch's row)."""
+
+    def __init__(self, message: str, short: str = ""):
+        super().__init__(message)
+        self.short = short or message
 
 
 @dataclass
@@ -75,7 +80,8 @@ class Scope:
         """What ``%name`` holds as of the step; EvalError says why there is nothing."""
         v = self.names().get(name)
         if v is None:
-            raise EvalError(f"%{name}: no value of that name in {self.graph.short_name}{_did_you_mean(name, self.names())}")
+            raise EvalError(f"%{name}: no value of that name in {self.graph.short_name}{_did_you_mean(name, self.names())}",
+                            f"%{name}: not in {self.graph.short_name}")
         m = self.machine
         node = self.graph.producer(v)
         if node is not None:
@@ -83,10 +89,11 @@ class Scope:
                 return node.attrs.get("value")
             rec = m.timeline.last_of(node.id, self.upto)
             if rec is None or rec.index <= self.start:
-                raise EvalError(f"%{name} is not computed yet at this step ({node.kind} {node.id} has not run)")
+                raise EvalError(f"%{name} is not computed yet at this step ({node.kind} {node.id} has not run)",
+                                f"%{name}: not computed yet")
             outs = rec.outputs
             if outs is None:
-                raise EvalError(f"%{name} is not computed yet: its {node.kind} is still running")
+                raise EvalError(f"%{name} is not computed yet: its {node.kind} is still running", f"%{name}: not computed yet")
             k = node.outputs.index(v)
             if k >= len(outs):
                 raise EvalError(f"%{name}: {node.kind} {node.id} recorded no such output")
@@ -164,7 +171,7 @@ def _block_tree(graph: Graph) -> tuple[dict, dict]:
 def _kept(name: str, x: Any) -> Any:
     if isinstance(x, Dropped):
         raise EvalError(f"%{name} was not kept ({x.reason}; --record-budget keeps more): {x.summary.short()} "
-                        f"{x.summary.stats_line()}".rstrip())
+                        f"{x.summary.stats_line()}".rstrip(), f"%{name}: not kept ({x.summary.short()})")
     if isinstance(x, (TensorSummary, ValueSummary)):
         raise EvalError(f"%{name} was not kept (only its summary): {x.short()}")
     return x
@@ -343,7 +350,8 @@ def describe(value: Any, limit: int = 160) -> str:
         if value.numel() == 1 and value.dim() == 0:
             x = value.item()
             shown = fmt_float(x) if isinstance(x, float) else repr(x)
-            return f"{shown}  ({short_text(value)})"
+            # a 0-d tensor is a number to whoever reads it; a dtype other than the usual is worth a word
+            return shown if value.dtype in (torch.float32, torch.int64, torch.bool) else f"{shown} ({short_text(value)})"
         if 0 < value.numel() <= 8 and value.layout == torch.strided:
             items = ", ".join(fmt_float(v) if isinstance(v, float) else repr(v) for v in value.flatten().tolist())
             return f"{short_text(value)}  [{items}]"[:limit]

@@ -23,8 +23,9 @@ class EvaluateScreen(ModalScreen[None]):
                 Binding("up", "recall(-1)", show=False), Binding("down", "recall(1)", show=False)]
 
     def __init__(self, evaluate: Callable[[str], tuple[str, bool, Any]], where: str, names: list[str],
-                 history: list[str]) -> None:
+                 history: list[str], example: str = "") -> None:
         super().__init__()
+        self.example = example  # a tensor's name, for the placeholder
         self.evaluate_text = evaluate
         self.where = where
         self.names = names
@@ -35,7 +36,7 @@ class EvaluateScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="evaluate-box"):
             yield Label(f"evaluate at {self.where}", markup=False)
-            example = next((n for n in self.names if "." in n), self.names[0] if self.names else "x")
+            example = self.example or (self.names[0] if self.names else "x")
             yield Input(placeholder=f"%{example}.abs().max()   torch.allclose(%a, %b)   (torch, math, F)",
                         id="evaluate-input")
             shown = " ".join(f"%{n}" for n in self.names[:40]) + (" …" if len(self.names) > 40 else "")
