@@ -51,17 +51,24 @@ class BreakpointBook:
         self._graphs: list[Graph] | None = None
         self._kinds: dict[str, int] | None = None
         self._graph_of: dict[str, Graph] = {}
+        self._converted = 0
 
     @property
     def graphs(self) -> list[Graph]:
-        if self._graphs is None:
+        # again when a run converted graphs the walk could not resolve (an interface's callee)
+        converted = len(self.program.cached_graphs())
+        if self._graphs is None or converted != self._converted:
             self._graphs = program_graphs(self.program, self.method, self.inlined)
+            self._converted = len(self.program.cached_graphs())
+            self._kinds = None
+            self._graph_of = {}
         return self._graphs
 
     @property
     def kinds(self) -> dict[str, int]:
+        graphs = self.graphs
         if self._kinds is None:
-            self._kinds = op_kinds(self.graphs)
+            self._kinds = op_kinds(graphs)
         return self._kinds
 
     def example_kind(self) -> str:
@@ -79,8 +86,9 @@ class BreakpointBook:
         return "model.py:12"
 
     def graph_of(self, node_id: str) -> Graph | None:
+        graphs = self.graphs
         if not self._graph_of:
-            for g in self.graphs:
+            for g in graphs:
                 for n in g.walk():
                     self._graph_of[n.id] = g
         return self._graph_of.get(node_id)
