@@ -674,3 +674,30 @@ def test_inlined_view_kinds_and_lines(convnet):
     m = s.machine
     assert m.continue_() == "breakpoint"
     assert m.live_node.id in s.breakpoints.lines[line]
+
+
+def test_scripted_transformer_every_frame_before_it_runs(archive):
+    """A third-party style model, scripted: nn.TransformerEncoder calls functions (F.multi_head_attention_forward)
+    and layers in a loop over a ModuleList; g and B see into all of it before anything ran."""
+    import models as M
+
+    torch.manual_seed(0)
+    # with grad on, the layers take the slow path (in eval without grad: one fused op)
+    s = Session(archive(M.TransformerNet().eval(), "script"), grad=True)
+    s.start(values=(torch.randn(2, 5, 16),))
+    book = BreakpointBook(s.breakpoints, s.program)
+    names = {g.short_name for g in book.graphs}
+    assert {"TransformerEncoderLayer.forward", "functional.multi_head_attention_forward"} <= names
+    assert not any(r.node.kind == "aten::scaled_dot_product_attention" for r in s.machine.timeline)
+    # a kind only a function deep down has: set, then c stops there; torch's op over the values it reads
+    # (constants among them) gives what the engine recorded
+    assert "on" in book.add("scaled_dot_product_attention")
+    m = s.machine
+    assert m.continue_() == "breakpoint" and m.live_node.kind == "aten::scaled_dot_product_attention"
+    node = m.live_node
+    ins = [f"%{v.name}" for v in node.inputs]  # query, key, value, mask, dropout, causal; then keywords
+    call = f"torch.ops.aten.scaled_dot_product_attention({', '.join(ins[:6])}, scale={ins[6]}, enable_gqa={ins[7]})"
+    got = evaluate(call, live_scope(m))
+    m.step()
+    want = m.timeline.last_of(node.id).outputs[0]
+    assert torch.allclose(got, want.detach(), atol=1e-6)
