@@ -439,6 +439,11 @@ def test_P_steps_back_over_a_call(convnet):
     assert m.timeline[m.view].node is call
     m.step_over()
     assert m.view is None and m.current_node is after
+    # at the end: back over the top frame's last step (the head's call), not into it
+    m.run()
+    m.back_over()
+    last = m.timeline[m.view]
+    assert last.depth == 1 and last.node.kind != "prim::Constant"
 
 
 def test_P_and_colon_keys(convnet):

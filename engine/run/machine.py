@@ -1096,7 +1096,7 @@ class Machine:
             depth = self.timeline[self.view].depth
             start = self.view
         else:
-            depth = len(self.stack)
+            depth = len(self.stack) or 1  # finished: back over the top frame's steps
             start = len(self.timeline)
         for i in range(start - 1, -1, -1):
             rec = self.timeline[i]
