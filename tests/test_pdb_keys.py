@@ -606,6 +606,8 @@ PDB_SCREENS = {
     "pdb-watches": ["n"] * 5 + ["W"] + typed("%14.mean()") + ["W"] + typed("%y.1.abs().max()") + ["n"],
     # B: a line and a kind set, then a kind the traced program does not have, refused with the closest
     "pdb-breakpoints": ["n"] * 3 + ["B"] + typed("demo_model.py:60") + typed("aten::relu") + typed("aten::conv2d"),
+    # g from the first step to a node in a frame not entered yet (the stem's BatchNorm): the machine went there
+    "pdb-goto": ["g"] + typed("batch_norm"),
 }
 
 
