@@ -708,3 +708,29 @@ def test_scripted_transformer_every_frame_before_it_runs(archive):
     m.step()
     want = m.timeline.last_of(node.id).outputs[0]
     assert torch.allclose(got, want.detach(), atol=1e-6)
+
+
+def test_conditions_read_the_history_as_it_was(loopy):
+    """What e does after a run: the first recorded step where a conditional breakpoint held, the loop
+    counter and the values read as they were before that step ran; 'if EXPR' on the selected node."""
+    s = Session(loopy)
+    s.start(values=(torch.randn(2, 4),))
+    book = BreakpointBook(s.breakpoints, s.program)
+    loop = next(n for n in s.graph.walk() if n.kind == "prim::Loop")
+    call = next(n for n in loop.blocks[0].nodes if n.kind == "prim::CallMethod")
+    book.add(f"{call.id} if %{loop.blocks[0].params[0].name} == 1")
+    m = s.machine
+    m.run()  # no stops: a whole run, as e makes
+    hit = m.breakpoint_in_history(0)
+    assert hit is not None and m.timeline[hit].node is call and m.timeline[hit].path[-1] == "iter 1"
+    # the value the call reads, as of that step, is the one recorded as its input
+    m.view = hit
+    carried = call.inputs[1].name
+    got = evaluate(f"%{carried}", live_scope(m))
+    assert torch.equal(got, m.timeline[hit].inputs[1])
+    # 'if EXPR' alone: on the selected node; one that never holds never stops
+    book.remove(f"node:{call.id}")
+    assert "if" in book.add("if %x.1.abs().sum() > 1e9", selected=call)
+    assert m.breakpoint_in_history(0) is None
+    s.restart()
+    assert s.machine.continue_() == "finished"

@@ -108,6 +108,9 @@ class Scope:
             trip = self._loop_counter(v)
             if trip is not None:
                 return trip
+            read = self._read_in_iteration(v)
+            if read is not None:
+                return _kept(name, read[0])
             raise EvalError(f"%{name} is a block parameter (a loop counter or carried value): "
                             f"it is only known while its block runs, at the live step")
         if self.start >= 0:
@@ -120,6 +123,55 @@ class Scope:
                 return _kept(name, bound[k])
         raise EvalError(f"%{name}: this frame's argument was not recorded")
 
+
+    def _iteration_path(self, v: Value) -> tuple | None:
+        """The frame path of the loop iteration ``v`` (a loop body's parameter) belongs to, at this step."""
+        for act in reversed(self.activations):
+            if act.kind == "loop" and v in act.block.params:
+                return act.path
+        rec = self.record
+        if rec is None:
+            return None
+        owners, parent = _block_tree(self.graph)
+        depth = 0  # loops passed, innermost first
+        block = parent.get(rec.node.id)
+        positions = [k for k, p in enumerate(rec.path) if isinstance(p, str) and p.startswith("iter ")]
+        while block is not None:
+            owner = owners.get(id(block))
+            if owner is None:
+                return None
+            if owner.kind == "prim::Loop":
+                if v in block.params:
+                    return rec.path[:positions[-1 - depth] + 1] if depth < len(positions) else None
+                depth += 1
+            block = parent.get(owner.id)
+        return None
+
+    def _read_in_iteration(self, v: Value) -> tuple | None:
+        """A loop-carried value as the latest step of its iteration that read it recorded it (a 1-tuple).
+
+        The interpreter keeps a block's parameters only until their last use;
+        a record keeps the inputs it read, as they were."""
+        prefix = self._iteration_path(v)
+        if prefix is None:
+            return None
+        tl = self.machine.timeline
+        last = len(tl) - 1 if self.upto is None else self.upto
+        if self.record is not None:
+            last = max(last, self.record.index)  # the step's own inputs, read as it ran
+        n = len(prefix)
+        for i in range(last, self.start, -1):
+            rec = tl[i]
+            if rec.frame != self.start or tuple(rec.path[:n]) != tuple(prefix):
+                if rec.frame == self.start and len(rec.path) <= n:
+                    break  # out of the iteration: before it began
+                continue
+            for k, w in enumerate(rec.node.inputs):
+                if w is v:
+                    ins = rec.inputs
+                    if k < len(ins):
+                        return (ins[k],)
+        return None
 
     def _loop_counter(self, v: Value) -> int | None:
         """A ``prim::Loop``'s iteration counter (its body's first parameter), when ``v`` is one in progress.
