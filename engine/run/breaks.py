@@ -25,6 +25,7 @@ from engine.errors import TsdebugError
 from engine.ir import Graph, Node
 from engine.run.evaluate import Condition, EvalError, value_names_in
 from engine.run.machine import Breakpoints
+from engine.sources import is_user_file
 from engine.run.reach import nodes_at_line, op_kinds, program_graphs, resolve_kind
 
 
@@ -77,13 +78,19 @@ class BreakpointBook:
         return ops[0] if ops else next(iter(self.kinds), "aten::add")
 
     def example_line(self, node: Node | None = None) -> str:
-        """A source line of this program (``file.py:12``): the node's own, or the first node that has one."""
-        candidates = [node] if node is not None else []
-        for n in candidates + [n for g in self.graphs[:3] for n in g.walk()]:
-            loc = n.source if n is not None and n.kind != "prim::Constant" else None
-            if loc is not None and loc.file and loc.line:
-                return f"{loc.file.replace(chr(92), '/').rsplit('/', 1)[-1]}:{loc.line}"
-        return "model.py:12"
+        """A source line of this program in the user's own files (``file.py:12``): the node's own,
+        else the first node's that has one; any line at all when no node comes from a user file."""
+        candidates = ([node] if node is not None else []) + [n for g in self.graphs for n in g.walk()]
+        fallback = ""
+        for n in candidates:
+            loc = n.source if n.kind != "prim::Constant" else None
+            if loc is None or not loc.file or not loc.line:
+                continue
+            text = f"{loc.file.replace(chr(92), '/').rsplit('/', 1)[-1]}:{loc.line}"
+            if is_user_file(loc.file):
+                return text
+            fallback = fallback or text
+        return fallback or "model.py:12"
 
     def graph_of(self, node_id: str) -> Graph | None:
         graphs = self.graphs
