@@ -734,3 +734,24 @@ def test_conditions_read_the_history_as_it_was(loopy):
     assert m.breakpoint_in_history(0) is None
     s.restart()
     assert s.machine.continue_() == "finished"
+
+
+def test_hostile_lines_get_one_line_answers(convnet):
+    """Whatever is typed in B or !: a one-line answer, never a traceback; '%' in a string is no value."""
+    s = Session(convnet)
+    s.start()
+    book = BreakpointBook(s.breakpoints, s.program)
+    node = s.machine.current_node
+    for text in ["", "::", ":", "a:b:c", "if (", "if %", "forward/999", "x.py:abc", "nan if %x.1 > 0", ":0",
+                 "aten::", "🙂", "a if b if c", "prim::Constant", f"{node.id} if %zz > 0"]:
+        with pytest.raises(BreakpointError) as err:
+            book.add(text, node)
+        assert err.value.message and "\n" not in err.value.message, text
+    assert not s.breakpoints
+    scope = live_scope(s.machine)
+    for text in ["", "%", "%%", "%x.1.", "(%x.1", "1/0", "%x.1.no_such()", "%x.1[99]", "import os"]:
+        with pytest.raises(EvalError) as err:
+            evaluate(text, scope)
+        assert err.value.message and "\n" not in err.value.message, text
+    assert evaluate("'%d' % 3", scope) == "3"
+    assert torch.equal(evaluate("%x.1 % 2", scope), s.inputs[0] % 2)

@@ -122,6 +122,8 @@ class BreakpointBook:
         cond_text = cond_text.strip()
         try:
             if where.lower() in ("nan", "inf", "nan/inf"):
+                if cond_text:
+                    raise BreakpointError("the NaN/Inf breakpoint takes no condition")
                 bp.nan_inf = not bp.nan_inf
                 return f"break when an output holds NaN or Inf: {'on' if bp.nan_inf else 'off'}"
             if not where:
@@ -158,6 +160,8 @@ class BreakpointBook:
             if where in bp.lines and not cond_text:
                 bp.remove_line(where)
                 return f"breakpoints on {where} removed"
+            if "/" in where and ":" not in where:
+                raise BreakpointError(f"no node {where} in this program (the inspector shows a node's id)")
             nodes, error = nodes_at_line(self.graphs, where)
             if error:
                 raise BreakpointError(error)

@@ -304,7 +304,10 @@ def compile_expression(text: str, names: dict[str, Value] | None = None) -> Expr
     refs: dict[str, str] = {}
     out: list[str] = []
     pos = 0
+    quoted = _string_spans(text)
     for m in _REFERENCE.finditer(text):
+        if any(a <= m.start() < b for a, b in quoted):
+            continue  # inside a string literal ('%d' % 3)
         out.append(text[pos:m.start()])
         run = m.group(1)
         name = _longest_name(run, names)
@@ -320,6 +323,21 @@ def compile_expression(text: str, names: dict[str, Value] | None = None) -> Expr
     except SyntaxError as exc:
         raise EvalError(f"{text}: not a Python expression ({exc.msg})") from None
     return Expression(text, code, tuple(refs.items()))
+
+
+def _string_spans(text: str) -> list[tuple[int, int]]:
+    """Where the string literals of ``text`` are (character offsets); none if it does not tokenize."""
+    import io
+    import tokenize
+
+    spans = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.STRING and tok.start[0] == tok.end[0] == 1:
+                spans.append((tok.start[1], tok.end[1]))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        pass
+    return spans
 
 
 def _longest_name(run: str, names: dict | None) -> str:
