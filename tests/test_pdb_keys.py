@@ -103,6 +103,19 @@ def test_evaluate_gives_torchs_numbers(convnet):
             assert "not computed yet" in str(entries[-1].content)
             await evaluate_in_ui(pilot, app, "%nope + 1")
             assert "no value of that name" in str(list(screen.query(".evaluate-entry"))[-1].content)
+            # Up recalls the lines typed before, kept when the screen opens again
+            await pilot.press("up")
+            assert screen.query_one("#evaluate-input").value == "%nope + 1"
+            await pilot.press("up")
+            assert screen.query_one("#evaluate-input").value == f"%{later}.sum()"
+            await pilot.press("escape")
+            await pilot.pause()
+            await pilot.press("exclamation_mark")
+            await pilot.pause()
+            screen = app.screen
+            await pilot.press("up")
+            assert screen.query_one("#evaluate-input").value == "%nope + 1"
+            screen.query_one("#evaluate-input").value = ""
             await pilot.press("escape")
             await pilot.pause()
             assert not isinstance(app.screen, EvaluateScreen)
