@@ -199,7 +199,7 @@ def test_first_stop_and_n_skip_plumbing_p_shows_it(models):
             lines = pane_lines(app)
             assert not any("self." in ln for ln in lines)
             # P shows the plumbing, and n then stops at it
-            await press(pilot, app, "P")
+            await press(pilot, app, "F")
             assert any("enc1 = self.enc1" in ln for ln in pane_lines(app))
             app.session.restart()
             app.after_move(None)

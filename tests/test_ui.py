@@ -10,7 +10,7 @@ from tsdebug.cli import build_open_parser
 from tsdebug.widgets import CallStack, Inspector, ProgramView, StatusBar
 from tsdebug.widgets.goto import GotoScreen, fuzzy_score
 from tsdebug.widgets.help import HelpScreen
-from tsdebug.widgets.prompt import PromptScreen
+from tsdebug.widgets.breakpoints import BreakpointsScreen
 
 
 def args_for(path, *extra):
@@ -123,12 +123,14 @@ def test_kind_and_nan_breakpoints(archive):
             await settle(pilot, app)
             await pilot.press("B")
             await pilot.pause()
-            assert isinstance(app.screen, PromptScreen)
-            inp = app.screen.query_one("#prompt-input")
+            assert isinstance(app.screen, BreakpointsScreen)
+            inp = app.screen.query_one("#breakpoints-input")
             inp.value = "aten::sum"
             await pilot.press("enter")
             await pilot.pause()
             assert "aten::sum" in app.session.breakpoints.kinds
+            await pilot.press("escape")
+            await pilot.pause()
             await pilot.press("c")
             await settle(pilot, app)
             assert app.machine.current_node.kind == "aten::sum"
@@ -152,7 +154,8 @@ def test_goto_search_help_and_inputs(control):
             app.screen.query_one("#goto-input").value = "aten::format"
             await pilot.pause()
             await pilot.press("enter")
-            await pilot.pause()
+            await settle(pilot, app)  # g goes there: the machine runs until the node is next
+            assert app.machine.current_node.kind == "aten::format"
             program = app.query_one(ProgramView)
             assert program.selected_node.kind == "aten::format"
             await pilot.press("slash")

@@ -30,6 +30,10 @@ from tsdebug.widgets.graphview import GraphView
 from tsdebug.widgets.goto import GotoScreen, Target
 from tsdebug.widgets.help import HelpScreen
 from tsdebug.widgets.prompt import PromptScreen
+from tsdebug.widgets.breakpoints import BreakpointsScreen
+from tsdebug.widgets.commands import TsdebugCommands
+from tsdebug.widgets.evaluate import EvaluateScreen
+from tsdebug.widgets.watches import WatchList
 
 #: Keys of the program pane and inspector, for the help screen (the app's own
 #: bindings are listed from BINDINGS).
@@ -39,16 +43,29 @@ PANE_KEYS = [
     ("Enter / double click", "show the selected node's last value"),
     ("f", "fold or unfold the If/Loop block, or the module group (inlined view), at the selection"),
     ("M", "show or hide module paths"),
-    ("P", "show TorchScript's plumbing (attribute reads, constant lists, break flags); n then stops at it"),
+    ("F", "show TorchScript's plumbing (attribute reads, constant lists, break flags); n then stops at it"),
     ("x", "expand large lists, tuples and dicts in the inspector"),
     ("Tab / Shift+Tab", "move between panes"),
     ("graph (v): j k, z, + -", "select the next or previous box, zoom out or in, expand or fold modules"),
+    ("watches: Delete / d", "remove the highlighted watch"),
+    ("breakpoints (B): ↓ then Delete / d", "remove the highlighted breakpoint"),
+    ("ctrl+p", "command palette: every command by name; Screenshot saves an SVG in the current folder"),
 ]
+
+#: Key names as the help and the palette show them.
+_KEY_TEXT = {"question_mark": "?", "slash": "/", "full_stop": ".", "right_square_bracket": "]",
+             "left_square_bracket": "[", "exclamation_mark": "!", "colon": ":"}
+
+
+def key_text(keys: str) -> str:
+    """``exclamation_mark,colon`` -> ``! :``."""
+    return " ".join(_KEY_TEXT.get(k, k) for k in keys.split(","))
 
 
 class TsdebugApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "tsdebug"
+    COMMANDS = App.COMMANDS | {TsdebugCommands}
 
     BINDINGS = [
         Binding("n", "step_over", "next"),
@@ -56,8 +73,13 @@ class TsdebugApp(App):
         Binding("r", "step_out", "return"),
         Binding("c", "continue", "cont"),
         Binding("p", "step_back", "back"),
+        Binding("P", "back_over", "back over a call: a whole call, If or Loop as one step", show=False),
         Binding("b", "toggle_breakpoint", "break"),
-        Binding("B", "break_kind", "break on kind", show=False),
+        Binding("B", "breakpoints", "breakpoints: list and delete; set on a kind, FILE:LINE, a condition (if EXPR)",
+                show=False),
+        Binding("exclamation_mark,colon", "evaluate", "evaluate an expression over the values here (%x.1.abs().max())",
+                show=False),
+        Binding("W", "watch", "watch an expression: shown and updated at every step (again: removed)", show=False),
         Binding("w", "break_nan", "break on NaN/Inf", show=False),
         Binding("u", "run_to", "run until the selected node", show=False),
         Binding("g", "goto", "goto"),
@@ -95,6 +117,9 @@ class TsdebugApp(App):
         self._parting_records: set[int] = set()  # steps where the runs part, marked beside divergent ones
         self.compare_on = False
         self._diffs_by_record: dict = {}
+        self.watches: list[str] = []  # expressions of the watch list (W), evaluated at every step
+        self.evaluated: list[str] = []  # lines typed in the evaluate screen (!), for recall
+        self._breakpoint_book = None  # engine.run.breaks.BreakpointBook, made on first use
 
     def notify(self, message: str, *, title: str = "", severity: str = "information",
                timeout: float | None = None, markup: bool = False) -> None:
@@ -132,6 +157,7 @@ class TsdebugApp(App):
                 yield SourcePane(id="source")
             with Vertical(id="right"):
                 yield Inspector(id="inspector")
+                yield WatchList(id="watches")
                 yield CallStack(id="stack")
         yield StatusBar(id="status")
         yield Footer()
@@ -153,6 +179,9 @@ class TsdebugApp(App):
         self.query_one(Inspector).border_title = "inspector"
         self.query_one(Inspector).graph_of = self._graph_of_node
         self.query_one(CallStack).border_title = "call stack"
+        watches = self.query_one(WatchList)
+        watches.border_title = "watches (W, Delete)"
+        watches.display = False
         self.query_one(SourcePane).border_title = "source"
         program.focus()
         self._terminal = _terminal_fd()
@@ -305,6 +334,7 @@ class TsdebugApp(App):
                 program.border_title = f"program · {self.session.graph.short_name} · finished"
         program.refresh_rows()
         self.show_selected()
+        self.refresh_watches()
         graph_view = self.query_one(GraphView)
         if graph_view.display:
             self._refresh_graph_view()
@@ -453,6 +483,16 @@ class TsdebugApp(App):
     def action_continue(self) -> None:
         self._move("continue", lambda: self.machine.continue_())
 
+    def action_back_over(self) -> None:
+        m = self.machine
+        if m is None or self.state in ("running", "loading"):
+            return
+        before = m.view
+        m.back_over()
+        if m.view == before:
+            self.notify("at the first recorded step", timeout=2)
+        self.after_move(None, "back")
+
     def action_step_back(self) -> None:
         m = self.machine
         if m is None or self.state in ("running", "loading"):
@@ -477,7 +517,7 @@ class TsdebugApp(App):
     def action_cancel(self) -> None:
         if self.state == "running" and self.machine is not None:
             self.machine.cancel()
-        elif isinstance(self.screen, (HelpScreen, PromptScreen, GotoScreen)):
+        elif isinstance(self.screen, (HelpScreen, PromptScreen, GotoScreen, EvaluateScreen, BreakpointsScreen)):
             self.screen.dismiss(None)
         elif self.machine is not None and self.machine.view is not None:
             self.machine.go_live()
@@ -495,20 +535,48 @@ class TsdebugApp(App):
         self.notify(f"breakpoint {'set on' if on else 'removed from'} {node.kind} {node.id}", timeout=3)
         self.query_one(ProgramView).refresh_rows()
 
-    def action_break_kind(self) -> None:
+    @property
+    def breakpoint_book(self):
+        """The engine's editor of the session's breakpoints (it walks the program's graphs once)."""
+        from engine.run.breaks import BreakpointBook
+
+        book = self._breakpoint_book
+        if book is None or book.breakpoints is not self.session.breakpoints:
+            book = self._breakpoint_book = BreakpointBook(self.session.breakpoints, self.session.program,
+                                                          self.session.method, self.session.inline)
+        return book
+
+    def action_breakpoints(self) -> None:
+        """The breakpoint list: see and delete; set by kind, FILE:LINE, node id, condition (``B``)."""
         if self.session is None:
             return
-        node = self.query_one(ProgramView).selected_node
-        kinds = sorted(self.session.breakpoints.kinds)
+        from engine.run.breaks import BreakpointError
 
-        def done(kind: str | None) -> None:
-            if kind:
-                on = self.session.breakpoints.toggle_kind(kind.strip())
-                self.notify(f"break on every {kind.strip()}: {'on' if on else 'off'}", timeout=3)
-                self.query_one(ProgramView).refresh_rows()
+        book = self.breakpoint_book
+        selected = self.query_one(ProgramView).selected_node
 
-        hint = f"now breaking on: {', '.join(kinds)}" if kinds else "e.g. aten::conv2d; the same kind again turns it off"
-        self.push_screen(PromptScreen("break on every node of kind", node.kind if node else "", hint), done)
+        def add(text: str) -> tuple[str, bool]:
+            try:
+                message = book.add(text, selected)
+            except BreakpointError as exc:
+                return exc.message, False
+            self.query_one(ProgramView).refresh_rows()
+            return message, True
+
+        def remove(key: str) -> str:
+            message = book.remove(key)
+            self.query_one(ProgramView).refresh_rows()
+            return message
+
+        def entries() -> list[tuple[str, str]]:
+            return [(e.key, e.text) for e in book.entries()]
+
+        kind = book.example_kind()
+        line = book.example_line(selected)
+        placeholder = f"{kind}   {line}   {line} if %name.sum() > 0   if EXPR (on the selected node)   nan"
+        where = f"{selected.kind} {selected.id}" if selected is not None else "none"
+        hint = f"selected node: {where}; kinds here include {', '.join(list(book.kinds)[:4])}"
+        self.push_screen(BreakpointsScreen(add, remove, entries, placeholder, hint))
 
     def action_break_nan(self) -> None:
         if self.session is None:
@@ -520,10 +588,9 @@ class TsdebugApp(App):
     # --------------------------------------------------------------- finding
 
     def _targets(self) -> list[Target]:
+        """Every node of every graph the program can run in this view (callees not reached yet too)."""
         out = []
-        for g in self.session.program.cached_graphs():
-            if g.inlined != self.session.inline:
-                continue  # the other view's graphs: the machine never runs them
+        for g in self.breakpoint_book.graphs:
             for n in g.walk():
                 if n.kind == "prim::Constant":
                     continue
@@ -531,24 +598,32 @@ class TsdebugApp(App):
                     names = describe(n, g)
                 except Exception:  # an unusual node: its value names still find it
                     names = " ".join(v.name for v in n.outputs)
-                out.append(Target(n.id, n.kind, n.module_path, names))
+                out.append(Target(n.id, n.kind, n.module_path or g.short_name, names))
         return out
 
     def action_goto(self) -> None:
-        if self.session is None:
+        """Find a node in any frame and go there: its first run in the history, else run until it runs."""
+        if self.session is None or self.state in ("running", "loading"):
             return
 
         def done(node_id: str | None) -> None:
             if not node_id:
                 return
-            graph = self.session.program.graph_of(node_id)
-            program = self.query_one(ProgramView)
-            if graph is not program.graph:
-                self.browsing = node_id
-                program.border_title = f"program · {graph.short_name} · browsing (. returns to the current node)"
-            program.show_graph(graph, select=node_id)
-            program.focus()
-            self.show_selected()
+            m = self.machine
+            if m is None or self.load_error:
+                return
+            here = len(m.timeline)
+            graph = self.breakpoint_book.graph_of(node_id)
+            label = f"{graph.node(node_id).kind} {node_id}" if graph is not None else node_id
+
+            def go() -> str:
+                stop = m.go_to(node_id)
+                if stop == "never":
+                    self.call_from_thread(self.notify, f"{label} never ran on these inputs; back where you were "
+                                          f"(in the recorded history)", title="go to", timeout=8)
+                return stop
+
+            self._move("goto", go)
 
         self.push_screen(GotoScreen(self._targets()), done)
 
@@ -669,6 +744,12 @@ class TsdebugApp(App):
         self._parting_records = set(result.report.marked_records()) - {d.record.index for d in result.report.aligned}
         self.compare_on = True
         r = result.report
+        hit = self.machine.breakpoint_in_history(0) if self.machine is not None else None
+        if hit is not None:
+            # a breakpoint set: the comparison stops where the run would have stopped
+            self.machine.view = hit
+            self.notify(f"{self.machine.stop_reason_detail}; c goes on, D jumps to the first divergence",
+                        title="stopped at a breakpoint", timeout=8)
         if r.first is None and r.outputs_close:
             msg = f"no divergence; {r.coverage:.0%} of comparable nodes aligned"
         elif r.first is None:
@@ -921,12 +1002,119 @@ class TsdebugApp(App):
         self.show_selected()
 
     def action_help(self) -> None:
-        app_keys = []
-        for b in self.BINDINGS:
-            keys = (b.key.replace("question_mark", "?").replace("slash", "/").replace("full_stop", ".")
-                    .replace("right_square_bracket", "]").replace("left_square_bracket", "["))
-            app_keys.append((keys, b.description))
+        app_keys = [(key_text(b.key), b.description) for b in self.BINDINGS]
         self.push_screen(HelpScreen([("debugger", app_keys), ("panes", PANE_KEYS)]))
+
+    def key_label(self, keys: str) -> str:
+        return key_text(keys)
+
+    # ------------------------------------------------------- evaluate, watch
+
+    def _scope(self):
+        """The values of the frame on screen as of the step on screen (engine.run.evaluate.Scope)."""
+        from engine.run.evaluate import live_scope
+
+        m = self.machine
+        if m is None or self.load_error:
+            return None
+        return live_scope(m, self.display_frame if m.view is None else None)
+
+    def evaluate_text(self, text: str, short: bool = False) -> tuple[str, bool, Any]:
+        """(what to show, evaluated, the value) for an expression at the step on screen; ``short``:
+        the error in a few words."""
+        from engine.run.evaluate import EvalError, describe, evaluate
+
+        scope = self._scope()
+        if scope is None:
+            return "nothing is running", False, None
+        try:
+            value = evaluate(text, scope)
+        except EvalError as exc:
+            return exc.short if short else exc.message, False, None
+        except Exception as exc:  # never a traceback in front of the user
+            return f"internal error: {type(exc).__name__}: {exc}", False, None
+        return describe(value), True, value
+
+    def action_evaluate(self) -> None:
+        if self.session is None or self.state in ("running", "loading"):
+            return
+        scope = self._scope()
+        if scope is None:
+            self.notify("nothing to evaluate over: no run", timeout=3)
+            return
+        m = self.machine
+        node = m.current_node
+        where = f"{scope.graph.short_name}" + (f", before {node.kind} {node.id}" if node is not None and m.view is None
+                                                else f", after {node.kind} {node.id}" if node is not None else "")
+        from engine.run.evaluate import value_names_in
+
+        values = value_names_in(scope.graph)
+        example = next((n for n, v in values.items() if v.type.startswith("Tensor")), "")
+        self.push_screen(EvaluateScreen(self.evaluate_text, where, list(values), self.evaluated, example))
+
+    def action_watch(self) -> None:
+        if self.session is None or self.state in ("running", "loading"):
+            return
+
+        def done(text: str | None) -> None:
+            if text is None:
+                return
+            text = text.strip()
+            if not text:
+                return
+            if text in self.watches:
+                self.watches.remove(text)
+                self.notify(f"watch removed: {text}", timeout=3)
+            else:
+                self.watches.append(text)
+            self.refresh_watches()
+
+        now = ", ".join(self.watches)
+        self.push_screen(PromptScreen("watch an expression (%name for a value; the same again removes it)", "",
+                                      f"watching: {now}" if now else "e.g. %x.1.abs().max()"), done)
+
+    def refresh_watches(self) -> None:
+        """Evaluate the watches at the step on screen (only while there are some to show)."""
+        view = self.query_one(WatchList)
+        view.display = bool(self.watches)
+        if not self.watches:
+            return
+        view.show([(w, *self.evaluate_text(w, short=True)[:2]) for w in self.watches])
+        view.styles.height = min(len(self.watches), 6) + 2
+
+    def on_watch_list_removed(self, event: WatchList.Removed) -> None:
+        if 0 <= event.index < len(self.watches):
+            removed = self.watches.pop(event.index)
+            self.notify(f"watch removed: {removed}", timeout=3)
+            self.refresh_watches()
+            if not self.watches:
+                self.query_one(ProgramView).focus()
+
+    # ---------------------------------------------------------- the palette
+
+    def get_system_commands(self, screen):
+        """Textual's own palette commands; its Screenshot (to the Downloads folder, named from the title,
+        which holds the model's path) replaced by one that saves in the current folder and says where."""
+        from textual.app import SystemCommand
+
+        for command in super().get_system_commands(screen):
+            if command.title == "Screenshot":
+                yield SystemCommand("Screenshot", "Save an SVG screenshot of the screen in the current folder",
+                                    lambda: self.set_timer(0.1, self.save_screen_svg))
+            else:
+                yield command
+
+    def save_screen_svg(self) -> str | None:
+        """The screen as an SVG file in the current folder (``tsdebug-<model>-<time>.svg``); None if it failed."""
+        stem = os.path.splitext(os.path.basename(self.session.path))[0] if self.session is not None else "screen"
+        name = f"tsdebug-{stem}-{time.strftime('%Y%m%d-%H%M%S')}.svg"
+        try:
+            path = self.save_screenshot(filename=name, path=os.getcwd())
+        except OSError as exc:
+            self.notify(f"cannot save the screenshot: {exc}", severity="error", timeout=8)
+            return None
+        self.notify(f"saved {path}", title="screenshot", timeout=6)
+        return path
 
 
 def open_debugger(args: argparse.Namespace) -> int:

@@ -103,20 +103,38 @@ class Breakpoints:
 
     ``nodes`` and ``kinds`` stop before the node runs; ``nan_inf`` and
     ``predicates`` (functions of the step record) stop after it ran.  A node
-    breakpoint may carry a condition: a function of the machine, true to stop.
+    breakpoint may carry a condition: a function of the machine, true to stop
+    (``engine.run.evaluate.Condition`` reads a recorded step too, ``takes_record``).
     """
 
     nodes: dict[str, Callable | None] = field(default_factory=dict)
     kinds: set[str] = field(default_factory=set)
     nan_inf: bool = False
     predicates: list[Callable[[StepRecord], bool]] = field(default_factory=list)
+    # ``file:line`` -> the node breakpoints set for it (``b file:line``), removed together
+    lines: dict[str, list[str]] = field(default_factory=dict)
 
     def toggle_node(self, node_id: str) -> bool:
         if node_id in self.nodes:
             del self.nodes[node_id]
+            for where, ids in list(self.lines.items()):
+                if node_id in ids:
+                    ids.remove(node_id)
+                    if not ids:
+                        del self.lines[where]
             return False
         self.nodes[node_id] = None
         return True
+
+    def set_line(self, where: str, node_ids: list[str], condition: Callable | None = None) -> None:
+        """Breakpoints on every node of a source line, listed (and removed) as one."""
+        self.lines[where] = list(node_ids)
+        for i in node_ids:
+            self.nodes[i] = condition
+
+    def remove_line(self, where: str) -> None:
+        for i in self.lines.pop(where, []):
+            self.nodes.pop(i, None)
 
     def toggle_kind(self, kind: str) -> bool:
         if kind in self.kinds:
@@ -891,11 +909,10 @@ class Machine:
     def continue_(self) -> str:
         """Run until a breakpoint, an error or the end."""
         if self.view is not None:
-            for i in range(self.view + 1, len(self.timeline)):
-                rec = self.timeline[i]
-                if self._navigable(rec) and self._breaks_before(rec.node):
-                    self.view = i
-                    return Stop.BREAKPOINT
+            hit = self.breakpoint_in_history(self.view + 1)
+            if hit is not None:
+                self.view = hit
+                return Stop.BREAKPOINT
             self.view = None
         stop = self._can_run()
         if stop:
@@ -911,6 +928,33 @@ class Machine:
         if stop:
             return stop
         return self._run_while(lambda: self.live_node is None or self.live_node.id != node_id)
+
+    def go_to(self, node_id: str) -> str:
+        """To the first time ``node_id`` runs: its first record (history) if it ran, else run until it is next.
+
+        Stops on the way at breakpoints, as ``run_to`` does.  A node the run
+        never reaches returns ``"never"``, the view back on the step the
+        move started from (the run is recorded to its end).
+        """
+        for i in self.timeline.by_node.get(node_id, ()):
+            if self._navigable(self.timeline[i]):
+                self.view = i
+                return Stop.HISTORY
+        if self.view is not None:  # not recorded yet: from the live head
+            self.view = None
+        here = len(self.timeline)
+        stop = self.run_to(node_id)
+        if self.error is None and self.live_node is not None and self.live_node.id == node_id:
+            return Stop.STEP
+        if stop in (Stop.BREAKPOINT, Stop.CANCELLED):
+            return stop
+        if stop != Stop.ERROR:
+            for i in range(here, len(self.timeline)):
+                if self._navigable(self.timeline[i]):
+                    self.view = i
+                    break
+            return "never"
+        return stop
 
     def run(self) -> str:
         """Run to the end, ignoring breakpoints: the fast path for whole runs."""
@@ -941,25 +985,60 @@ class Machine:
                 self.finished = True
         return self._can_run() or Stop.FINISHED
 
-    def _breaks_before(self, node: Node) -> bool:
+    def breakpoint_in_history(self, start: int = 0) -> int | None:
+        """The first recorded step from ``start`` where a run would have stopped at a breakpoint.
+
+        A node breakpoint's condition is read as it was before that step ran;
+        ``stop_reason_detail`` says which breakpoint it was.
+        """
+        if not self.breakpoints:
+            return None
+        for i in range(max(start, 0), len(self.timeline)):
+            rec = self.timeline[i]
+            if not self._navigable(rec):
+                continue
+            if self._breaks_before(rec.node, rec):
+                self.stop_reason_detail = self._break_detail(rec.node, "at")
+                return i
+            if self._breaks_after(rec, recorded=True):
+                self.stop_reason_detail = self._break_detail(rec.node, "after")
+                return i
+        return None
+
+    def _break_detail(self, node: Node, where: str) -> str:
+        cond = self.breakpoints.nodes.get(node.id)
+        error = getattr(cond, "error", "") if cond is not None else ""
+        if error:
+            return f"breakpoint {where} {node.id}: its condition failed ({error})"
+        if cond is not None:
+            return f"breakpoint {where} {node.id}: {cond}"
+        return f"breakpoint {where} {node.kind} ({node.id})"
+
+    def _breaks_before(self, node: Node, record: StepRecord | None = None) -> bool:
+        """A breakpoint on ``node`` (about to run live, or as recorded in ``record``)."""
         bp = self.breakpoints
         if node.id in bp.nodes:
             cond = bp.nodes[node.id]
             if cond is None:
                 return True
             try:
+                # a Condition (engine.run.evaluate) reads a recorded step's values; a plain function sees the machine
+                if record is not None and getattr(cond, "takes_record", False):
+                    return bool(cond(self, record))
                 return bool(cond(self))
-            except Exception:
+            except Exception:  # a condition that cannot be read stops the run, and says so
                 return True
         return node.kind in bp.kinds
 
-    def _breaks_after(self, record: StepRecord | None) -> bool:
+    def _breaks_after(self, record: StepRecord | None, recorded: bool = False) -> bool:
         if record is None:
             return False
         bp = self.breakpoints
         # ``_outputs``: just computed, so live values; reading ``outputs`` would
-        # also run the recipes of an in-place op's inputs.
-        if bp.nan_inf and record._outputs and has_nan_inf(record._outputs):
+        # also run the recipes of an in-place op's inputs.  A record read later
+        # (``recorded``) may have been overwritten since: its ``outputs`` are as they were.
+        outs = record.outputs if recorded else record._outputs
+        if bp.nan_inf and outs and has_nan_inf(outs):
             return True
         for pred in bp.predicates:
             try:
@@ -983,12 +1062,12 @@ class Machine:
                 if check_after:
                     for rec in self.timeline.records[n_before:]:
                         if self._breaks_after(rec):
-                            self.stop_reason_detail = f"breakpoint after {rec.node.kind} ({rec.node.id})"
+                            self.stop_reason_detail = self._break_detail(rec.node, "after")
                             return Stop.BREAKPOINT
                 if self.finished:
                     return Stop.FINISHED
                 if check_before and self._breaks_before(self.live_node):
-                    self.stop_reason_detail = f"breakpoint at {self.live_node.id}"
+                    self.stop_reason_detail = self._break_detail(self.live_node, "at")
                     return Stop.BREAKPOINT
                 if not keep_going():
                     return Stop.STEP
@@ -1006,6 +1085,22 @@ class Machine:
         start = len(self.timeline) if self.view is None else self.view
         for i in range(start - 1, -1, -1):
             if self._navigable(self.timeline[i]):
+                self.view = i
+                return Stop.HISTORY
+        return Stop.HISTORY if self.view is not None else Stop.STEP
+
+    def back_over(self) -> str:
+        """One step back over a call, an If or a Loop as a whole: ``back`` to the previous step of
+        this frame's block (or the block's own node, at its first step), as ``step_over`` goes forward."""
+        if self.view is not None:
+            depth = self.timeline[self.view].depth
+            start = self.view
+        else:
+            depth = len(self.stack) or 1  # finished: back over the top frame's steps
+            start = len(self.timeline)
+        for i in range(start - 1, -1, -1):
+            rec = self.timeline[i]
+            if self._navigable(rec) and rec.depth <= depth:
                 self.view = i
                 return Stop.HISTORY
         return Stop.HISTORY if self.view is not None else Stop.STEP

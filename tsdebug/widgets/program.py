@@ -103,7 +103,7 @@ class ProgramView(ScrollView, can_focus=True):
         Binding("enter", "activate", "show value", show=False),
         Binding("f", "fold", "fold block", show=False),
         Binding("M", "toggle_paths", "module paths", show=False),
-        Binding("P", "toggle_plumbing", "show TorchScript's plumbing", show=False),
+        Binding("F", "toggle_plumbing", "show TorchScript's plumbing", show=False),
     ]
 
     selected: reactive[int] = reactive(0)
