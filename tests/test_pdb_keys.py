@@ -613,12 +613,12 @@ def typed(text):
 
 PDB_SCREENS = {
     # ! at the multiply: a value, torch's own function over two values, one not computed yet
-    "pdb-evaluate": ["n"] * 6 + ["exclamation_mark"] + typed("%14.abs().max()") + typed("torch.allclose(%14, %14 * 1.0)")
+    "pdb-evaluate": ["n"] * 2 + ["exclamation_mark"] + typed("%14.abs().max()") + typed("torch.allclose(%14, %14 * 1.0)")
     + typed("%y.1.sum()"),
     # two watches, stepped past the first's node: one a value, one not computed yet
-    "pdb-watches": ["n"] * 5 + ["W"] + typed("%14.mean()") + ["W"] + typed("%y.1.abs().max()") + ["n"],
+    "pdb-watches": ["n"] + ["W"] + typed("%14.mean()") + ["W"] + typed("%y.1.abs().max()") + ["n"],
     # B: a line and a kind set, then a kind the traced program does not have, refused with the closest
-    "pdb-breakpoints": ["n"] * 3 + ["B"] + typed("demo_model.py:60") + typed("aten::relu") + typed("aten::conv2d"),
+    "pdb-breakpoints": ["n"] + ["B"] + typed("demo_model.py:60") + typed("aten::relu") + typed("aten::conv2d"),
     # g from the first step to a node in a frame not entered yet (the stem's BatchNorm): the machine went there
     "pdb-goto": ["g"] + typed("batch_norm"),
 }
