@@ -33,7 +33,8 @@ def main() -> None:
     demo = build_demo_in()
     # Step into the first block, then over to the log with -inf values.
     save("demo-step-into", capture(demo, ["s", "s"], (120, 36), title="tsdebug demo: step into"))
-    save("demo-tensor", capture(demo, ["n"] * 3, (120, 36), title="tsdebug demo: a tensor with -inf"))
+    # isfinite's input is the log with -inf where relu gave zeros
+    save("demo-tensor", capture(demo, ["to:aten::isfinite"], (120, 36), title="tsdebug demo: a tensor with -inf"))
     save("demo-80x24", capture(demo, ["n"], (80, 24), title="tsdebug demo at 80x24"))
     save("demo-loop", capture(demo, ["n"] * 8 + ["s"] * 2 + ["n"] * 4, (120, 36), title="tsdebug demo: inside a scripted loop"))
     save("demo-help", capture(demo, ["question_mark"], (100, 36), title="tsdebug: help"))
@@ -47,7 +48,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.trace(model, (torch.randn(1, 3, 224, 224),), check_trace=False), path)
-    save("resnet18-inlined", capture(path, ["c"] if False else ["n"] * 12, (140, 42), extra=["--inline"],
+    save("resnet18-inlined", capture(path, ["to:aten::max_pool2d", "n", "n"], (140, 42), extra=["--inline"],
                                      title="tsdebug: ResNet-18, inlined"))
     # an exported graph of a real architecture, collapsed by module, after a run
     from engine import Session

@@ -67,6 +67,14 @@ async def _capture(model: str, extra: Sequence[str], keys: Sequence[str], size: 
                     await asyncio.sleep(0.02)
                 await pilot.pause()
                 continue
+            if key.startswith("to:"):  # step over until the next node is of this kind: screens that say what they show
+                for _ in range(10_000):
+                    node = app.machine.current_node if app.machine is not None else None
+                    if node is None or node.kind == key[3:]:
+                        break
+                    await pilot.press("n")
+                    await _settle(pilot, app)
+                continue
             await pilot.press(key)
             await _settle(pilot, app)
         app.clear_notifications()
