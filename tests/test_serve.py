@@ -185,7 +185,7 @@ def test_serve_in_headless_chromium(server, tmp_path):
                     await asyncio.sleep(0.25)
                     await dt.call("Runtime.evaluate", sessions[0], expression="1")
                     screen = b"".join(dt.frames.get(sessions[0], []))
-                    if b"program" in screen and b"GetAttr" in screen and b"inspector" in screen:
+                    if b"program" in screen and b"Block.forward" in screen and b"inspector" in screen:
                         break
                 await dt.call("Target.activateTarget", targetId=targets[0])
                 await asyncio.sleep(0.5)  # the focused tab is drawn undimmed
@@ -203,7 +203,7 @@ def test_serve_in_headless_chromium(server, tmp_path):
         browser.wait()
         shutil.rmtree(profile, ignore_errors=True)
     # the debugger's screen for this model reached the page: the program pane and its first node
-    assert b"program" in screen and b"forward" in screen and b"GetAttr" in screen and b"inspector" in screen
+    assert b"program" in screen and b"forward" in screen and b"Block.forward" in screen and b"inspector" in screen
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # a drawn screen, not a blank page
     out = os.environ.get("TSDEBUG_SHOTS") or str(tmp_path)
     with open(os.path.join(out, "serve-chromium.png"), "wb") as f:
