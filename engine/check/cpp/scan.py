@@ -123,6 +123,14 @@ def _operator_requirement(namespace: str, ops: set[str]) -> Requirement:
                        "with --library")
 
 
+def _python_op_name(node: Node) -> str:
+    """The Python callable a ``prim::PythonOp`` calls (``F`` of ``F.apply``), where torch says."""
+    try:
+        return node.handle.pyname()
+    except Exception:
+        return str(node.attrs.get("name") or "?")
+
+
 def _node_types(node: Node) -> list[str]:
     return [v.type for v in (*node.inputs, *node.outputs)]
 
@@ -137,7 +145,7 @@ def scan_graphs(graphs: list[Any]) -> list[Requirement]:
         for node in graph.walk():
             ns, _, op = node.kind.partition("::")
             if node.kind == "prim::PythonOp":
-                python.setdefault(node.attrs.get("name") or "prim::PythonOp", []).append(node)
+                python.setdefault(_python_op_name(node), []).append(node)
             elif op and ns not in TORCH_NAMESPACES:
                 ops.setdefault(ns, set()).add(op)
                 op_nodes.setdefault(ns, []).append(node)
