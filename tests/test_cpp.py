@@ -249,3 +249,35 @@ def test_emit_writes_an_app_that_cmake_builds_and_runs(built, tmp_path, capsys):
     ran = subprocess.run([str(build / "model_app")], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
     assert "ok!!!" in ran.stdout and "CPUFloatType{2}" in ran.stdout
+
+
+def test_the_debugger_runs_the_cpp_check_on_C_and_goes_to_the_failing_node(built, tmp_path):
+    import asyncio
+
+    from tsdebug.app import TsdebugApp
+    from tsdebug.cli import build_open_parser
+    from tsdebug.widgets import ProgramView
+
+    path = save_archive(tmp_path / "pyop.pt", UsesPythonOp())
+
+    async def run():
+        app = TsdebugApp(build_open_parser().parse_args([path, "--input", "float32[4]"]))
+        async with app.run_test(size=(120, 40)) as pilot:
+            for _ in range(600):
+                await pilot.pause()
+                if app.state == "paused" and app.machine is not None:
+                    break
+                await asyncio.sleep(0.05)
+            await pilot.press("C")
+            for _ in range(1200):
+                await pilot.pause()
+                if app.cpp_report is not None:
+                    break
+                await asyncio.sleep(0.05)
+            r = app.cpp_report
+            assert r is not None and r.exit_code() == 1 and "fails in C++ at load" in r.summary()
+            program = app.query_one(ProgramView)
+            assert program.selected_node.kind == "tsdebug_cpp_test::scale"
+            assert app.state == "paused"  # the debugger stays usable
+
+    asyncio.run(run())

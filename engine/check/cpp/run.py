@@ -74,6 +74,25 @@ class CppReport:
             return 1
         return 0 if self.identical else 1
 
+    def summary(self) -> str:
+        """The verdict in one line (the debugger's notice)."""
+        blockers = "; ".join(r.what for r in self.blockers)
+        if self.check_only:
+            return f"C++ cannot run it: {blockers}" if blockers else "nothing beyond libtorch is needed"
+        if self.cpp_error is not None:
+            node = f" at {self.cpp_error_kind} ({self.cpp_error_source or self.cpp_error_node})" \
+                if self.cpp_error_node else ""
+            both = " (Python fails too)" if self.python_error is not None else " while Python runs"
+            return f"fails in C++ at {self.cpp_error_stage}{node}: {self.cpp_error}{both}"
+        if self.python_error is not None:
+            return f"the Python run fails: {self.python_error}"
+        times = (f"run C++ {self.cpp_run_seconds or 0:.3g} s, Python {self.python_run_seconds or 0:.3g} s")
+        if self.identical:
+            return f"identical in C++ and Python ({times})"
+        where = self.differences[0] if self.differences else None
+        return ("C++ gives other numbers: " + (f"{where.where}: {where.what}" if where else "outputs differ")
+                + f" ({times})")
+
     def to_json(self) -> dict:
         return {
             "command": "cpp",
