@@ -281,3 +281,48 @@ def test_the_debugger_runs_the_cpp_check_on_C_and_goes_to_the_failing_node(built
             assert app.state == "paused"  # the debugger stays usable
 
     asyncio.run(run())
+
+
+OPS_SOURCE = r"""
+#include <torch/library.h>
+#include <ATen/ATen.h>
+
+at::Tensor twice_plus(const at::Tensor& x, double b) { return x * 2 + b; }
+
+TORCH_LIBRARY(tsdebug_cpp_ops, m) { m.def("twice_plus(Tensor x, float b) -> Tensor", &twice_plus); }
+"""
+
+
+@pytest.fixture(scope="session")
+def ops_library(built, tmp_path_factory):
+    """A compiled operator library (TORCH_LIBRARY), as torchvision's _C.so is one."""
+    from engine.check.cpp.build import compile_command
+
+    folder = tmp_path_factory.mktemp("ops")
+    source, lib = folder / "ops.cpp", folder / "libtsdebug_cpp_ops.so"
+    source.write_text(OPS_SOURCE)
+    cmd = compile_command(built.toolchain, str(source), str(lib))
+    cmd.insert(1, "-shared")
+    cmd.insert(1, "-fPIC")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    torch.ops.load_library(str(lib))
+    return str(lib)
+
+
+class UsesLibraryOp(nn.Module):
+    def forward(self, x):
+        return torch.ops.tsdebug_cpp_ops.twice_plus(x, 0.5).sin()
+
+
+def test_an_op_from_a_compiled_library_runs_in_cpp_with_library(ops_library, tmp_path, capsys):
+    path = save_archive(tmp_path / "libop.pt", UsesLibraryOp())
+    assert main(["cpp", path, "--input", "float32[6]", "--library", ops_library, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["identical"] is True and out["libraries"] == [ops_library]
+    [req] = out["requirements"]
+    assert req["provider"] == "library" and req["library"] == ops_library and f"--library {ops_library}" in req["what"]
+    # without it the C++ program fails to load the archive, and says which op it lacks
+    assert main(["cpp", path, "--input", "float32[6]"]) == 1
+    text = capsys.readouterr().out
+    assert "fails at load: Unknown builtin op: tsdebug_cpp_ops::twice_plus" in text

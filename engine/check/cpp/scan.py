@@ -94,10 +94,11 @@ def package_libraries(namespace: str) -> list[str]:
 
 def _loaded_library_for(namespace: str) -> str | None:
     """A library loaded with ``torch.ops.load_library`` (``--library``) whose name says the namespace."""
-    for path in sorted(getattr(torch.ops, "loaded_libraries", set())):
+    loaded = sorted(getattr(torch.ops, "loaded_libraries", set()))
+    for path in loaded:
         if namespace in os.path.basename(path):
             return path
-    return None
+    return loaded[0] if len(loaded) == 1 else None
 
 
 def _operator_requirement(namespace: str, ops: set[str]) -> Requirement:
