@@ -326,3 +326,48 @@ def test_an_op_from_a_compiled_library_runs_in_cpp_with_library(ops_library, tmp
     assert main(["cpp", path, "--input", "float32[6]"]) == 1
     text = capsys.readouterr().out
     assert "fails at load: Unknown builtin op: tsdebug_cpp_ops::twice_plus" in text
+
+
+def test_the_cache_key_follows_torch_compiler_and_source(built):
+    import dataclasses
+
+    from engine.check.cpp.build import cache_key
+
+    tc = built.toolchain
+    assert cache_key(tc) == cache_key(tc) and built.path.endswith(cache_key(tc))
+    assert cache_key(dataclasses.replace(tc, compiler_version=tc.compiler_version + " (patched)")) != cache_key(tc)
+    assert cache_key(dataclasses.replace(tc, torch_dir="/elsewhere/torch")) != cache_key(tc)
+
+
+class Strided(nn.Module):
+    def forward(self, a, b: List[torch.Tensor]):
+        return a @ b[0], a.stride()
+
+
+def test_strided_inputs_reach_cpp_with_their_strides(built, tmp_path):
+    path = save_archive(tmp_path / "strided.pt", Strided())
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(64, 48, generator=g).t()  # a transposed view: kernels choose their path by strides
+    b = torch.randn(128, 70, generator=g)[::2, ::3]
+    s = Session(path)
+    s.start(values=(a, [b]))
+    r = cpp.check(s)
+    assert r.identical, r.summary()
+    assert r.cpp_outputs[1] == [1, 48] == list(a.stride())  # the C++ side saw the same strides as Python
+    # a shape error in both runs: the node named is the matmul the traceback underlines, not b[0]
+    s.start(values=(a, [b[:5]]))
+    r = cpp.check(s)
+    assert r.exit_code() == 2 and "cannot be multiplied" in r.cpp_error and r.cpp_error_kind == "aten::matmul"
+
+
+def test_an_exported_program_is_refused_in_one_line(tmp_path, capsys):
+    class Lin(nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    ep = torch.export.export(Lin(), (torch.randn(3),))
+    path = str(tmp_path / "lin.pt2")
+    torch.export.save(ep, path)
+    assert main(["cpp", path]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torch.export program" in err[0]

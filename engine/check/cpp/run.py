@@ -264,14 +264,38 @@ def locate(text: str, session: Any) -> Any:
             for n in g.walk():
                 if n.kind == wanted or any(wanted in v.type for v in (*n.inputs, *n.outputs)):
                     return n
-    frames = _FRAME.findall(text.split("\nException raised from ", 1)[0])
+    text = text.split("\nException raised from ", 1)[0]
+    frames = _FRAME.findall(text)
+    flat = _squeeze(text)
     for file, line in reversed(frames):
         if file.startswith("code/"):
             continue  # the archive's serialized code: the original source is the frame after it
-        for g in graphs:
-            for n in g.walk():
-                src = n.source
-                if (src is not None and src.file and src.line == int(line) and n.kind != "prim::Constant"
-                        and (src.file == file or os.path.basename(src.file) == os.path.basename(file))):
-                    return n
+        on_line = [n for g in graphs for n in g.walk()
+                   if n.kind != "prim::Constant" and n.source is not None and n.source.file
+                   and n.source.line == int(line)
+                   and (n.source.file == file or os.path.basename(n.source.file) == os.path.basename(file))]
+        # the traceback underlines the failing expression as torch prints the node's own source range
+        exact = [n for n in on_line if _underlined(n) and _underlined(n) in flat]
+        if exact:
+            return exact[0]
+        if on_line:
+            return on_line[0]
     return None
+
+
+def _source_range(node: Any) -> str:
+    try:
+        return node.handle.sourceRange() if node.handle is not None else ""
+    except Exception:
+        return ""
+
+
+def _underlined(node: Any) -> str:
+    """The code lines and ``~~~ <--- HERE`` underline of the node's original source range (without
+    the ``File`` line, which the traceback writes with ``, in forward``, and the serialized part)."""
+    text = _squeeze(_source_range(node).split("\nSerialized", 1)[0])
+    return text.split("\n", 1)[1] if "\n" in text and "<--- HERE" in text else ""
+
+
+def _squeeze(text: str) -> str:
+    return "\n".join(ln.rstrip() for ln in text.splitlines() if ln.strip())
