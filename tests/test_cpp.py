@@ -287,9 +287,20 @@ OPS_SOURCE = r"""
 #include <torch/library.h>
 #include <ATen/ATen.h>
 
+#include <torch/custom_class.h>
+
 at::Tensor twice_plus(const at::Tensor& x, double b) { return x * 2 + b; }
 
-TORCH_LIBRARY(tsdebug_cpp_ops, m) { m.def("twice_plus(Tensor x, float b) -> Tensor", &twice_plus); }
+struct Offset : torch::CustomClassHolder {
+  double by;
+  explicit Offset(double by) : by(by) {}
+  at::Tensor apply(const at::Tensor& x) { return x + by; }
+};
+
+TORCH_LIBRARY(tsdebug_cpp_ops, m) {
+  m.def("twice_plus(Tensor x, float b) -> Tensor", &twice_plus);
+  m.class_<Offset>("Offset").def(torch::init<double>()).def("apply", &Offset::apply);
+}
 """
 
 
@@ -313,6 +324,12 @@ def ops_library(built, tmp_path_factory):
 class UsesLibraryOp(nn.Module):
     def forward(self, x):
         return torch.ops.tsdebug_cpp_ops.twice_plus(x, 0.5).sin()
+
+
+class UsesCustomClass(nn.Module):
+    def forward(self, x):
+        offset = torch.classes.tsdebug_cpp_ops.Offset(1.5)
+        return offset.apply(x).cos()
 
 
 def test_an_op_from_a_compiled_library_runs_in_cpp_with_library(ops_library, tmp_path, capsys):
@@ -371,3 +388,13 @@ def test_an_exported_program_is_refused_in_one_line(tmp_path, capsys):
     assert main(["cpp", path]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "torch.export program" in err[0]
+
+
+def test_a_custom_class_from_a_compiled_library_is_named_and_runs_in_cpp(ops_library, tmp_path):
+    path = save_archive(tmp_path / "cls.pt", UsesCustomClass())
+    s = Session(path, libraries=(ops_library,))
+    s.start(values=(torch.randn(4),))
+    r = cpp.check(s, (ops_library,))
+    assert r.identical, r.summary()
+    [req] = [q for q in r.requirements if q.kind == "class"]
+    assert req.name == "tsdebug_cpp_ops.Offset" and req.library == ops_library and not req.blocks_cpp
