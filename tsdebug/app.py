@@ -87,6 +87,7 @@ class TsdebugApp(App):
         Binding("i", "set_inputs", "inputs", show=False),
         Binding("R", "restart", "restart", show=False),
         Binding("e", "eager", "eager comparison on/off (needs --eager)", show=False),
+        Binding("C", "cpp_check", "C++ check: run in libtorch, compare with Python bit for bit", show=False),
         Binding("D", "first_divergence", "jump to the first divergence", show=False),
         Binding("L", "findings", "findings: what tracing froze (lint)", show=False),
         Binding("v", "toggle_graph", "graph view (j/k select, z compact, +/- collapse, arrows pan)", show=False),
@@ -114,6 +115,7 @@ class TsdebugApp(App):
         self._shown_key: tuple | None = None
         self._messages_seen = 0  # lines of the model's prints and warnings already shown
         self.diff_result = None  # engine.session.DiffResult, once ``e`` ran the comparison
+        self.cpp_report = None  # engine.check.cpp.CppReport, once ``C`` ran the C++ check
         self._parting_records: set[int] = set()  # steps where the runs part, marked beside divergent ones
         self.compare_on = False
         self._diffs_by_record: dict = {}
@@ -759,6 +761,52 @@ class TsdebugApp(App):
             msg = f"first divergence: {n.kind} {n.id} ({len(r.divergent)} diverging); D jumps there, ] and [ walk them"
         self.notify(msg, title="eager comparison", timeout=10)
         self.after_move(None)
+
+    def action_cpp_check(self) -> None:
+        """Run the archive in libtorch (tsdebug cpp) on the session's inputs; say how it compares."""
+        if self.session is None or self.state in ("running", "loading"):
+            return
+        from engine.check import cpp
+
+        self.state = "running"
+        self._move_started = time.perf_counter()
+        libraries = tuple(getattr(self.args, "library", ()) or ())
+
+        def work() -> None:
+            try:
+                report = cpp.check(self.session, libraries)
+            except TsdebugError as exc:
+                self.call_from_thread(self._cpp_done, None, exc.message)
+                return
+            except Exception as exc:
+                self.call_from_thread(self._cpp_done, None, f"internal error: {type(exc).__name__}: {exc}")
+                return
+            self.call_from_thread(self._cpp_done, report, "")
+
+        self.notify("building (once) and running the C++ runner…", title="C++ check", timeout=3)
+        self.run_worker(work, thread=True, exclusive=True, group="move")
+
+    def _cpp_done(self, report, error: str) -> None:
+        self.state = self.machine.state if self.machine else "error"
+        self.cpp_report = report
+        if report is None:
+            self.notify(error, title="C++ check", severity="error", timeout=15)
+            self.status(message=error)
+            return
+        ok = report.exit_code() == 0
+        self.notify(report.summary(), title="C++ check", severity="information" if ok else "error", timeout=15)
+        self.status(message=report.summary())
+        if report.cpp_error_node:
+            # the runner names a node of the inlined graph: the same op on the same line in the view
+            wanted = self.session.graph.find(report.cpp_error_node)
+            if wanted is None:
+                wanted = next((n for n in self.session.graph.walk() if n.kind == report.cpp_error_kind
+                               and n.source and f"{n.source.file}:{n.source.line}" == report.cpp_error_source), None)
+            if wanted is not None:
+                self.query_one(ProgramView).select_node(wanted.id)
+                self.show_selected()
+        else:
+            self.after_move(None)
 
     def _divergent_steps(self) -> list[int]:
         if self.diff_result is None:

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from tsdebug.progress import Status, steps_of
 
-COMMANDS = ("run", "diff", "lint", "render", "export", "serve", "demo")
+COMMANDS = ("run", "diff", "lint", "render", "export", "cpp", "serve", "demo")
 
 
 def _json_stdout(args: argparse.Namespace):
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="tsdebug MODEL [options] opens the debugger on MODEL. "
                "Commands: run (engine vs native, for CI), diff (engine vs the eager Python model), "
                "lint (what tracing froze), render (export the graph), export (to a verified .pt2), "
-               "serve (the debugger in a browser), "
+               "cpp (run it in libtorch, as a C++ program would), serve (the debugger in a browser), "
                "demo (the debugger on a bundled model). "
                "See 'tsdebug run --help'.",
     )
@@ -207,6 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
     _eager_options(export)
     export.add_argument("-o", "--output", required=True, metavar="OUT.pt2", help="the program to write")
     export.add_argument("--json", action="store_true", help="print one JSON object")
+    cpp = sub.add_parser("cpp", help="run the archive in C++ (libtorch) and compare with Python bit for bit",
+                         description="Say what a C++ program needs to run MODEL (operator libraries, custom "
+                                     "classes, calls into Python), then load it with torch::jit::load in a small "
+                                     "C++ runner built once against the installed torch, call the method on the "
+                                     "same inputs as Python and compare the outputs bit for bit. Exit 0 "
+                                     "identical, 1 different or failing in C++ while Python runs, 2 on error.")
+    _model_options(cpp)
+    cpp.add_argument("--json", action="store_true", help="print one JSON object")
+    cpp.add_argument("--check-only", action="store_true",
+                     help="only the static check of what C++ needs (no compiler needed)")
+    cpp.add_argument("--rebuild", action="store_true", help="compile the cached C++ runner again")
+    cpp.add_argument("--emit", metavar="DIR",
+                     help="also write a minimal C++ application for the model (CMakeLists.txt, main.cpp) to DIR")
     serve = sub.add_parser("serve", help="serve the debugger in a browser (localhost only unless --host)",
                            description="Serve the debugger on MODEL at http://localhost:PORT through textual-serve: "
                                        "each browser tab gets its own session. The page runs the model on this "
@@ -329,6 +342,73 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"tsdebug: native run failed: {report.native_error}", file=sys.stderr)
         return 1
     return 0 if report.identical else 1
+
+
+def cmd_cpp(args: argparse.Namespace) -> int:
+    from engine.check import cpp
+    from engine.check.cpp.emit import emit
+    from engine.run.values import summarize
+
+    if args.emit and os.path.realpath(args.emit) == os.path.realpath(args.model):
+        return _fail("--emit names the model; choose a folder for the C++ application", args.json)
+    with Status() as status, _json_stdout(args):
+        status.show(f"loading {args.model}…")
+        session = _session(args)
+        if args.check_only:
+            report = cpp.static_report(session)
+        else:
+            session.start(specs=args.input or None, inputs_file=args.inputs)
+            report = cpp.check(session, tuple(args.library), rebuild=args.rebuild, stage=status.show)
+        emitted = []
+        if args.emit:
+            if session.inputs is None:
+                session.start(specs=args.input or None, inputs_file=args.inputs)
+            emitted = emit(session, args.emit, tuple(args.library))
+    if args.json:
+        out = report.to_json()
+        out["emitted"] = emitted
+        print(json.dumps(out, indent=2))
+        return report.exit_code()
+    print(f"model      {report.model}  ({report.method})")
+    if not report.check_only:
+        print(f"inputs     {', '.join(summarize(x).short() for x in report.inputs) or '(none)'}  ({report.input_source})")
+    if not report.requirements:
+        print("needs      nothing beyond libtorch")
+    for i, req in enumerate(report.requirements):
+        mark = "  (C++ cannot provide it)" if req.blocks_cpp else ""
+        where = f"  [{req.nodes[0]}" + (f", {req.sources[0]}" if req.sources else "") + "]" if req.nodes else ""
+        print(f"{'needs' if i == 0 else '':<10} {req.what}{mark}{where}")
+    if not report.check_only:
+        cached = f"built in {report.build_seconds:.1f} s" if report.built else "cached"
+        print(f"runner     {cached}: {report.runner}")
+        if report.libraries:
+            print(f"libraries  {', '.join(report.libraries)}")
+        threads = f"  ({report.threads} threads, as Python)" if report.threads else ""
+        print(f"load       C++ {human_seconds(report.cpp_load_seconds)}, Python {human_seconds(report.python_load_seconds)}")
+        print(f"run        C++ {human_seconds(report.cpp_run_seconds)}, Python {human_seconds(report.python_run_seconds)}"
+              f"{threads}")
+        if report.cpp_error is not None:
+            node = ""
+            if report.cpp_error_node:
+                node = f"  (node {report.cpp_error_node} {report.cpp_error_kind}" + \
+                    (f", {report.cpp_error_source}" if report.cpp_error_source else "") + ")"
+            print(f"C++        fails at {report.cpp_error_stage}: {report.cpp_error}{node}")
+        elif report.python_error is None:
+            if report.identical:
+                print(f"outputs    {summarize(report.cpp_outputs).short()}  identical to Python's module(*inputs)")
+            else:
+                print(f"outputs    {summarize(report.cpp_outputs).short()}  DIFFERENT from Python's module(*inputs)"
+                      + (f"  (max abs diff {report.max_abs_diff:.3g})" if report.max_abs_diff is not None else ""))
+                for d in report.differences[:5]:
+                    print(f"           {d.where}: {d.what}")
+    for path in emitted:
+        print(f"emitted    {path}")
+    if emitted:
+        print(f"           build: cmake -S {args.emit} -B {os.path.join(args.emit, 'build')} && "
+              f"cmake --build {os.path.join(args.emit, 'build')}")
+    if report.python_error is not None:
+        print(f"tsdebug: error: the Python run fails too: {report.python_error}", file=sys.stderr)
+    return report.exit_code()
 
 
 def _fmt(x) -> str:
@@ -699,7 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] in (*COMMANDS, "-V", "--version"):  # --version prints and exits in the parser
             args = build_parser().parse_args(argv)
             handler = {"run": cmd_run, "diff": cmd_diff, "lint": cmd_lint, "render": cmd_render,
-                       "export": cmd_export, "demo": cmd_demo, "serve": None}[args.command]
+                       "export": cmd_export, "cpp": cmd_cpp, "demo": cmd_demo, "serve": None}[args.command]
         elif not argv or argv[0] in ("-h", "--help"):
             build_parser().print_help()
             return 0 if argv else 2
