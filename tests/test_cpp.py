@@ -398,3 +398,14 @@ def test_a_custom_class_from_a_compiled_library_is_named_and_runs_in_cpp(ops_lib
     assert r.identical, r.summary()
     [req] = [q for q in r.requirements if q.kind == "class"]
     assert req.name == "tsdebug_cpp_ops.Offset" and req.library == ops_library and not req.blocks_cpp
+
+
+def test_a_python_extension_library_is_named_as_one_cpp_cannot_load(ops_library):
+    """torchvision's wheel ships its ops in a Python extension (it links libtorch_python.so): a C++ program
+    cannot load it, and the scan must say so rather than offer --library with it (seen by hand on
+    torchvision 0.29's _C_stable.so: the runner failed with 'libtorch_python.so: cannot open')."""
+    from engine.check.cpp.scan import needs_python
+
+    assert needs_python(torch._C.__file__)  # torch's own Python extension
+    assert not needs_python(ops_library)  # a TORCH_LIBRARY library built against libtorch alone
+    assert not needs_python("/nonexistent/lib.so")

@@ -71,7 +71,15 @@ def find_compiler() -> str | None:
 
 def toolchain() -> Toolchain:
     """The compiler and torch's C++ side, or ``CppUnavailable`` saying which is missing and how to get it."""
-    from torch.utils import cpp_extension
+    import logging
+
+    # importing it logs "No CUDA runtime is found" on a CUDA build without a GPU: the terminal is ours
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    was, quiet.disabled = quiet.disabled, True
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        quiet.disabled = was
 
     torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
     includes = tuple(cpp_extension.include_paths())

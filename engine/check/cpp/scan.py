@@ -92,6 +92,27 @@ def package_libraries(namespace: str) -> list[str]:
     return found
 
 
+def needs_python(library: str) -> bool:
+    """Whether a compiled library is a Python extension: it links ``libtorch_python.so``, which needs a
+    Python interpreter, so no C++ program can load it (torchvision's wheel ships its ops so)."""
+    try:
+        if not os.path.isfile(library) or os.path.getsize(library) > 1 << 30:
+            return False
+        with open(library, "rb") as f:
+            return b"libtorch_python.so" in f.read()
+    except OSError:
+        return False
+
+
+def _from_library(namespace: str, names: str, lib: str) -> "Requirement":
+    if needs_python(lib):
+        return Requirement("operator", namespace, "python",
+                           f"{names}: from {lib}, a Python extension (it links libtorch_python.so): a C++ program "
+                           f"cannot load it; build {namespace}'s C++ library from its source with CMake "
+                           f"(for torchvision: libtorchvision.so) and pass it with --library", lib)
+    return Requirement("operator", namespace, "library", f"{names}: from {lib} (load it with --library {lib})", lib)
+
+
 def _loaded_library_for(namespace: str) -> str | None:
     """A library loaded with ``torch.ops.load_library`` (``--library``) whose name says the namespace."""
     loaded = sorted(getattr(torch.ops, "loaded_libraries", set()))
@@ -107,8 +128,7 @@ def _operator_requirement(namespace: str, ops: set[str]) -> Requirement:
     if where is None:
         libs = package_libraries(namespace)
         if libs:
-            return Requirement("operator", namespace, "library",
-                               f"{names}: from {libs[0]} (load it with --library {libs[0]})", libs[0])
+            return _from_library(namespace, names, libs[0])
         return Requirement("operator", namespace, "missing",
                            f"{names}: not registered here either; C++ needs the library that defines it")
     if _is_python_file(where):
@@ -117,8 +137,7 @@ def _operator_requirement(namespace: str, ops: set[str]) -> Requirement:
                            "define it in C++ (TORCH_LIBRARY) and load that library with --library")
     lib = _loaded_library_for(namespace) or next(iter(package_libraries(namespace)), None)
     if lib:
-        return Requirement("operator", namespace, "library",
-                           f"{names}: from {lib} (load it with --library {lib})", lib)
+        return _from_library(namespace, names, lib)
     return Requirement("operator", namespace, "library",
                        f"{names}: a compiled library registers it ({where}); C++ must load that library "
                        "with --library")
