@@ -17,7 +17,7 @@ import os
 import zipfile
 from typing import Any
 
-from engine.errors import ArchiveError
+from engine.errors import ArchiveError, TsdebugError
 
 
 def _zip_names(path: str) -> list[str] | None:
@@ -58,6 +58,13 @@ def sniff(path: str) -> str:
 
 def load(path: str, *, device: str = "cpu", libraries: tuple[str, ...] = (), trust_pickles: bool = False) -> Any:
     """The program in ``path``, loaded by its format's loader; errors are ``ArchiveError`` one-liners."""
+    from engine import paths
+
+    if not os.path.isdir(path):  # the TorchScript loader explains a directory (an unpacked archive?)
+        try:
+            paths.read_regular(path, "")  # a FIFO or a device would block the first read forever
+        except TsdebugError as exc:
+            raise ArchiveError(exc.message) from None
     kind = sniff(path)
     if kind == "executorch":
         raise ArchiveError(f"{path} is an ExecuTorch program (.pte): lowered for a runtime, with no graph "

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,9 +168,18 @@ def identify(path: str) -> None:
                         f"{path} is a zip file but not a TorchScript archive (no code/ inside); "
                         "save the model with torch.jit.save"
                     )
-                bad = z.testzip()
+                for info in z.infolist():
+                    if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                        raise ArchiveError(f"{path} holds a symbolic link ({info.filename}), which torch.jit.save "
+                                           "never writes; the file was not made by torch.jit.save")
+                try:
+                    bad = z.testzip()
+                except (zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+                    raise ArchiveError(f"{path} is corrupt: a compressed entry cannot be decompressed "
+                                       f"({first_line(exc)}); save or copy it again") from None
                 if bad is not None:
                     raise ArchiveError(f"{path} is corrupt: the entry {bad} fails its checksum; save or copy it again")
+                _check_debug_pickles(path, z, prefix)
         except zipfile.BadZipFile as exc:
             raise ArchiveError(f"{path} is a corrupt zip archive ({exc}); save or copy it again") from None
         return
@@ -192,6 +202,28 @@ def identify(path: str) -> None:
         f"{path} is not a TorchScript archive (not a zip file; starts with {head[:8]!r}); "
         "give a file saved with torch.jit.save"
     )
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_debug_pickles(path: str, z: zipfile.ZipFile, prefix: str) -> None:
+    """Each ``code/*.debug_pkl`` (the source ranges torch reads on load) is a pickle that parses.
+
+    torch's own unpickler fails on a corrupt one with a bare "Unknown opcode";
+    read here without building anything, it is named.
+    """
+    for name in z.namelist():
+        if not (name.startswith(prefix + "code/") and name.endswith(".debug_pkl")):
+            continue
+        try:
+            for _ in pickletools.genops(z.read(name)):
+                pass
+        except Exception as exc:
+            raise ArchiveError(f"{path} is corrupt: its debug information {name[len(prefix):]} is not a "
+                               f"readable pickle ({first_line(exc)[:60]}); save or copy the archive again") from None
 
 
 # ------------------------------------------------------------------ loading
@@ -266,13 +298,28 @@ def check_device(device: str) -> None:
         raise ArchiveError(f"--device {device!r} is not a device torch knows (try cpu or cuda:0)") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ArchiveError(f"--device {device}: this machine has no CUDA device; use --device cpu")
+    kind = torch.device(device).type
+    if kind == "meta":
+        raise ArchiveError(f"--device {device}: meta tensors hold no values, so there is nothing to step or "
+                           "compare; use --device cpu (or cuda)")
+    if kind not in ("cpu", "cuda"):
+        backend = getattr(torch, kind, None)
+        available = getattr(backend, "is_available", None)
+        if available is None or not available():
+            raise ArchiveError(f"--device {device}: this machine has no {kind} device; use --device cpu")
 
 
 def load_libraries(libraries: tuple[str, ...]) -> None:
     """``--library``: operator libraries the program needs, loaded before it is."""
+    from engine import paths
+
     for lib in libraries:
         if not os.path.exists(lib):
             raise ArchiveError(f"--library {lib}: no such file")
+        try:
+            paths.read_regular(lib, "--library")
+        except Exception as exc:
+            raise ArchiveError(str(exc)) from None
         try:
             torch.ops.load_library(lib)
         except Exception as exc:
