@@ -376,7 +376,8 @@ def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = ()) -> Arc
                 ) from None
             raise ArchiveError(f"torch.jit.load cannot read {path} either ({first}); re-export it with this "
                                f"torch ({torch.__version__.split('+')[0]})") from None
-    module = torch.jit._recursive.wrap_cpp_module(cpp)
+    with deep_enough(_module_depth(cpp), path):
+        module = torch.jit._recursive.wrap_cpp_module(cpp)  # recursive: a frame group per level
     return Archive(
         path=path,
         module=module,
@@ -387,6 +388,40 @@ def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = ()) -> Arc
     )
 
 
+#: How deep modules (or calls) may nest: a Python frame group per level in torch's wrapper and in
+#: tsdebug's recursive passes, each within the interpreter's C stack.
+MAX_DEPTH = 3000
+
+
+def _module_depth(cpp: Any) -> int:
+    """How deep the module tree nests, counted without recursion."""
+    depth, frontier = 0, [cpp]
+    while frontier:
+        depth += 1
+        if depth > MAX_DEPTH:
+            return depth
+        frontier = [child for m in frontier for _, child in torch._C.ModuleDict(m).items()]
+    return depth
+
+
+@contextlib.contextmanager
+def deep_enough(depth: int, path: str):
+    """Room on Python's stack for ``depth`` nested levels (torch's module wrapper recurses per level);
+    past ``MAX_DEPTH``, a one-line error instead of a RecursionError."""
+    if depth > MAX_DEPTH:
+        raise ArchiveError(f"{path} nests modules or calls more than {MAX_DEPTH} deep; tsdebug steps programs "
+                           f"up to {MAX_DEPTH} levels deep")
+    need = 1000 + 40 * depth
+    was = sys.getrecursionlimit()
+    if need > was:
+        sys.setrecursionlimit(need)
+    try:
+        yield
+    finally:
+        if need > was:
+            sys.setrecursionlimit(was)
+
+
 def load_native_copy(archive: Archive) -> torch.jit.ScriptModule:
     """A second, independent copy of the archive for the native reference run.
 
@@ -395,7 +430,8 @@ def load_native_copy(archive: Archive) -> torch.jit.ScriptModule:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.jit.load(archive.path, map_location=archive.device)
+        with deep_enough(_module_depth(archive.cpp), archive.path):
+            return torch.jit.load(archive.path, map_location=archive.device)
 
 
 # ---------------------------------------------------------- traced_inputs.pkl
