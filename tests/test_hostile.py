@@ -368,3 +368,40 @@ def test_deep_program_lint_and_render(deep, tmp_path, capsys):
     assert code == 0 and "findings   none" in out, err
     code, out, err = cli(capsys, "render", deep, "-o", tmp_path / "deep.dot")
     assert code == 0 and "wrote" in out, err
+
+
+# ------------------------------------------------------------- imports chosen by the archive
+
+def test_op_namespace_does_not_choose_what_is_imported(tmp_path):
+    """An archive whose operator lives in namespace ``this``: tsdebug must not `import this` (which
+    prints the Zen of Python); it names the operator and says to pass --import."""
+    pkg = tmp_path / "pkgs" / "regthis"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(textwrap.dedent(
+        """
+        import torch
+        lib = torch.library.Library("this", "DEF")
+        lib.define("twice(Tensor x) -> Tensor")
+        lib.impl("twice", lambda x: x * 2, "CompositeExplicitAutograd")
+        """))
+    maker = textwrap.dedent(
+        f"""
+        import sys, torch, warnings
+        warnings.simplefilter("ignore")
+        sys.path.insert(0, {str(tmp_path / "pkgs")!r})
+        import regthis
+        class M(torch.nn.Module):
+            def forward(self, x):
+                return torch.ops.this.twice(x)
+        torch.jit.save(torch.jit.script(M()), {str(tmp_path / "this.pt")!r})
+        """)
+    (tmp_path / "make.py").write_text(maker)
+    subprocess.run([sys.executable, str(tmp_path / "make.py")], check=True, timeout=120)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "pkgs") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess_cli("run", tmp_path / "this.pt", "--input", "float32[3]", env=env, cwd=str(tmp_path))
+    assert "Zen of Python" not in res.stdout + res.stderr
+    one_line(res.returncode, res.stderr, "this::twice", "--import")
+    res = subprocess_cli("run", tmp_path / "this.pt", "--input", "float32[3]", "--import", "regthis", env=env,
+                         cwd=str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert "Zen of Python" not in res.stdout + res.stderr

@@ -87,6 +87,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="map the archive to this device (default: cpu)")
     p.add_argument("--library", action="append", default=[], metavar="PATH",
                    help="a custom-op library (.so) to load with torch.ops.load_library")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="NAME",
+                   help="a Python package to import first, that registers the custom operators the program "
+                        "uses (only known ones, torchvision, torchaudio..., are imported unasked)")
     p.add_argument("--grad", action="store_true", help="keep autograd on (default: run under torch.no_grad)")
     p.add_argument("--record-budget", type=parse_size, default=1 << 30, metavar="SIZE",
                    help="memory for recorded tensors before only summaries are kept (default: 1GiB)")
@@ -287,6 +290,7 @@ def _session(args: argparse.Namespace):
         args.model,
         device=args.device,
         libraries=tuple(args.library),
+        imports=tuple(getattr(args, "imports", ())),
         method=args.method,
         inline=args.inline,
         grad=args.grad,

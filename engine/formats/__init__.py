@@ -56,7 +56,8 @@ def sniff(path: str) -> str:
     return "executorch" if is_executorch(head) else "torchscript"
 
 
-def load(path: str, *, device: str = "cpu", libraries: tuple[str, ...] = (), trust_pickles: bool = False) -> Any:
+def load(path: str, *, device: str = "cpu", libraries: tuple[str, ...] = (), trust_pickles: bool = False,
+         imports: tuple[str, ...] = ()) -> Any:
     """The program in ``path``, loaded by its format's loader; errors are ``ArchiveError`` one-liners."""
     from engine import paths
 
@@ -74,11 +75,11 @@ def load(path: str, *, device: str = "cpu", libraries: tuple[str, ...] = (), tru
         from engine.formats.torchscript.archive import check_device, load_libraries
 
         check_device(device)
-        load_libraries(libraries)
+        load_libraries(libraries, imports)
         return LoadedExport(path, device=device, trust_pickles=trust_pickles, load_namespace=import_op_namespace)
     from engine.formats.torchscript import LoadedArchive
 
-    return LoadedArchive(path, device=device, libraries=libraries)
+    return LoadedArchive(path, device=device, libraries=libraries, imports=imports)
 
 
 def import_op_namespace(namespace: str) -> bool:

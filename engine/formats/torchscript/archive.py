@@ -309,8 +309,14 @@ def check_device(device: str) -> None:
             raise ArchiveError(f"--device {device}: this machine has no {kind} device; use --device cpu")
 
 
-def load_libraries(libraries: tuple[str, ...]) -> None:
-    """``--library``: operator libraries the program needs, loaded before it is."""
+def load_libraries(libraries: tuple[str, ...], imports: tuple[str, ...] = ()) -> None:
+    """``--library``: operator libraries the program needs, loaded before it is; ``--import``: the Python
+    packages that register its operators, imported first."""
+    for name in imports:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise ArchiveError(f"--import {name}: cannot import it ({type(exc).__name__}: {first_line(exc)})") from None
     from engine import paths
 
     for lib in libraries:
@@ -326,23 +332,53 @@ def load_libraries(libraries: tuple[str, ...]) -> None:
             raise ArchiveError(f"--library {lib}: cannot load ({str(exc).splitlines()[0]})") from None
 
 
+#: Operator namespaces and the packages known to register them: imported without being asked.  Any
+#: other namespace an archive names is only a name (an archive naming ``this`` must not import ``this``).
+KNOWN_OP_PACKAGES = {
+    "torchvision": "torchvision", "torchaudio": "torchaudio", "torchtext": "torchtext", "torchrec": "torchrec",
+    "fbgemm": "fbgemm_gpu", "detectron2": "detectron2", "mmcv": "mmcv", "torch_scatter": "torch_scatter",
+    "torch_sparse": "torch_sparse", "torch_cluster": "torch_cluster", "torchao": "torchao",
+    "xformers": "xformers", "torch_tensorrt": "torch_tensorrt", "tensorrt": "torch_tensorrt",
+}
+
+#: An installed package declares the namespaces it registers as entry points in this group
+#: (``namespace = "package"``), and is then imported like the known ones.
+ENTRY_POINT_GROUP = "tsdebug.op_namespaces"
+
+
+def package_for_namespace(namespace: str) -> str | None:
+    """The package known (or declared) to register ``namespace``; None for any other."""
+    if namespace in KNOWN_OP_PACKAGES:
+        return KNOWN_OP_PACKAGES[namespace]
+    try:
+        from importlib import metadata
+
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == namespace:
+                return ep.value
+    except Exception:
+        return None
+    return None
+
+
 def import_namespace(namespace: str) -> bool:
-    """Import the Python package that registers the operator namespace ``namespace``; True when it did."""
-    if importlib.util.find_spec(namespace) is None:
+    """Import the package known to register the operator namespace ``namespace``; True when it did."""
+    package = package_for_namespace(namespace)
+    if package is None or importlib.util.find_spec(package) is None:
         return False
     try:
-        importlib.import_module(namespace)
+        importlib.import_module(package)
         return True
     except Exception:
         return False
 
 
-def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = ()) -> Archive:
+def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = (), imports: tuple[str, ...] = ()) -> Archive:
     """Load a TorchScript archive for the engine; errors are ``ArchiveError`` one-liners."""
     identify(path)
     check_device(device)
-    load_libraries(libraries)
-    imported: list[str] = []
+    load_libraries(libraries, imports)
+    imported: list[str] = list(imports)
     tried: set[str] = set()
     while True:
         try:
@@ -362,8 +398,8 @@ def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = ()) -> Arc
                         continue
                 raise ArchiveError(
                     f"{path} needs the operator {namespace}::{op}, which is not loaded: "
-                    f"install the Python package that provides it (pip install {namespace}) "
-                    "or load its library with --library PATH/TO/lib.so"
+                    f"pass --import PACKAGE, the Python package that registers {namespace} (tsdebug imports "
+                    "only packages known to register operators), or --library PATH/TO/lib.so"
                 ) from None
             first = next((ln.strip() for ln in message.splitlines() if ln.strip()), type(exc).__name__)
             if "PytorchStreamReader" in message or "failed finding central directory" in message:
