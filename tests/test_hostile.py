@@ -405,3 +405,14 @@ def test_op_namespace_does_not_choose_what_is_imported(tmp_path):
                          cwd=str(tmp_path))
     assert res.returncode == 0, res.stderr
     assert "Zen of Python" not in res.stdout + res.stderr
+
+
+# ------------------------------------------------------------------ the debugger without a terminal
+
+@pytest.mark.parametrize("command", [["MODEL"], ["demo"]])
+def test_debugger_without_a_terminal_says_so(lin, command):
+    argv = [str(lin) if c == "MODEL" else c for c in command]
+    env = {k: v for k, v in os.environ.items() if k != "TEXTUAL_DRIVER"}
+    res = subprocess.run([sys.executable, "-m", "tsdebug.cli", *argv], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=60, env=env)
+    one_line(res.returncode, res.stderr, "needs a terminal")

@@ -706,7 +706,35 @@ def cmd_serve(argv: list[str]) -> int:
     return serve(args.model, rest, host=args.host, port=args.port)
 
 
+def _no_terminal() -> str | None:
+    """Why the debugger cannot start here (stdin or stdout not a terminal), or None.
+
+    Without one, Textual's driver waits on a terminal that never answers, a core spinning forever.
+    textual-serve (``tsdebug serve``) runs it under its own driver, named in ``TEXTUAL_DRIVER``.
+    """
+    if os.environ.get("TEXTUAL_DRIVER"):
+        return None
+    for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout)):
+        try:
+            if stream is None or not os.isatty(stream.fileno()):
+                return name
+        except (AttributeError, ValueError, OSError):
+            return name
+    return None
+
+
+def _needs_terminal() -> int | None:
+    which = _no_terminal()
+    if which is None:
+        return None
+    return _fail(f"the debugger needs a terminal and {which} is not one; run it in a terminal, or use "
+                 "tsdebug run, diff or lint in scripts")
+
+
 def cmd_open(args: argparse.Namespace) -> int:
+    refused = _needs_terminal()
+    if refused is not None:
+        return refused
     from tsdebug.app import open_debugger
 
     return open_debugger(args)
@@ -719,6 +747,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.print_path:
         print(path)
         return 0
+    refused = _needs_terminal()
+    if refused is not None:
+        return refused
     from tsdebug.app import open_debugger
 
     # The demo's Python is in the package, so `e` (the eager comparison) works too.
