@@ -416,3 +416,45 @@ def test_debugger_without_a_terminal_says_so(lin, command):
     res = subprocess.run([sys.executable, "-m", "tsdebug.cli", *argv], stdin=subprocess.DEVNULL,
                          capture_output=True, text=True, timeout=60, env=env)
     one_line(res.returncode, res.stderr, "needs a terminal")
+
+
+# ------------------------------------------------------------------ the UI on an input too large
+
+def _notices(app):
+    return [str(n.message) for n in app._notifications]
+
+
+def test_ui_input_too_large_on_the_command_line_and_with_i(lin):
+    import asyncio
+
+    from tsdebug.app import TsdebugApp
+    from tsdebug.cli import build_open_parser
+
+    async def settle(pilot, app):
+        for _ in range(300):
+            await pilot.pause()
+            if app.state not in ("running", "loading"):
+                break
+            await asyncio.sleep(0.01)
+        await pilot.pause()
+
+    async def run():
+        app = TsdebugApp(build_open_parser().parse_args([str(lin), "--input", "float32[100000,100000,100]"]))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, app)
+            assert app.is_running and app.load_error and "more than this machine's memory" in app.load_error
+            await pilot.press("i")
+            await pilot.pause()
+            app.screen.query_one("#prompt-input").value = "float32[2,4]"
+            await pilot.press("enter")
+            await settle(pilot, app)
+            assert app.session.inputs[0].shape == (2, 4)
+            await pilot.press("i")
+            await pilot.pause()
+            app.screen.query_one("#prompt-input").value = "float32[100000,100000,100]"
+            await pilot.press("enter")
+            await settle(pilot, app)
+            assert app.is_running and app.session.inputs[0].shape == (2, 4)
+            assert any("more than this machine's memory" in n for n in _notices(app)), _notices(app)
+
+    asyncio.run(run())
