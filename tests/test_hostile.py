@@ -458,3 +458,77 @@ def test_ui_input_too_large_on_the_command_line_and_with_i(lin):
             assert any("more than this machine's memory" in n for n in _notices(app)), _notices(app)
 
     asyncio.run(run())
+
+
+# ------------------------------------------------------ lint: source FIFOs, the counterexample file
+
+BRANCHY = textwrap.dedent(
+    """
+    import torch
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:
+                return x * 2
+            return x - 1
+    """
+)
+
+
+def _traced_branchy(tmp_path):
+    src = tmp_path / "branchy.py"
+    src.write_text(BRANCHY)
+    maker = textwrap.dedent(
+        f"""
+        import sys, torch, warnings
+        warnings.simplefilter("ignore")
+        sys.path.insert(0, {str(tmp_path)!r})
+        from branchy import Branchy
+        torch.jit.save(torch.jit.trace(Branchy(), torch.ones(2, 3)), {str(tmp_path / "branchy.pt")!r})
+        """)
+    subprocess.run([sys.executable, "-c", maker], check=True, timeout=120)
+    return src, tmp_path / "branchy.pt"
+
+
+def test_lint_with_a_fifo_where_the_source_was(tmp_path):
+    src, model = _traced_branchy(tmp_path)
+    src.unlink()
+    os.mkfifo(src)
+    res = subprocess_cli("lint", model, timeout=90)
+    assert res.returncode in (0, 1), res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_lint_eager_counterexample_beside_the_model_not_through_a_planted_link(tmp_path):
+    import tempfile
+
+    src, model = _traced_branchy(tmp_path)
+    shared = os.path.join(tempfile.gettempdir(), "tsdebug")
+    os.makedirs(shared, exist_ok=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    planted = os.path.join(shared, "branchy-counterexample.pt")
+    if os.path.lexists(planted):
+        os.unlink(planted)
+    os.symlink(victim, planted)
+    try:
+        res = subprocess_cli("lint", model, "--eager", f"{src}:Branchy", "--input", "float32[2,3]", timeout=180)
+        assert res.returncode == 1, res.stderr
+        assert victim.read_text() == "keep me"
+        saved = tmp_path / "branchy-counterexample.pt"
+        assert saved.exists() and str(saved) in res.stdout, res.stdout
+        assert isinstance(torch.load(saved), tuple)
+    finally:
+        os.unlink(planted)
+
+
+def test_demo_first_runs_at_once(tmp_path):
+    """Four first-time demos building the archive at once: every one gets a whole archive."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    procs = [subprocess.Popen([sys.executable, "-m", "tsdebug.cli", "demo", "--print-path"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    for code, out, err in results:
+        assert code == 0, err
+    path = results[0][1].strip()
+    torch.jit.load(path)
+    assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]
