@@ -239,6 +239,20 @@ def test_stored_trace_shape_too_large(tmp_path, capsys):
     one_line(code, err, "the archive stores", "100000,100000,100")
 
 
+def test_stored_trace_shape_negative(tmp_path, capsys):
+    """A traced archive whose stored example shape was edited to -5 (its pickled int patched)."""
+    path = tmp_path / "big.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(View(), torch.zeros(1).expand(100000, 3, 4), check_trace=False), str(path))
+    bad = tmp_path / "neg.pt"
+    hundred_thousand, minus_five = b"J" + (100000).to_bytes(4, "little"), b"J" + (-5).to_bytes(4, "little", signed=True)
+    _rewrite(path, bad, lambda name, data: data.replace(hundred_thousand, minus_five, 1)
+             if name.endswith("traced_inputs.pkl") else data)
+    code, _, err = cli(capsys, "run", bad)
+    one_line(code, err, "the archive stores", "negative size")
+
+
 def _rewrite(src, dst, change, compression=zipfile.ZIP_STORED):
     with zipfile.ZipFile(src) as a, zipfile.ZipFile(dst, "w", compression) as b:
         for info in a.infolist():
