@@ -124,9 +124,9 @@ def counterexamples(session: Any, report: LintReport, eager_spec: str, eager_arg
     from engine import paths
 
     base = os.path.splitext(os.path.basename(session.path))[0]
-    folder = os.path.dirname(os.path.abspath(session.path))
+    folder = os.path.dirname(session.path)
     saved = os.path.join(folder, f"{base}-counterexample.pt")
-    if paths.read_file_of(saved) is not None or os.path.islink(saved) or not os.access(folder, os.W_OK):
+    if paths.read_file_of(saved) is not None or os.path.islink(saved) or not os.access(folder or ".", os.W_OK):
         import tempfile
 
         saved = os.path.join(tempfile.mkdtemp(prefix="tsdebug-"), f"{base}-counterexample.pt")  # private, 0700
