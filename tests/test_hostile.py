@@ -121,6 +121,15 @@ def test_save_outputs_onto_a_hard_link_of_the_eager_weights(lin, tmp_path, capsy
     assert digest(weights) == before
 
 
+def test_export_through_a_symlink_to_the_model(lin, tmp_path, capsys):
+    link = tmp_path / "out.pt2"
+    link.symlink_to(lin)
+    before = digest(lin)
+    code, _, err = cli(capsys, "export", lin, "-o", link, "--input", "float32[2,4]")
+    one_line(code, err, "-o", "tsdebug reads")
+    assert digest(lin) == before
+
+
 def test_save_outputs_into_a_missing_folder(lin, tmp_path, capsys):
     code, _, err = cli(capsys, "run", lin, "--save-outputs", tmp_path / "nope" / "out.pt")
     one_line(code, err, "does not exist")
