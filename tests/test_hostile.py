@@ -558,3 +558,12 @@ def test_demo_first_runs_at_once(tmp_path):
     path = results[0][1].strip()
     torch.jit.load(path)
     assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]
+
+
+def test_deeper_than_the_bound_is_one_line(deep, capsys, monkeypatch):
+    """Past tsdebug's depth bound (lowered here to stay fast): said in one line, not a RecursionError."""
+    from engine.formats.torchscript import archive
+
+    monkeypatch.setattr(archive, "MAX_DEPTH", 100)
+    code, _, err = cli(capsys, "lint", deep)
+    one_line(code, err, "more than 100 deep")

@@ -424,9 +424,10 @@ def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = (), import
     )
 
 
-#: How deep modules (or calls) may nest: a Python frame group per level in torch's wrapper and in
-#: tsdebug's recursive passes, each within the interpreter's C stack.
-MAX_DEPTH = 3000
+#: How deep modules may nest: torch's module wrapper recurses (a frame group per level, given room
+#: here), and a few of tsdebug's passes over module clusters (render's scene) recurse once per level
+#: under Python's default limit of 1000 frames.
+MAX_DEPTH = 900
 
 
 def _module_depth(cpp: Any) -> int:
