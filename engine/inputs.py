@@ -114,12 +114,63 @@ def example_arguments(params: list[Param]) -> str:
     return " ".join(f"--input {s}" for s in specs) or "--input float32[1,3,224,224]"
 
 
+SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed takes
+
+
 def _generator(seed: int, index: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1000003 + index)
+    return torch.Generator().manual_seed((seed * 1000003 + index) % (1 << 64))
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def check_allocatable(shape: tuple[int, ...], dtype: torch.dtype, what: str) -> None:
+    """A tensor of ``shape`` can exist here: no negative size, not more bytes than the machine has."""
+    text = f"{_dtype_name(dtype)}[{','.join(map(str, shape))}]"
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise InputError(f"{what} {text} has a negative size; every dimension must be 0 or more")
+    numel = 1
+    for d in shape:
+        numel *= d
+    size = numel * torch.empty((), dtype=dtype).element_size()
+    have = memory_bytes()
+    if have is not None and size > have:
+        from engine.run.values import human_bytes
+
+        raise InputError(f"{what} {text} needs {human_bytes(size)}, more than this machine's memory "
+                         f"({human_bytes(have)}); give a smaller shape")
 
 
 def random_tensor(shape: tuple[int, ...], dtype: torch.dtype, seed: int, index: int,
-                  lo: float | None = None, hi: float | None = None) -> torch.Tensor:
+                  lo: float | None = None, hi: float | None = None, what: str | None = None) -> torch.Tensor:
+    what = what or f"input {index + 1}"
+    check_allocatable(tuple(shape), dtype, what)
+    try:
+        return _random_tensor(tuple(shape), dtype, seed, index, lo, hi)
+    except RuntimeError as exc:
+        if "allocate" not in str(exc) and "out of memory" not in str(exc).lower():
+            raise
+        from engine.run.values import human_bytes
+
+        numel = 1
+        for d in shape:
+            numel *= d
+        raise InputError(f"{what} {_dtype_name(dtype)}[{','.join(map(str, shape))}] cannot be allocated "
+                         f"({human_bytes(numel * torch.empty((), dtype=dtype).element_size())}: not enough "
+                         "free memory); give a smaller shape") from None
+
+
+def _random_tensor(shape: tuple[int, ...], dtype: torch.dtype, seed: int, index: int,
+                   lo: float | None, hi: float | None) -> torch.Tensor:
     gen = _generator(seed, index)
     if dtype == torch.bool:
         return torch.randint(0, 2, shape, generator=gen).bool()
@@ -135,8 +186,16 @@ def random_tensor(shape: tuple[int, ...], dtype: torch.dtype, seed: int, index: 
 
 
 def _load_file(path: str) -> Any:
+    from engine import paths
+
     if not os.path.exists(path):
         raise InputError(f"input file {path}: no such file")
+    try:
+        paths.read_regular(path, "input file")  # a FIFO would block the read forever
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(str(exc)) from None
     lower = path.lower()
     if lower.endswith(".npy"):
         try:
@@ -187,6 +246,42 @@ def split_top_level(text: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
+def _value_range(spec: str, dtype: torch.dtype, lo_text: str | None,
+                 hi_text: str | None) -> tuple[float | None, float | None]:
+    """A spec's ``LO..HI``: two numbers, LO below HI, both within what ``dtype`` holds."""
+    if lo_text is None or hi_text is None:
+        return None, None
+    try:
+        lo, hi = float(lo_text), float(hi_text)
+    except ValueError:
+        bad = lo_text if not _is_number(lo_text) else hi_text
+        raise InputError(f"--input {spec!r}: the range {lo_text}..{hi_text} is not two numbers "
+                         f"({bad!r}); write e.g. 0..1000 or -1..1") from None
+    if dtype == torch.bool:
+        raise InputError(f"--input {spec!r}: a bool tensor takes no value range")
+    if dtype.is_floating_point or dtype.is_complex:
+        info = torch.finfo(torch.float32 if dtype.is_complex else dtype)
+        low, high = float(info.min), float(info.max)
+    else:
+        info = torch.iinfo(dtype)
+        low, high = float(info.min), float(info.max) + 1  # the high end is exclusive
+    if not (low <= lo <= high and low <= hi <= high):
+        raise InputError(f"--input {spec!r}: the range {lo_text}..{hi_text} does not fit "
+                         f"{_dtype_name(dtype)} ({info.min:g}..{info.max:g})")
+    if hi <= lo:
+        raise InputError(f"--input {spec!r}: empty value range {lo_text}..{hi_text}; the second number "
+                         "must be larger")
+    return lo, hi
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def parse_spec(spec: str, seed: int = 0, index: int = 0) -> Any:
     """One ``--input`` value; ``[A,B]`` and ``(A,B)`` make a list or tuple of specs."""
     s = spec.strip()
@@ -221,11 +316,11 @@ def parse_spec(spec: str, seed: int = 0, index: int = 0) -> Any:
                 f"--input {spec!r}: unknown dtype {m['dtype']!r} (use one of float32, float64, float16, bfloat16, int64, int32, uint8, bool)"
             )
         dims = tuple(int(d) for d in m["dims"].split(",") if d.strip()) if m["dims"].strip() else ()
-        lo = float(m["lo"]) if m["lo"] is not None else None
-        hi = float(m["hi"]) if m["hi"] is not None else None
-        return random_tensor(dims, dtype, seed, index, lo, hi)
+        lo, hi = _value_range(spec, dtype, m["lo"], m["hi"])
+        return random_tensor(dims, dtype, seed, index, lo, hi, what=f"--input {spec!r}:")
     if _DIMS_SPEC.match(low):
-        return random_tensor(tuple(int(d) for d in low.split("x")), torch.float32, seed, index)
+        return random_tensor(tuple(int(d) for d in low.split("x")), torch.float32, seed, index,
+                             what=f"--input {spec!r}:")
     if os.path.sep in s or "." in s:
         return _load_file(s)
     raise InputError(
@@ -319,7 +414,8 @@ def from_specs(specs: list[Any], seed: int) -> tuple:
     out = []
     for i, s in enumerate(specs):
         if isinstance(s, TensorSpec):
-            t = random_tensor(s.shape, s.dtype, seed, i)
+            t = random_tensor(s.shape, s.dtype, seed, i,
+                              what=f"the example input {i + 1} the archive stores (traced on)")
             out.append(t)
         elif isinstance(s, (list, tuple)):
             out.append(type(s)(from_specs(list(s), seed + i + 1)))

@@ -114,13 +114,16 @@ class Session:
         budget: int = DEFAULT_BUDGET,
         seed: int = 0,
         trust_pickles: bool = False,
+        imports: tuple[str, ...] = (),
     ):
         self.path = path
         self.device = device
         self.libraries = tuple(libraries)
         self.trust_pickles = trust_pickles
         # the format's loaded program: LoadedArchive (.pt) or LoadedExport (.pt2)
-        self.loaded = formats.load(path, device=device, libraries=libraries, trust_pickles=trust_pickles)
+        self.imports = tuple(imports)
+        self.loaded = formats.load(path, device=device, libraries=libraries, trust_pickles=trust_pickles,
+                                   imports=self.imports)
         self.format = self.loaded.format
         # the TorchScript archive, for the analyses that read one (lint's traced shapes); None for a .pt2
         self.archive = self.loaded.archive if self.format == "torchscript" else None
@@ -291,7 +294,7 @@ class Session:
             self.start()
         other = Session(other_path, device=self.device, method=self.method, inline=self.inline,
                         grad=self.grad, budget=self.budget, seed=self.seed, libraries=self.libraries,
-                        trust_pickles=self.trust_pickles)
+                        trust_pickles=self.trust_pickles, imports=self.imports)
         other.start(values=self.inputs)
         other.random = self.random
         theirs = other.restart()

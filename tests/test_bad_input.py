@@ -189,6 +189,7 @@ def test_no_method(good, capsys):
 OPS_PACKAGE = textwrap.dedent(
     """
     import torch
+    print("tsdbgops imported")  # an import says so on the terminal: it must happen only when asked
     lib = torch.library.Library("tsdbgops", "DEF")
     lib.define("double(Tensor x) -> Tensor")
     lib.impl("double", lambda x: x * 2, "CompositeExplicitAutograd")
@@ -223,9 +224,15 @@ def test_custom_op_archive(tmp_path):
     assert "Traceback" not in res.stderr
     assert "operator tsdbgops::double," in res.stderr and "--library" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
-    # With the package importable: imported automatically, and the run is exact.
+    # Importable but not known to register operators: the archive does not choose what tsdebug imports.
     env["PYTHONPATH"] = str(tmp_path / "pkgs")
-    res = subprocess.run(cmd + ["--json"], capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert res.returncode == 2, res.stderr
+    assert "tsdbgops imported" not in res.stdout + res.stderr
+    assert "--import" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    # Named with --import: imported, and the run is exact.
+    res = subprocess.run(cmd + ["--import", "tsdbgops", "--json"], capture_output=True, text=True, env=env,
+                         cwd=str(tmp_path))
     assert res.returncode == 0, res.stderr
     import json
 

@@ -201,6 +201,7 @@ class TsdebugApp(App):
         try:
             session = Session(
                 args.model, device=args.device, libraries=tuple(args.library), method=args.method,
+                imports=tuple(getattr(args, "imports", ())),
                 inline=args.inline, grad=args.grad, budget=args.record_budget, seed=args.seed,
             )
         except TsdebugError as exc:

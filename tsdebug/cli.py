@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -42,6 +43,28 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
 
 
+def parse_seed(text: str) -> int:
+    """``--seed``: an integer torch's generator takes (64 bits)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not -(1 << 63) <= seed < (1 << 64):
+        raise argparse.ArgumentTypeError(f"{text} does not fit in 64 bits (give a seed from -2**63 to 2**64-1)")
+    return seed
+
+
+def parse_tolerance(text: str) -> float:
+    """``--rtol``/``--atol``: a finite number, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a tolerance: give a finite number, 0 or more (e.g. 1e-5)")
+    return value
+
+
 def human_seconds(s: float | None) -> str:
     if s is None:
         return "-"
@@ -64,10 +87,13 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="map the archive to this device (default: cpu)")
     p.add_argument("--library", action="append", default=[], metavar="PATH",
                    help="a custom-op library (.so) to load with torch.ops.load_library")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="NAME",
+                   help="a Python package to import first, that registers the custom operators the program "
+                        "uses (only known ones, torchvision, torchaudio..., are imported unasked)")
     p.add_argument("--grad", action="store_true", help="keep autograd on (default: run under torch.no_grad)")
     p.add_argument("--record-budget", type=parse_size, default=1 << 30, metavar="SIZE",
                    help="memory for recorded tensors before only summaries are kept (default: 1GiB)")
-    p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default: 0)")
+    p.add_argument("--seed", type=parse_seed, default=0, help="seed for random inputs (default: 0)")
     p.add_argument("--trust-pickles", action="store_true",
                    help="load the pickled parts of a .pt2 (tensor subclasses, TorchBind objects, example inputs "
                         "the safe loader refuses): only for files you trust, a pickle can run code")
@@ -244,8 +270,8 @@ def _eager_options(p: argparse.ArgumentParser, required: bool = False) -> None:
                    help="a constructor argument for --eager (Python literal), repeated")
     p.add_argument("--eager-weights", metavar="FILE",
                    help="a state dict for the eager model (default: the archive's own weights)")
-    p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
-    p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default 1e-5)")
+    p.add_argument("--rtol", type=parse_tolerance, default=1e-5, help="relative tolerance (default 1e-5)")
+    p.add_argument("--atol", type=parse_tolerance, default=1e-5, help="absolute tolerance (default 1e-5)")
 
 
 def build_open_parser() -> argparse.ArgumentParser:
@@ -269,12 +295,15 @@ def _fail(message: str, as_json: bool = False) -> int:
 
 
 def _session(args: argparse.Namespace):
-    from engine import Session
+    from engine import Session, paths
+
+    paths.reset_reads()  # the files this command reads, which no output may overwrite
 
     return Session(
         args.model,
         device=args.device,
         libraries=tuple(args.library),
+        imports=tuple(getattr(args, "imports", ())),
         method=args.method,
         inline=args.inline,
         grad=args.grad,
@@ -289,6 +318,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from engine.run.values import human_bytes, nan_outputs_note, summarize
 
+    from engine import paths
+
     if args.save_outputs and os.path.abspath(args.save_outputs) == os.path.abspath(args.model):
         return _fail("--save-outputs would overwrite the model; choose another file", args.json)
     with Status() as status, _json_stdout(args):
@@ -297,11 +328,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         session.start(specs=args.input or None, inputs_file=args.inputs)
         report = session.run_and_compare(
             stage=lambda name: status.show(steps_of(session) if name == "engine" else "running natively…"))
+        if args.save_outputs:  # refused before the run: a missing folder or a file tsdebug read
+            paths.check_output(args.save_outputs, "--save-outputs")
     if args.save_outputs and report.error is None:
-        try:
-            torch.save(report.outputs, args.save_outputs)
-        except OSError as exc:
-            return _fail(f"--save-outputs {args.save_outputs}: {exc.strerror}", args.json)
+        paths.atomic_write(args.save_outputs, lambda tmp: torch.save(report.outputs, tmp), "--save-outputs")
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -655,12 +685,15 @@ def cmd_render(args: argparse.Namespace) -> int:
     from tsdebug.render import engine_note, export, overlay_from_session
     from tsdebug.render.layout import LayoutError
 
+    from engine import paths
+
     if os.path.abspath(args.output) == os.path.abspath(args.model):
         return _fail("-o would overwrite the model; choose another file")
     args.inline = not args.call_tree
     session = _session(args)
+    paths.check_output(args.output, "-o")
     graph = session.program.root_graph(session.method, inlined=not args.call_tree)
-    diff = findings = None
+    diff = findings = run_error = None
     if args.run or args.eager:
         session.start(specs=args.input or None, inputs_file=args.inputs)
         if args.eager:
@@ -668,6 +701,9 @@ def cmd_render(args: argparse.Namespace) -> int:
                                 args.rtol, args.atol)
         else:
             session.machine.run()
+            if session.machine.error is not None:
+                # drawn anyway (the graph up to the failing node is what to look at), but the run failed
+                run_error = session.machine.error
     if args.lint:
         from engine.check.lint import lint_session
 
@@ -675,17 +711,24 @@ def cmd_render(args: argparse.Namespace) -> int:
     overlay = overlay_from_session(session, graph, diff, findings)
     from tsdebug.render.scene import labeler_for
 
+    made: dict = {}
+
+    def draw(tmp: str) -> None:
+        made["engine"], made["boxes"] = export(graph, tmp, args.format, overlay, args.collapse,
+                                               labeler=labeler_for(session, graph))
+
     try:
-        engine, boxes = export(graph, args.output, args.format, overlay, args.collapse,
-                               labeler=labeler_for(session, graph))
+        paths.atomic_write(args.output, draw, "-o")
     except (LayoutError, ValueError) as exc:
         return _fail(str(exc))
-    except OSError as exc:
-        return _fail(f"-o {args.output}: {exc.strerror}")
-    print(f"wrote {args.output} ({boxes} boxes)")
-    if engine != "none":
-        print(engine_note(engine))
+    print(f"wrote {args.output} ({made['boxes']} boxes)")
+    if made["engine"] != "none":
+        print(engine_note(made["engine"]))
+    if run_error is not None:
+        print(f"tsdebug: error: {run_error.message}", file=sys.stderr)
+        return 2
     return 0
+
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -750,7 +793,35 @@ def cmd_serve(argv: list[str]) -> int:
     return serve(args.model, rest, host=args.host, port=args.port)
 
 
+def _no_terminal() -> str | None:
+    """Why the debugger cannot start here (stdin or stdout not a terminal), or None.
+
+    Without one, Textual's driver waits on a terminal that never answers, a core spinning forever.
+    textual-serve (``tsdebug serve``) runs it under its own driver, named in ``TEXTUAL_DRIVER``.
+    """
+    if os.environ.get("TEXTUAL_DRIVER"):
+        return None
+    for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout)):
+        try:
+            if stream is None or not os.isatty(stream.fileno()):
+                return name
+        except (AttributeError, ValueError, OSError):
+            return name
+    return None
+
+
+def _needs_terminal() -> int | None:
+    which = _no_terminal()
+    if which is None:
+        return None
+    return _fail(f"the debugger needs a terminal and {which} is not one; run it in a terminal, or use "
+                 "tsdebug run, diff or lint in scripts")
+
+
 def cmd_open(args: argparse.Namespace) -> int:
+    refused = _needs_terminal()
+    if refused is not None:
+        return refused
     from tsdebug.app import open_debugger
 
     return open_debugger(args)
@@ -763,6 +834,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.print_path:
         print(path)
         return 0
+    refused = _needs_terminal()
+    if refused is not None:
+        return refused
     from tsdebug.app import open_debugger
 
     # The demo's Python is in the package, so `e` (the eager comparison) works too.

@@ -77,9 +77,17 @@ def build_demo(path: str) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, example)
-        tmp = path + ".tmp"
-        torch.jit.save(traced, tmp)
-    os.replace(tmp, path)
+        # a private temporary file per run: first-time demos started at once must not share one
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(prefix=".demo-", suffix=".pt", dir=os.path.dirname(os.path.abspath(path)))
+        os.close(fd)
+        try:
+            torch.jit.save(traced, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return path
 
 

@@ -22,7 +22,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from engine.sources import is_torch_frame, is_user_file
-from engine.errors import EagerError, first_error_line
+from engine import paths
+from engine.errors import EagerError, TsdebugError, first_error_line
 from engine.run.recipes import UNINITIALIZED
 from engine.run.values import summarize_tensor
 
@@ -118,6 +119,10 @@ def _import_target(spec: str) -> Any:
             path = os.path.abspath(where)
             if not os.path.exists(path):
                 raise EagerError(f"--eager {spec!r}: {where}: no such file")
+            try:
+                paths.read_regular(path, f"--eager {spec!r}:")  # a FIFO would block the import forever
+            except TsdebugError as exc:
+                raise EagerError(exc.message) from None
             mod_name = f"tsdebug_eager_{abs(hash(path))}"
             spec_obj = importlib.util.spec_from_file_location(mod_name, path)
             module = importlib.util.module_from_spec(spec_obj)
@@ -131,8 +136,14 @@ def _import_target(spec: str) -> Any:
             module = importlib.import_module(where)
     except EagerError:
         raise
+    except SystemExit as exc:
+        raise EagerError(f"--eager {spec!r}: importing {where} called sys.exit({exc.code!r})"
+                         f"{_exit_place(exc)}; the model's code must not exit (guard it with "
+                         "if __name__ == '__main__':)") from None
     except Exception as exc:
         raise EagerError(f"--eager {spec!r}: importing {where} failed: {type(exc).__name__}: {first_error_line(exc)}") from None
+    if getattr(module, "__file__", None):
+        paths.note_read(module.__file__)  # the eager model's source: no output may land on it
     target = getattr(module, name, None)
     if target is None:
         raise EagerError(f"--eager {spec!r}: {where} has no {name!r}")
@@ -146,12 +157,26 @@ def build_eager(spec: str, kwargs: dict[str, Any] | None = None) -> torch.nn.Mod
         target = _import_target(spec)
         try:
             model = target(**kwargs)
+        except SystemExit as exc:
+            raise EagerError(f"--eager {spec!r}: {getattr(target, '__name__', spec)}(…) called "
+                             f"sys.exit({exc.code!r}){_exit_place(exc)}; the model's code must not exit") from None
         except Exception as exc:
             raise EagerError(f"--eager {spec!r}: {getattr(target, '__name__', spec)}(…) raised "
                              f"{type(exc).__name__}: {first_error_line(exc)}") from None
     if not isinstance(model, torch.nn.Module):
         raise EagerError(f"--eager {spec!r} gave a {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _exit_place(exc: BaseException) -> str:
+    """`` at FILE:LINE``: the user's innermost line the exit was raised from."""
+    tb, place = exc.__traceback__, ""
+    while tb is not None:
+        path = tb.tb_frame.f_code.co_filename
+        if is_user_file(path) and not path.startswith(_HERE):
+            place = f" at {path}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return place
 
 
 def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
@@ -368,6 +393,9 @@ def run_eager(model: torch.nn.Module, args: tuple, grad: bool, keep_error: bool 
     try:
         with torch.set_grad_enabled(grad), recorder:
             run.outputs = model(*args)
+    except SystemExit as exc:  # the user's forward ending the process: its failure, not a pass
+        raise EagerError(f"the eager model's forward called sys.exit({exc.code!r}){_exit_place(exc)}; "
+                         "the model's code must not exit") from None
     except Exception as exc:
         if not keep_error:
             raise EagerError(f"the eager model raised {type(exc).__name__}: {first_error_line(exc)}") from None

@@ -480,25 +480,19 @@ def verify(session: Any, output: str, inputs: tuple, rtol: float, atol: float) -
 # ------------------------------------------------------------------ the command
 
 def write_atomically(ep: Any, output: str, forbidden: list[str]) -> None:
-    """``torch.export.save`` into a private temporary file beside ``output``, then a rename."""
-    real = os.path.realpath(output)
+    """``torch.export.save`` into a private temporary file beside ``output``, then a rename
+    (``engine.paths.atomic_write``); never onto a file tsdebug read."""
+    from engine import paths
+
     for path in forbidden:
-        if path and os.path.exists(path) and os.path.realpath(path) == real:
-            raise TsdebugError(f"-o {output} is a file tsdebug reads ({path}); choose another output")
-    folder = os.path.dirname(os.path.abspath(output)) or "."
-    if not os.path.isdir(folder):
-        raise TsdebugError(f"-o {output}: the folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tsdebug-", suffix=".pt2", dir=folder)
-    os.close(fd)
-    try:
+        if path and os.path.exists(path):
+            paths.note_read(path)
+
+    def save(tmp: str) -> None:
         with _quiet():
             torch.export.save(ep, tmp)
-        os.replace(tmp, output)
-    except OSError as exc:
-        raise TsdebugError(f"-o {output}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    paths.atomic_write(output, save, "-o")
 
 
 def export_program(session: Any, output: str, *, eager: str | None = None, eager_args: dict | None = None,

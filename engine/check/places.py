@@ -8,6 +8,7 @@ the ``if``/``for``/``while`` around it.
 from __future__ import annotations
 
 import ast
+import os
 from functools import lru_cache
 
 from engine.check.eager import EagerOp
@@ -25,6 +26,8 @@ def _located(rec: StepRecord) -> str | None:
 @lru_cache(maxsize=256)
 def _parsed(path: str) -> tuple[ast.Module | None, list[str]]:
     """The user's file, parsed once (None where it cannot be read or parsed)."""
+    if not os.path.isfile(path):  # stat only: a FIFO planted at a source path would block open forever
+        return None, []
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()

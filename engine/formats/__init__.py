@@ -17,7 +17,7 @@ import os
 import zipfile
 from typing import Any
 
-from engine.errors import ArchiveError
+from engine.errors import ArchiveError, TsdebugError
 
 
 def _zip_names(path: str) -> list[str] | None:
@@ -56,8 +56,16 @@ def sniff(path: str) -> str:
     return "executorch" if is_executorch(head) else "torchscript"
 
 
-def load(path: str, *, device: str = "cpu", libraries: tuple[str, ...] = (), trust_pickles: bool = False) -> Any:
+def load(path: str, *, device: str = "cpu", libraries: tuple[str, ...] = (), trust_pickles: bool = False,
+         imports: tuple[str, ...] = ()) -> Any:
     """The program in ``path``, loaded by its format's loader; errors are ``ArchiveError`` one-liners."""
+    from engine import paths
+
+    if not os.path.isdir(path):  # the TorchScript loader explains a directory (an unpacked archive?)
+        try:
+            paths.read_regular(path, "")  # a FIFO or a device would block the first read forever
+        except TsdebugError as exc:
+            raise ArchiveError(exc.message) from None
     kind = sniff(path)
     if kind == "executorch":
         raise ArchiveError(f"{path} is an ExecuTorch program (.pte): lowered for a runtime, with no graph "
@@ -67,11 +75,11 @@ def load(path: str, *, device: str = "cpu", libraries: tuple[str, ...] = (), tru
         from engine.formats.torchscript.archive import check_device, load_libraries
 
         check_device(device)
-        load_libraries(libraries)
+        load_libraries(libraries, imports)
         return LoadedExport(path, device=device, trust_pickles=trust_pickles, load_namespace=import_op_namespace)
     from engine.formats.torchscript import LoadedArchive
 
-    return LoadedArchive(path, device=device, libraries=libraries)
+    return LoadedArchive(path, device=device, libraries=libraries, imports=imports)
 
 
 def import_op_namespace(namespace: str) -> bool:

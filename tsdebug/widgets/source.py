@@ -52,7 +52,7 @@ class SourcePane(Widget):
             self.update(Text("This node has no source location in the archive.", style="italic #8a8a8a"))
             return
         text = Text(no_wrap=True, overflow="ellipsis")
-        if os.path.exists(shown.file):
+        if os.path.isfile(shown.file):  # a regular file: linecache would block on a FIFO
             self.border_title = f"{display_path(shown.file)}:{shown.line}  · file on disk{extra}"
             before = max((self.size.height - 2) // 2, 1) if self.size.height else CONTEXT
             first = max(1, shown.line - before)

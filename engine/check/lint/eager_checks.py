@@ -119,13 +119,18 @@ def counterexamples(session: Any, report: LintReport, eager_spec: str, eager_arg
     label, where, args = found
     shapes = ", ".join(_describe(x) for x in args)
     # saved, so that `tsdebug diff --inputs FILE` reproduces it
-    import tempfile
+    # beside the model (where the user keeps their files), never at a fixed name in the shared
+    # temporary directory, where another user's planted symlink would redirect the write
+    from engine import paths
 
-    folder = os.path.join(tempfile.gettempdir(), "tsdebug")
-    os.makedirs(folder, exist_ok=True)
     base = os.path.splitext(os.path.basename(session.path))[0]
+    folder = os.path.dirname(session.path)
     saved = os.path.join(folder, f"{base}-counterexample.pt")
-    torch.save(tuple(args), saved)
+    if paths.read_file_of(saved) is not None or os.path.islink(saved) or not os.access(folder or ".", os.W_OK):
+        import tempfile
+
+        saved = os.path.join(tempfile.mkdtemp(prefix="tsdebug-"), f"{base}-counterexample.pt")  # private, 0700
+    paths.atomic_write(saved, lambda tmp: torch.save(tuple(args), tmp), "the counterexample")
     report.counterexample_file = saved
     report.reproduce = f"tsdebug diff {session.path} --eager {eager_spec} --inputs {saved}"
     for f in report.findings:

@@ -8,6 +8,8 @@ from functools import lru_cache
 
 @lru_cache(maxsize=256)
 def _parse(path: str) -> tuple[ast.Module | None, list[str]]:
+    if not os.path.isfile(path):  # stat only: a FIFO planted at a source path would block open forever
+        return None, []
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()

@@ -30,10 +30,11 @@ class LoadedArchive:
     native_call = "module(*inputs)"  # what the native run calls, in reports
     kind_text = "TorchScript archive"
 
-    def __init__(self, path: str, *, device: str = "cpu", libraries: tuple[str, ...] = ()):
+    def __init__(self, path: str, *, device: str = "cpu", libraries: tuple[str, ...] = (),
+                 imports: tuple[str, ...] = ()):
         self.path = path
         self.device = device
-        self.archive = archive_mod.load(path, device=device, libraries=libraries)
+        self.archive = archive_mod.load(path, device=device, libraries=libraries, imports=imports)
         self.program = Program(self.archive.cpp, self.archive.cu, frozenset(self.archive.traced_inputs))
         self.imported_libraries = self.archive.imported_libraries
         self.traced_inputs = self.archive.traced_inputs

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,9 +168,18 @@ def identify(path: str) -> None:
                         f"{path} is a zip file but not a TorchScript archive (no code/ inside); "
                         "save the model with torch.jit.save"
                     )
-                bad = z.testzip()
+                for info in z.infolist():
+                    if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                        raise ArchiveError(f"{path} holds a symbolic link ({info.filename}), which torch.jit.save "
+                                           "never writes; the file was not made by torch.jit.save")
+                try:
+                    bad = z.testzip()
+                except (zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+                    raise ArchiveError(f"{path} is corrupt: a compressed entry cannot be decompressed "
+                                       f"({first_line(exc)}); save or copy it again") from None
                 if bad is not None:
                     raise ArchiveError(f"{path} is corrupt: the entry {bad} fails its checksum; save or copy it again")
+                _check_debug_pickles(path, z, prefix)
         except zipfile.BadZipFile as exc:
             raise ArchiveError(f"{path} is a corrupt zip archive ({exc}); save or copy it again") from None
         return
@@ -192,6 +202,28 @@ def identify(path: str) -> None:
         f"{path} is not a TorchScript archive (not a zip file; starts with {head[:8]!r}); "
         "give a file saved with torch.jit.save"
     )
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_debug_pickles(path: str, z: zipfile.ZipFile, prefix: str) -> None:
+    """Each ``code/*.debug_pkl`` (the source ranges torch reads on load) is a pickle that parses.
+
+    torch's own unpickler fails on a corrupt one with a bare "Unknown opcode";
+    read here without building anything, it is named.
+    """
+    for name in z.namelist():
+        if not (name.startswith(prefix + "code/") and name.endswith(".debug_pkl")):
+            continue
+        try:
+            for _ in pickletools.genops(z.read(name)):
+                pass
+        except Exception as exc:
+            raise ArchiveError(f"{path} is corrupt: its debug information {name[len(prefix):]} is not a "
+                               f"readable pickle ({first_line(exc)[:60]}); save or copy the archive again") from None
 
 
 # ------------------------------------------------------------------ loading
@@ -266,36 +298,87 @@ def check_device(device: str) -> None:
         raise ArchiveError(f"--device {device!r} is not a device torch knows (try cpu or cuda:0)") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ArchiveError(f"--device {device}: this machine has no CUDA device; use --device cpu")
+    kind = torch.device(device).type
+    if kind == "meta":
+        raise ArchiveError(f"--device {device}: meta tensors hold no values, so there is nothing to step or "
+                           "compare; use --device cpu (or cuda)")
+    if kind not in ("cpu", "cuda"):
+        backend = getattr(torch, kind, None)
+        available = getattr(backend, "is_available", None)
+        if available is None or not available():
+            raise ArchiveError(f"--device {device}: this machine has no {kind} device; use --device cpu")
 
 
-def load_libraries(libraries: tuple[str, ...]) -> None:
-    """``--library``: operator libraries the program needs, loaded before it is."""
+def load_libraries(libraries: tuple[str, ...], imports: tuple[str, ...] = ()) -> None:
+    """``--library``: operator libraries the program needs, loaded before it is; ``--import``: the Python
+    packages that register its operators, imported first."""
+    for name in imports:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise ArchiveError(f"--import {name}: cannot import it ({type(exc).__name__}: {first_line(exc)})") from None
+    from engine import paths
+
     for lib in libraries:
         if not os.path.exists(lib):
             raise ArchiveError(f"--library {lib}: no such file")
+        try:
+            paths.read_regular(lib, "--library")
+        except Exception as exc:
+            raise ArchiveError(str(exc)) from None
         try:
             torch.ops.load_library(lib)
         except Exception as exc:
             raise ArchiveError(f"--library {lib}: cannot load ({str(exc).splitlines()[0]})") from None
 
 
+#: Operator namespaces and the packages known to register them: imported without being asked.  Any
+#: other namespace an archive names is only a name (an archive naming ``this`` must not import ``this``).
+KNOWN_OP_PACKAGES = {
+    "torchvision": "torchvision", "torchaudio": "torchaudio", "torchtext": "torchtext", "torchrec": "torchrec",
+    "fbgemm": "fbgemm_gpu", "detectron2": "detectron2", "mmcv": "mmcv", "torch_scatter": "torch_scatter",
+    "torch_sparse": "torch_sparse", "torch_cluster": "torch_cluster", "torchao": "torchao",
+    "xformers": "xformers", "torch_tensorrt": "torch_tensorrt", "tensorrt": "torch_tensorrt",
+}
+
+#: An installed package declares the namespaces it registers as entry points in this group
+#: (``namespace = "package"``), and is then imported like the known ones.
+ENTRY_POINT_GROUP = "tsdebug.op_namespaces"
+
+
+def package_for_namespace(namespace: str) -> str | None:
+    """The package known (or declared) to register ``namespace``; None for any other."""
+    if namespace in KNOWN_OP_PACKAGES:
+        return KNOWN_OP_PACKAGES[namespace]
+    try:
+        from importlib import metadata
+
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == namespace:
+                return ep.value
+    except Exception:
+        return None
+    return None
+
+
 def import_namespace(namespace: str) -> bool:
-    """Import the Python package that registers the operator namespace ``namespace``; True when it did."""
-    if importlib.util.find_spec(namespace) is None:
+    """Import the package known to register the operator namespace ``namespace``; True when it did."""
+    package = package_for_namespace(namespace)
+    if package is None or importlib.util.find_spec(package) is None:
         return False
     try:
-        importlib.import_module(namespace)
+        importlib.import_module(package)
         return True
     except Exception:
         return False
 
 
-def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = ()) -> Archive:
+def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = (), imports: tuple[str, ...] = ()) -> Archive:
     """Load a TorchScript archive for the engine; errors are ``ArchiveError`` one-liners."""
     identify(path)
     check_device(device)
-    load_libraries(libraries)
-    imported: list[str] = []
+    load_libraries(libraries, imports)
+    imported: list[str] = list(imports)
     tried: set[str] = set()
     while True:
         try:
@@ -315,8 +398,8 @@ def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = ()) -> Arc
                         continue
                 raise ArchiveError(
                     f"{path} needs the operator {namespace}::{op}, which is not loaded: "
-                    f"install the Python package that provides it (pip install {namespace}) "
-                    "or load its library with --library PATH/TO/lib.so"
+                    f"pass --import PACKAGE, the Python package that registers {namespace} (tsdebug imports "
+                    "only packages known to register operators), or --library PATH/TO/lib.so"
                 ) from None
             first = next((ln.strip() for ln in message.splitlines() if ln.strip()), type(exc).__name__)
             if "PytorchStreamReader" in message or "failed finding central directory" in message:
@@ -329,7 +412,8 @@ def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = ()) -> Arc
                 ) from None
             raise ArchiveError(f"torch.jit.load cannot read {path} either ({first}); re-export it with this "
                                f"torch ({torch.__version__.split('+')[0]})") from None
-    module = torch.jit._recursive.wrap_cpp_module(cpp)
+    with deep_enough(_module_depth(cpp), path):
+        module = torch.jit._recursive.wrap_cpp_module(cpp)  # recursive: a frame group per level
     return Archive(
         path=path,
         module=module,
@@ -340,6 +424,41 @@ def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = ()) -> Arc
     )
 
 
+#: How deep modules may nest: torch's module wrapper recurses (a frame group per level, given room
+#: here), and a few of tsdebug's passes over module clusters (render's scene) recurse once per level
+#: under Python's default limit of 1000 frames.
+MAX_DEPTH = 900
+
+
+def _module_depth(cpp: Any) -> int:
+    """How deep the module tree nests, counted without recursion."""
+    depth, frontier = 0, [cpp]
+    while frontier:
+        depth += 1
+        if depth > MAX_DEPTH:
+            return depth
+        frontier = [child for m in frontier for _, child in torch._C.ModuleDict(m).items()]
+    return depth
+
+
+@contextlib.contextmanager
+def deep_enough(depth: int, path: str):
+    """Room on Python's stack for ``depth`` nested levels (torch's module wrapper recurses per level);
+    past ``MAX_DEPTH``, a one-line error instead of a RecursionError."""
+    if depth > MAX_DEPTH:
+        raise ArchiveError(f"{path} nests modules or calls more than {MAX_DEPTH} deep; tsdebug steps programs "
+                           f"up to {MAX_DEPTH} levels deep")
+    need = 1000 + 40 * depth
+    was = sys.getrecursionlimit()
+    if need > was:
+        sys.setrecursionlimit(need)
+    try:
+        yield
+    finally:
+        if need > was:
+            sys.setrecursionlimit(was)
+
+
 def load_native_copy(archive: Archive) -> torch.jit.ScriptModule:
     """A second, independent copy of the archive for the native reference run.
 
@@ -348,7 +467,8 @@ def load_native_copy(archive: Archive) -> torch.jit.ScriptModule:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.jit.load(archive.path, map_location=archive.device)
+        with deep_enough(_module_depth(archive.cpp), archive.path):
+            return torch.jit.load(archive.path, map_location=archive.device)
 
 
 # ---------------------------------------------------------- traced_inputs.pkl
