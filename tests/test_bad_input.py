@@ -337,3 +337,40 @@ def test_torchscript_deprecation_notes_are_silenced():
             "warnings.warn('x has 4 elements', UserWarning)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "deprecated" not in res.stderr and "x has 4 elements" in res.stderr, res.stderr
+
+
+def test_custom_op_program_needs_import_like_an_archive(tmp_path):
+    """A .pt2 calling an op of a package's namespace: named with what to pass, never imported unasked."""
+    pkg = tmp_path / "pkgs" / "tsdbgops"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(OPS_PACKAGE + textwrap.dedent(
+        """
+        lib.impl("double", lambda x: torch.empty_like(x), "Meta")
+        """))
+    model_py = textwrap.dedent(
+        f"""
+        import sys, torch, warnings
+        warnings.simplefilter("ignore")
+        sys.path.insert(0, {str(tmp_path / "pkgs")!r})
+        import tsdbgops
+        class M(torch.nn.Module):
+            def forward(self, x):
+                return torch.ops.tsdbgops.double(x) + 1
+        ep = torch.export.export(M(), (torch.randn(3),))
+        torch.export.save(ep, {str(tmp_path / "custom.pt2")!r})
+        """
+    )
+    (tmp_path / "make_custom.py").write_text(model_py)
+    subprocess.run([sys.executable, str(tmp_path / "make_custom.py")], check=True, capture_output=True)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "pkgs"))
+    cmd = [sys.executable, "-m", "tsdebug.cli", "run", str(tmp_path / "custom.pt2"), "--input", "float32[3]"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert res.returncode == 2, res.stderr
+    assert "tsdbgops imported" not in res.stdout + res.stderr  # importable, but not known: not imported
+    assert "tsdbgops" in res.stderr and "--import" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    res = subprocess.run(cmd + ["--import", "tsdbgops", "--json"], capture_output=True, text=True, env=env,
+                         cwd=str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    import json
+
+    assert json.loads(res.stdout)["identical"] is True  # the package's print is not in the JSON

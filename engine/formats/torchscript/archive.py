@@ -314,8 +314,8 @@ def load_libraries(libraries: tuple[str, ...], imports: tuple[str, ...] = ()) ->
     packages that register its operators, imported first."""
     for name in imports:
         try:
-            importlib.import_module(name)
-        except Exception as exc:
+            _import_quietly(name)
+        except (Exception, SystemExit) as exc:
             raise ArchiveError(f"--import {name}: cannot import it ({type(exc).__name__}: {first_line(exc)})") from None
     from engine import paths
 
@@ -367,10 +367,19 @@ def import_namespace(namespace: str) -> bool:
     if package is None or importlib.util.find_spec(package) is None:
         return False
     try:
-        importlib.import_module(package)
+        _import_quietly(package)
         return True
-    except Exception:
+    except (Exception, SystemExit):
         return False
+
+
+def _import_quietly(name: str) -> None:
+    """Import a package the user named; what it prints is not written over ``--json`` output."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        importlib.import_module(name)
 
 
 def load(path: str, device: str = "cpu", libraries: tuple[str, ...] = (), imports: tuple[str, ...] = ()) -> Archive:
