@@ -340,7 +340,7 @@ class Session:
         report.engine_seconds = time.perf_counter() - t0
         report.messages = self.program.messages.lines[said:]
         report.nodes_executed = len(machine.timeline)
-        report.recorded_bytes = machine.timeline.kept_bytes
+        report.recorded_bytes = machine.timeline.nbytes  # records and kept tensors
         report.dropped_values = machine.timeline.dropped
         report.error = machine.error
         report.outputs = machine.outputs

@@ -258,3 +258,19 @@ def test_dropped_cache_does_not_grow_with_the_run(archive):
         assert m.timeline.dropped >= 3 * n
         sizes.append(len(m.timeline._dropped_cache))
     assert sizes[0] <= 160 and sizes[1] <= 1025  # 6000 drops in the long run
+
+
+@needs_c
+@pytest.mark.parametrize("budget", [0, 256 << 10, 2 << 20], ids=["0", "256KiB", "2MiB"])
+def test_c_loop_thins_and_forgets_what_python_does(archive, loop_choice, budget):
+    """Past the record budget both loops let go of the same steps: the same records thinned and
+    forgotten, the same estimate of what is held, the same values where kept."""
+    path = archive(Recurrence(), "script")
+    args = (torch.randn(8), 4000)
+    _, with_c = recorded(path, args, True, loop_choice, budget=budget)
+    _, with_py = recorded(path, args, False, loop_choice, budget=budget)
+    ta, tb = with_c.timeline, with_py.timeline
+    assert ta.forgotten > 0
+    assert (ta.first, ta.thinned, ta.record_bytes, ta.nbytes) == (tb.first, tb.thinned, tb.record_bytes, tb.nbytes)
+    assert_same_timelines(with_c, with_py)
+    assert values_equal(with_c.outputs, native(path, args))

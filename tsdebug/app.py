@@ -303,8 +303,9 @@ class TsdebugApp(App):
             where = f"{node.kind} {unmangle(node.id)}"
             if m.view is not None:
                 where = f"#{m.view}/{len(m.timeline) - 1} {where}"
-        bar.show(state or self.state, len(m.timeline), where, m.timeline.kept_bytes, m.budget,
-                 m.timeline.dropped, message)
+        tl = m.timeline
+        bar.show(state or self.state, len(tl), where, tl.nbytes, m.budget, tl.dropped, message,
+                 thinned=tl.thinned, forgotten=tl.forgotten)
 
     def after_move(self, stop: Any, name: str = "") -> None:
         """Bring every pane up to date with the machine."""
@@ -503,7 +504,8 @@ class TsdebugApp(App):
         before = m.view
         self._past_plumbing(m.back(), backward=True)
         if m.view == before:
-            self.notify("at the first recorded step", timeout=2)
+            gone = m.timeline.forgotten_note()
+            self.notify(gone or "at the first recorded step", timeout=5 if gone else 2)
         self.after_move(None, "back")
 
     def action_run_to(self) -> None:
@@ -817,6 +819,9 @@ class TsdebugApp(App):
     def _view_step(self, index: int) -> None:
         m = self.machine
         if m is None or not 0 <= index < len(m.timeline):
+            return
+        if index < m.timeline.first:
+            self.notify(m.timeline.forgotten_note(), severity="warning", timeout=5)
             return
         m.view = index
         self.after_move(None, "divergence")

@@ -381,9 +381,9 @@ def _frame_of(stack: Any, str_to_filename: dict) -> tuple[str | None, int | None
         if filename and is_user_file(filename):
             text = get("loc")
             if not text:
-                import linecache
+                from engine.sources import source_line  # not linecache: it reads /dev/zero to the end
 
-                text = linecache.getline(filename, int(line or 0)).strip() or None
+                text = source_line(filename, int(line or 0)).strip() or None
             return filename, int(line) if line else None, text
     return None, None, None
 

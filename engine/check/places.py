@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from engine.check.eager import EagerOp
 from engine.run.timeline import StepRecord
-from engine.sources import is_user_file
+from engine.sources import is_user_file, read_source
 
 def _located(rec: StepRecord) -> str | None:
     """``file:line`` of a graph node written in the user's Python (not inside torch), else None."""
@@ -29,8 +29,7 @@ def _parsed(path: str) -> tuple[ast.Module | None, list[str]]:
     if not os.path.isfile(path):  # stat only: a FIFO planted at a source path would block open forever
         return None, []
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_source(path)  # a regular file, read up to a bound: the archive names the path
         return ast.parse(text), text.splitlines()
     except Exception:
         return None, []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from typing import Any
 
 from engine.errors import ArchiveError, TsdebugError
@@ -34,6 +35,52 @@ def _zip_names(path: str) -> list[str] | None:
             return z.namelist()
     except (zipfile.BadZipFile, OSError, ValueError):
         return None
+
+
+#: What telling a zip's content apart reads of one member at most (pickle opcodes, a header).
+SNIFF_BYTES = 1 << 20
+
+
+def read_member_prefix(z: zipfile.ZipFile, name: str, n: int = SNIFF_BYTES) -> bytes:
+    """At most the first ``n`` bytes of a member, inflated no further than that.
+
+    ``ZipFile.read`` inflates the whole member: a 1 MB zip can hold a member
+    of gigabytes of zeros (a zip bomb).
+    """
+    try:
+        with z.open(name) as f:
+            return f.read(n)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error):
+        return b""  # a damaged member tells nothing; the caller explains the file by what is left
+
+
+def read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo | str, limit: int, what: str = "") -> bytes:
+    """A whole member, refused (``ArchiveError``) past ``limit`` bytes, whatever size it claims.
+
+    The size the zip directory gives is checked first, then the bytes are
+    inflated in chunks and counted, for a member that claims less than it holds.
+    """
+    if not isinstance(info, zipfile.ZipInfo):
+        info = z.getinfo(info)
+    where = what or f"{z.filename}: {info.filename}"
+    if info.file_size > limit:
+        raise ArchiveError(f"{where} is {info.file_size} bytes inflated, more than tsdebug reads ({limit}); "
+                           "the file is damaged or not what it claims to be")
+    chunks, total = [], 0
+    try:
+        with z.open(info) as f:
+            while True:
+                chunk = f.read(min(1 << 20, limit + 1 - total))
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > limit:
+                    raise ArchiveError(f"{where} inflates past {limit} bytes, more than its zip entry claims; "
+                                       "the file is damaged or not what it claims to be")
+                chunks.append(chunk)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as exc:
+        raise ArchiveError(f"{where} cannot be read ({exc}); the file is damaged: save or copy it again") from None
+    return b"".join(chunks)
 
 
 def sniff(path: str) -> str:
@@ -89,4 +136,4 @@ def import_op_namespace(namespace: str) -> bool:
     return import_namespace(namespace)
 
 
-__all__ = ["load", "sniff", "import_op_namespace"]
+__all__ = ["load", "sniff", "import_op_namespace", "read_member", "read_member_prefix"]

@@ -60,7 +60,7 @@ static PyObject *s_stack, *s_error, *s_cancel, *s_value, *s_timeline, *s_leaf_op
     *s_refs, *s_dropped_cache, *s_version, *s_untyped_storage, *s_data_ptr, *s_keep_tensor, *s_keep_container,
     *s_exit_block, *s_getattr, *s_name, *s_attr_overlay, *s_module_storages, *s_fail, *s_writes_now,
     *s_keep_py, *s_free, *s_inputs_before_write, *s_program, *s_callees, *s_inputs_attr, *s_body, *s_loop,
-    *s_then, *s_else, *s_fork_kind, *s_body_kind, *s_entered, *s_done;
+    *s_then, *s_else, *s_fork_kind, *s_body_kind, *s_entered, *s_done, *s_first, *s_grew;
 
 static int intern_names(void)
 {
@@ -79,6 +79,7 @@ static int intern_names(void)
     NAME(s_inputs_attr, "inputs") NAME(s_body, "body") NAME(s_loop, "loop") NAME(s_then, "then")
     NAME(s_else, "else") NAME(s_fork_kind, "prim::fork")
     NAME(s_body_kind, "body") NAME(s_entered, "entered") NAME(s_done, "done")
+    NAME(s_first, "_first") NAME(s_grew, "_grew")
 #undef NAME
     return 0;
 }
@@ -373,23 +374,46 @@ done:
     return status;
 }
 
-/* record.index = len(records); records.append(record) */
-static int append_record(PyObject *timeline, PyObject *record)
+/* Timeline.RECORD_CHUNK: the timeline counts its records (and thins them) this many at a time. */
+#define RECORD_CHUNK 1024
+
+/* record.index = timeline._first + len(records); records.append(record).  Sets *held to
+ * len(records) after it. */
+static int append_record(PyObject *timeline, PyObject *record, Py_ssize_t *held)
 {
     PyObject *records = PyObject_GetAttr(timeline, s_records);
     if (records == NULL)
         return -1;
-    PyObject *index = PyLong_FromSsize_t(PyList_GET_SIZE(records));
+    PyObject *first = PyObject_GetAttr(timeline, s_first);
+    Py_ssize_t offset = first == NULL ? -1 : PyLong_AsSsize_t(first);
+    Py_XDECREF(first);
+    if (offset == -1 && PyErr_Occurred()) {
+        Py_DECREF(records);
+        return -1;
+    }
+    PyObject *index = PyLong_FromSsize_t(offset + PyList_GET_SIZE(records));
     int status = index == NULL || set_slot(record, &R_INDEX, index) < 0 ? -1 : PyList_Append(records, record);
+    *held = PyList_GET_SIZE(records);
     Py_XDECREF(index);
     Py_DECREF(records);
     return status;
 }
 
+/* Timeline.add's end: a chunk of records complete, timeline._grew() counts it. */
+static int chunk_done(PyObject *timeline, Py_ssize_t held)
+{
+    if (held % RECORD_CHUNK)
+        return 0;
+    PyObject *r = PyObject_CallMethodNoArgs(timeline, s_grew);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
 /* Timeline.add(record) */
 static int timeline_add(PyObject *timeline, PyObject *record)
 {
-    if (append_record(timeline, record) < 0)
+    Py_ssize_t held;
+    if (append_record(timeline, record, &held) < 0)
         return -1;
     PyObject *values = get_slot(record, &R_INPUTS);
     if (values == NULL)
@@ -401,7 +425,7 @@ static int timeline_add(PyObject *timeline, PyObject *record)
     int any = PyObject_IsTrue(values);
     kept = any > 0 ? keep(timeline, record, values) : any;
     Py_DECREF(values);
-    return kept < 0 ? -1 : 0;
+    return kept < 0 ? -1 : chunk_done(timeline, held);
 }
 
 /* Timeline.add_module_tensor(record, t): the record of a GetAttr whose output is a
@@ -415,7 +439,8 @@ static PyObject *add_module_tensor(PyObject *timeline, PyObject *record, PyObjec
     int ok = 0;
     if ((free = PyObject_GetAttr(timeline, s_free)) == NULL || PySet_Add(free, key) < 0)
         goto done;
-    if (append_record(timeline, record) < 0)
+    Py_ssize_t held;
+    if (append_record(timeline, record, &held) < 0)
         goto done;
     if ((refs = PyObject_GetAttr(timeline, s_refs)) == NULL)
         goto done;
@@ -435,7 +460,7 @@ static PyObject *add_module_tensor(PyObject *timeline, PyObject *record, PyObjec
     } else if (hold_once(holders, record) < 0) {
         goto done;
     }
-    ok = 1;
+    ok = chunk_done(timeline, held) == 0;
 done:
     Py_XDECREF(free);
     Py_XDECREF(refs);
@@ -1405,5 +1430,8 @@ PyMODINIT_FUNC PyInit__stepper(void)
 {
     if (intern_names() < 0 || (Zero = PyLong_FromLong(0)) == NULL)
         return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "RECORD_CHUNK", RECORD_CHUNK) < 0)
+        Py_CLEAR(m);
+    return m;
 }

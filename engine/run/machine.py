@@ -1060,7 +1060,7 @@ class Machine:
                 if self.error is not None:
                     return Stop.ERROR
                 if check_after:
-                    for rec in self.timeline.records[n_before:]:
+                    for rec in self.timeline.since(n_before):
                         if self._breaks_after(rec):
                             self.stop_reason_detail = self._break_detail(rec.node, "after")
                             return Stop.BREAKPOINT
@@ -1081,12 +1081,20 @@ class Machine:
         return rec.node.kind != "prim::Constant"
 
     def back(self) -> str:
-        """Move the view one step back in the recorded history."""
+        """Move the view one step back in the recorded history.
+
+        Steps the timeline forgot (past the record budget) are not there to
+        move to: at the first one still recorded, ``stop_reason_detail`` says
+        which steps are gone.
+        """
         start = len(self.timeline) if self.view is None else self.view
-        for i in range(start - 1, -1, -1):
+        first = self.timeline.first
+        for i in range(start - 1, first - 1, -1):
             if self._navigable(self.timeline[i]):
                 self.view = i
                 return Stop.HISTORY
+        if first:
+            self.stop_reason_detail = self.timeline.forgotten_note()
         return Stop.HISTORY if self.view is not None else Stop.STEP
 
     def back_over(self) -> str:

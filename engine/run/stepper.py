@@ -42,6 +42,10 @@ def configure(handlers: dict[str, Callable], run_leaf: Callable, run_getattr: Ca
     global BUILT, PROBLEM
     if _stepper is None:
         return
+    if getattr(_stepper, "RECORD_CHUNK", None) != timeline.RECORD_CHUNK:  # a build from before records were counted
+        BUILT = False
+        PROBLEM = "engine.run._stepper counts records by another chunk than engine.run.timeline; rebuild it"
+        return
     try:
         # the classes whose slots the C side reads at their offsets
         classes = {"Frame": frame, "Activation": activation, "Node": ir.Node, "Block": ir.Block, "Value": ir.Value,

@@ -77,6 +77,26 @@ class Dropped:
     reason: str = "over the record budget"
 
 
+class NotRecorded:
+    """A value of a step whose detail the timeline thinned out to stay within the record budget.
+
+    The step itself (its node, frame, place in the run) is still recorded;
+    what it read and wrote is not, and nothing pretends otherwise.
+    """
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"(not recorded: {self.reason})"
+
+
+#: The one marker every thinned value is.
+THINNED = NotRecorded("thinned out past the record budget")
+
+
 @dataclass(frozen=True)
 class ValueSummary:
     """Any value: ``kind`` is tensor, int, float, bool, str, none, list, tuple, dict, object, device, dtype."""
@@ -113,6 +133,8 @@ def short_text(value: Any, limit: int = 32) -> str:
         return f"{dt}[{','.join(str(d) for d in value.shape)}]{dev}"
     if isinstance(value, Dropped):
         return short_text(value.summary, limit) + "*"
+    if isinstance(value, NotRecorded):
+        return "(not recorded)"
     if isinstance(value, ValueSummary):
         return value.short()
     if isinstance(value, TensorSummary):
@@ -291,6 +313,8 @@ def summarize(value: Any, depth: int = 0) -> ValueSummary:
     """Describe any runtime value without keeping it alive."""
     if isinstance(value, Dropped):
         return summarize(value.summary, depth)
+    if isinstance(value, NotRecorded):
+        return ValueSummary(kind="object", text=repr(value))
     if isinstance(value, ValueSummary):
         return value
     if isinstance(value, TensorSummary):

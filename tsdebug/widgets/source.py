@@ -7,14 +7,13 @@ the Python stack of each op).  The title says which.
 
 from __future__ import annotations
 
-import linecache
 import os
 
 from rich.text import Text
 from textual.widget import Widget
 
 from engine.ir import SourceLoc
-from engine.sources import display_path
+from engine.sources import display_path, source_lines
 
 CONTEXT = 6
 
@@ -52,24 +51,31 @@ class SourcePane(Widget):
             self.update(Text("This node has no source location in the archive.", style="italic #8a8a8a"))
             return
         text = Text(no_wrap=True, overflow="ellipsis")
-        if os.path.isfile(shown.file):  # a regular file: linecache would block on a FIFO
+        on_disk = source_lines(shown.file) if os.path.exists(shown.file) else None
+        if isinstance(on_disk, str) and not shown.context:
+            # named by the archive but not a file we read (a device, a FIFO, too large): say so
+            self.border_title = f"{display_path(shown.file)}:{shown.line}  · not shown: {on_disk}{extra}"
+            text.append(f"{shown.file} is not shown: {on_disk}.", style="italic #8a8a8a")
+            self.update(text)
+            return
+        absent = f"file on disk not read: {on_disk}" if isinstance(on_disk, str) else "file not on disk"
+        if isinstance(on_disk, list):
             self.border_title = f"{display_path(shown.file)}:{shown.line}  · file on disk{extra}"
             before = max((self.size.height - 2) // 2, 1) if self.size.height else CONTEXT
             first = max(1, shown.line - before)
             for n in range(first, shown.line + CONTEXT * 2 + 1):
-                line = linecache.getline(shown.file, n)
-                if not line and n > shown.line:
+                if n > len(on_disk):
                     break
                 style = "reverse bold" if n == shown.line else ""
                 text.append(f"{n:5d}  ", style="#8a8a8a")
-                text.append(line.rstrip("\n") + "\n", style=style)
+                text.append(on_disk[n - 1] + "\n", style=style)
         elif shown.context:
-            self.border_title = f"{display_path(shown.file)}:{shown.line}  · from the archive (file not on disk){extra}"
+            self.border_title = f"{display_path(shown.file)}:{shown.line}  · from the archive ({absent}){extra}"
             for ln in shown.context.splitlines():
                 style = "reverse bold" if shown.text and ln.strip() == shown.text else ""
                 text.append(ln + "\n", style=style)
         else:
-            self.border_title = f"{display_path(shown.file)}:{shown.line}  · from the archive (file not on disk){extra}"
+            self.border_title = f"{display_path(shown.file)}:{shown.line}  · from the archive ({absent}){extra}"
             if shown.stack:
                 text.append("Python stack recorded by torch.jit.trace (innermost first):\n", style="italic")
                 for f, ln, fn in shown.stack:
@@ -78,4 +84,3 @@ class SourcePane(Widget):
             else:
                 text.append("(no source text in the archive)", style="italic #8a8a8a")
         self.update(text)
-        linecache.checkcache(shown.file)

@@ -6,13 +6,14 @@ import ast
 import os
 from functools import lru_cache
 
+from engine.sources import read_source
+
 @lru_cache(maxsize=256)
 def _parse(path: str) -> tuple[ast.Module | None, list[str]]:
     if not os.path.isfile(path):  # stat only: a FIFO planted at a source path would block open forever
         return None, []
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_source(path)  # a regular file, read up to a bound: the archive names the path
         return ast.parse(text), text.splitlines()
     except Exception:
         return None, []

@@ -801,9 +801,9 @@ def _call_site(first: _Op, scope: tuple) -> SourceLoc | None:
     file, line, func = user[entries[below] - 1] if below < len(entries) else user[-1]
     text = None
     try:
-        import linecache
+        from engine.sources import source_line  # not linecache: it reads /dev/zero to the end
 
-        text = linecache.getline(file, line).strip() or None
+        text = source_line(file, line).strip() or None
     except Exception:
         pass
     return SourceLoc(file=file, line=line, origin="exported", text=text, stack=loc.stack, function=func)

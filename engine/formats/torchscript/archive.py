@@ -27,6 +27,12 @@ from typing import Any
 import torch
 
 from engine.errors import ArchiveError
+from engine.formats import read_member, read_member_prefix
+
+#: Bounds on what is read of one member to explain a file (a code file, the traced inputs' specs).
+MAX_CODE_BYTES = 8 << 20
+MAX_TRACED_INPUTS_BYTES = 64 << 20
+MAX_PICKLE_BYTES = 256 << 20
 
 # TorchScript is deprecated since torch 2.11 (a FutureWarning from 2.14: "`torch.jit.fork` is
 # deprecated", also raised by a user's Python model that diff and lint run); noise inside tsdebug.
@@ -162,16 +168,24 @@ def identify(path: str) -> None:
                     )
                 has_code = any(n.startswith("code/") for n in base)
                 if "data.pkl" in base and not has_code:
-                    raise ArchiveError(f"{path} is {_describe_torch_save(z.read(prefix + 'data.pkl'))}")
+                    raise ArchiveError(f"{path} is {_describe_torch_save(read_member_prefix(z, prefix + 'data.pkl'))}")
                 if not has_code:
                     raise ArchiveError(
                         f"{path} is a zip file but not a TorchScript archive (no code/ inside); "
                         "save the model with torch.jit.save"
                     )
+                # torch.jit.load inflates these whole, in memory, at the size the zip claims:
+                # a bomb is refused here (a member lying about its size fails testzip below)
                 for info in z.infolist():
                     if (info.external_attr >> 16) & 0o170000 == 0o120000:
                         raise ArchiveError(f"{path} holds a symbolic link ({info.filename}), which torch.jit.save "
                                            "never writes; the file was not made by torch.jit.save")
+                    inner = info.filename[len(prefix):]
+                    if (inner.endswith(".pkl") or inner.startswith("code/")) and info.file_size > MAX_PICKLE_BYTES:
+                        raise ArchiveError(
+                            f"{path}: the entry {info.filename} inflates to {info.file_size} bytes, more than "
+                            f"a TorchScript archive's code or pickles hold (tsdebug reads up to {MAX_PICKLE_BYTES}); "
+                            "the file is damaged or not made by torch.jit.save")
                 try:
                     bad = z.testzip()
                 except (zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
@@ -232,7 +246,8 @@ def _holds_code(path: str, needle: bytes) -> bool:
     """Whether any code file in the archive contains ``needle`` (to explain a load failure)."""
     try:
         with zipfile.ZipFile(path) as z:
-            return any(needle in z.read(n) for n in z.namelist() if "/code/" in n and n.endswith(".py"))
+            return any(needle in read_member_prefix(z, n, MAX_CODE_BYTES)
+                       for n in z.namelist() if "/code/" in n and n.endswith(".py"))
     except Exception:
         return False
 
@@ -528,7 +543,7 @@ def read_traced_inputs(path: str) -> dict[str, list[Any]]:
             names = [n for n in z.namelist() if n.endswith("/traced_inputs.pkl") and n.count("/") == 1]
             if not names:
                 return {}
-            data = z.read(names[0])
+            data = read_member(z, names[0], MAX_TRACED_INPUTS_BYTES)
     except Exception:
         return {}
     try:
