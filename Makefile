@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml setup.py engine/run/_moments.c engine/run/_st
 venv: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/tsdebug demo

@@ -30,7 +30,10 @@ def build_demo_in(directory: str = FIXED_DIR) -> str:
     os.makedirs(directory, exist_ok=True)
     src = os.path.join(os.path.dirname(__file__), "demo.py")
     dst = os.path.join(directory, "demo_model.py")
-    shutil.copyfile(src, dst)
+    # atomically: test processes running at once build the same demo here
+    tmp = f"{dst}.{os.getpid()}.tmp"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
     path = os.path.join(directory, "demo.pt")
     code = f"import sys; sys.path.insert(0, {directory!r}); import demo_model; demo_model.build_demo({path!r})"
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
