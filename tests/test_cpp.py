@@ -279,6 +279,39 @@ def test_the_debugger_runs_the_cpp_check_on_C_and_goes_to_the_failing_node(built
             program = app.query_one(ProgramView)
             assert program.selected_node.kind == "tsdebug_cpp_test::scale"
             assert app.state == "paused"  # the debugger stays usable
+            await pilot.pause(5)  # the toast is gone by now; the verdict stays on the status line
+            from tsdebug.widgets import StatusBar
+
+            assert "fails in C++ at load" in str(app.query_one(StatusBar).render())
+
+    asyncio.run(run())
+
+
+def test_the_verdict_of_an_identical_run_stays_on_the_status_line(built, convnet):
+    """Seen by hand: C on an archive that runs identically showed its verdict for 3 s, then nothing."""
+    import asyncio
+
+    from tsdebug.app import TsdebugApp
+    from tsdebug.cli import build_open_parser
+    from tsdebug.widgets import StatusBar
+
+    async def run():
+        app = TsdebugApp(build_open_parser().parse_args([convnet]))
+        async with app.run_test(size=(120, 40)) as pilot:
+            for _ in range(600):
+                await pilot.pause()
+                if app.state == "paused" and app.machine is not None:
+                    break
+                await asyncio.sleep(0.05)
+            await pilot.press("C")
+            for _ in range(1200):
+                await pilot.pause()
+                if app.cpp_report is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert app.cpp_report is not None and app.cpp_report.exit_code() == 0
+            await pilot.pause(5)
+            assert "identical" in str(app.query_one(StatusBar).render())
 
     asyncio.run(run())
 

@@ -798,7 +798,6 @@ class TsdebugApp(App):
             return
         ok = report.exit_code() == 0
         self.notify(report.summary(), title="C++ check", severity="information" if ok else "error", timeout=15)
-        self.status(message=report.summary())
         if report.cpp_error_node:
             # the runner names a node of the inlined graph: the same op on the same line in the view
             wanted = self.session.graph.find(report.cpp_error_node)
@@ -810,6 +809,8 @@ class TsdebugApp(App):
                 self.show_selected()
         else:
             self.after_move(None)
+        # the verdict stays on the status line until the next move (the toast goes after a few seconds)
+        self.status(message=report.summary())
 
     def _divergent_steps(self) -> list[int]:
         if self.diff_result is None:
