@@ -454,11 +454,11 @@ def describe(node: Node, graph: Graph | None, program: Any = None) -> str:
         return f"{head}{{{pairs}}}"
     if kind == "prim::If":
         kept = outs
-        text = _source_text(node, ("if ", "elif "))
+        text = statement_text(node, ("if ", "elif "))
         cond = text or f"if {show_value(node.inputs[0], graph) if node.inputs else '?'}"
         return f"{kept} = {cond}" if kept else cond
     if kind == "prim::Loop":
-        text = _source_text(node)
+        text = statement_text(node)
         if text:
             return f"{head}{text}"
         trip = constant_of(node.inputs[0], graph) if node.inputs else MISSING
@@ -471,8 +471,9 @@ def describe(node: Node, graph: Graph | None, program: Any = None) -> str:
     return f"{head}{name}({args_text(node, graph)})"
 
 
-def _source_text(node: Node, starts: tuple[str, ...] = ("for ", "while ")) -> str:
-    """``for i in range(steps)`` for a loop (``if …`` for an If) from scripted source; '' when none."""
+def statement_text(node: Node, starts: tuple[str, ...] = ("for ", "while ")) -> str:
+    """``for i in range(steps)`` for a loop (``if …`` for an If) from scripted source, when it starts with
+    one of ``starts``; '' when none."""
     try:
         src = node.source
     except Exception:  # a source range torch cannot give

@@ -251,6 +251,23 @@ def test_emit_writes_an_app_that_cmake_builds_and_runs(built, tmp_path, capsys):
     assert "ok!!!" in ran.stdout and "CPUFloatType{2}" in ran.stdout
 
 
+async def _press_C_and_wait(pilot, app) -> None:
+    """Once the debugger is paused, press C and wait for the C++ report."""
+    import asyncio
+
+    for _ in range(600):
+        await pilot.pause()
+        if app.state == "paused" and app.machine is not None:
+            break
+        await asyncio.sleep(0.05)
+    await pilot.press("C")
+    for _ in range(1200):
+        await pilot.pause()
+        if app.cpp_report is not None:
+            break
+        await asyncio.sleep(0.05)
+
+
 def test_the_debugger_runs_the_cpp_check_on_C_and_goes_to_the_failing_node(built, tmp_path):
     import asyncio
 
@@ -263,17 +280,7 @@ def test_the_debugger_runs_the_cpp_check_on_C_and_goes_to_the_failing_node(built
     async def run():
         app = TsdebugApp(build_open_parser().parse_args([path, "--input", "float32[4]"]))
         async with app.run_test(size=(120, 40)) as pilot:
-            for _ in range(600):
-                await pilot.pause()
-                if app.state == "paused" and app.machine is not None:
-                    break
-                await asyncio.sleep(0.05)
-            await pilot.press("C")
-            for _ in range(1200):
-                await pilot.pause()
-                if app.cpp_report is not None:
-                    break
-                await asyncio.sleep(0.05)
+            await _press_C_and_wait(pilot, app)
             r = app.cpp_report
             assert r is not None and r.exit_code() == 1 and "fails in C++ at load" in r.summary()
             program = app.query_one(ProgramView)
@@ -298,17 +305,7 @@ def test_the_verdict_of_an_identical_run_stays_on_the_status_line(built, convnet
     async def run():
         app = TsdebugApp(build_open_parser().parse_args([convnet]))
         async with app.run_test(size=(120, 40)) as pilot:
-            for _ in range(600):
-                await pilot.pause()
-                if app.state == "paused" and app.machine is not None:
-                    break
-                await asyncio.sleep(0.05)
-            await pilot.press("C")
-            for _ in range(1200):
-                await pilot.pause()
-                if app.cpp_report is not None:
-                    break
-                await asyncio.sleep(0.05)
+            await _press_C_and_wait(pilot, app)
             assert app.cpp_report is not None and app.cpp_report.exit_code() == 0
             await pilot.pause(5)
             assert "identical" in str(app.query_one(StatusBar).render())

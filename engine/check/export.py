@@ -549,11 +549,10 @@ def export_program(session: Any, output: str, *, eager: str | None = None, eager
 
 def _finite(bound: Any, default: int) -> int:
     """A range bound as an int; torch's int_oo and sympy's oo (no bound) as ``default``."""
-    try:
-        value = int(bound)
-    except (TypeError, ValueError, AttributeError, OverflowError):
-        return default
-    return value if abs(value) < 1 << 62 else default
+    from engine.formats.exported.program import bound_int
+
+    value = bound_int(bound)
+    return default if value is None else value
 
 
 def second_size(ep: Any, inputs: tuple) -> tuple | None:

@@ -26,7 +26,7 @@ MISSING = object()
 INT64_MAX = 2 ** 63 - 1
 
 # Names and schemas are read as the program pane reads them (one place: engine/view.py).
-from engine.view import base_kind, class_name, schema_args, value_name  # noqa: E402,F401
+from engine.view import base_kind, class_name, schema_args, statement_text, value_name  # noqa: E402,F401
 
 
 def short_number(x: Any) -> str:
@@ -196,10 +196,10 @@ class Labeler:
             name = (node.callee or "").rsplit(".", 1)[-1]
             return f"{name}()"
         if kind == "prim::If":
-            text = self._source_text(node)
+            text = statement_text(node, _HEADERS)
             return text or "if"
         if kind == "prim::Loop":
-            text = self._source_text(node)
+            text = statement_text(node, _HEADERS)
             if text:
                 return text
             trip = self.constant(node.inputs[0]) if node.inputs else MISSING
@@ -221,15 +221,8 @@ class Labeler:
                 return [title, detail]
         return [title]
 
-    def _source_text(self, node: Node) -> str:
-        try:
-            src = node.source
-        except Exception:  # a source range torch cannot give
-            return ""
-        text = (src.text or "").strip() if src is not None else ""
-        if text.endswith(":"):
-            text = text[:-1]
-        return text if text.startswith(("if ", "for ", "while ", "elif ")) else ""
+#: the statements a control-flow box is named by
+_HEADERS = ("if ", "for ", "while ", "elif ")
 
 
 # ------------------------------------------------------------ op texts

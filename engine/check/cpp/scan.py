@@ -95,13 +95,19 @@ def package_libraries(namespace: str) -> list[str]:
 def needs_python(library: str) -> bool:
     """Whether a compiled library is a Python extension: it links ``libtorch_python.so``, which needs a
     Python interpreter, so no C++ program can load it (torchvision's wheel ships its ops so)."""
+    needle = b"libtorch_python.so"
     try:
         if not os.path.isfile(library) or os.path.getsize(library) > 1 << 30:
             return False
         with open(library, "rb") as f:
-            return b"libtorch_python.so" in f.read()
+            tail = b""
+            while chunk := f.read(1 << 20):  # a chunk at a time: these libraries run to hundreds of MB
+                if needle in tail + chunk:
+                    return True
+                tail = chunk[-len(needle):]
     except OSError:
         return False
+    return False
 
 
 def _from_library(namespace: str, names: str, lib: str) -> "Requirement":

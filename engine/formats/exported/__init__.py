@@ -177,10 +177,7 @@ class LoadedExport:
                 inputs[name] = [d if isinstance(d, int) else str(d) for d in val.shape]
             elif isinstance(val, (int, float, bool, str)):
                 constants[name] = val
-        ranges = {}
-        for sym, vr in (self.ep.range_constraints or {}).items():
-            lo, hi = vr.lower, vr.upper
-            ranges[str(sym)] = [_bound(lo), _bound(hi)]
+        ranges = {sym: list(bounds) for sym, bounds in self.program.symbol_ranges().items()}
         return {"inputs": inputs, "ranges": ranges, "constants": constants}
 
     # -- runs
@@ -213,13 +210,6 @@ def _short_spec(spec: Any) -> str:
     text = " ".join(str(spec).split())
     return text if len(text) < 160 else text[:159] + "…"
 
-
-def _bound(x: Any) -> int | None:
-    try:
-        v = int(x)
-    except Exception:
-        return None
-    return v if abs(v) < 2 ** 62 else None
 
 
 def _describe(val: Any) -> str:
